@@ -72,8 +72,8 @@ class LabSpec:
     buckets: int = 8
     objects_per_bucket: int = 24
     unsynced: int = 4  # objects missing from one replica, so `repair tables` has work to do
-    metrics_token: str = ""
-    admin_token: str = ""
+    metrics_token: str | None = None  # None: generate one; "": no token
+    admin_token: str | None = None
     prometheus_port: int = 9090
     knobs: dict = field(default_factory=dict)
 
@@ -216,8 +216,10 @@ class Lab:
         root.mkdir(parents=True, exist_ok=True)
         spec.subnet = spec.subnet or _free_subnet()
         rpc_secret = hashlib.sha256(f"rpc-secret:{spec.seed}".encode()).hexdigest()
-        spec.metrics_token = spec.metrics_token or hashlib.sha256(f"metrics:{spec.seed}".encode()).hexdigest()[:32]
-        spec.admin_token = spec.admin_token or hashlib.sha256(f"admin:{spec.seed}".encode()).hexdigest()[:32]
+        if spec.metrics_token is None:
+            spec.metrics_token = hashlib.sha256(f"metrics:{spec.seed}".encode()).hexdigest()[:32]
+        if spec.admin_token is None:
+            spec.admin_token = hashlib.sha256(f"admin:{spec.seed}".encode()).hexdigest()[:32]
         (root / "dist").mkdir(exist_ok=True)
         (root / "bin").mkdir(exist_ok=True)
         for v in PERSONALITIES:
@@ -409,11 +411,10 @@ class Lab:
             "  evaluation_interval: 1s",
             "scrape_configs:",
             "  - job_name: garage",
-            "    authorization:",
-            "      type: Bearer",
-            f"      credentials: {self.spec.metrics_token}",
-            "    static_configs:",
         ]
+        if self.spec.metrics_token:
+            lines += ["    authorization:", "      type: Bearer", f"      credentials: {self.spec.metrics_token}"]
+        lines.append("    static_configs:")
         for n in self.nodes:
             lines += [f"      - targets: ['{n['addr']}:{PORT_ADMIN}']",
                       f"        labels: {{node: '{n['name']}', zone: '{n['zone']}'}}"]

@@ -72,7 +72,7 @@ def start(nd: Path) -> int:
     (nd / "run").mkdir(exist_ok=True)
     (nd / "log").mkdir(exist_ok=True)
     info = json.loads((nd / "node.json").read_text())
-    env = dict(os.environ, GARAGE_LAB_NODE=info["name"], GARAGE_LAB_DIR=str(lab_dir()))
+    env = dict(os.environ, GARAGE_LAB_NODE=info["name"], GARAGE_LAB_DIR=str(nd.parent.parent))
     env.pop("GARAGE_LAB_DEFAULT_CONFIG", None)
     with open(nd / "log" / "garage.log", "ab") as log:
         proc = subprocess.Popen(

@@ -279,6 +279,7 @@ class Daemon:
         os.replace(tmp, run / "daemon.json")
 
     def _on_signal(self, name: str) -> None:
+        self.faults_w.refresh()  # a fault injected a moment ago must apply to this stop
         if self.faults.find("hang-stop"):
             self.log("WARN", "garage::server", f"Received {name}, but the lab's hang-stop fault ignores it")
             return

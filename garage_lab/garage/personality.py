@@ -57,6 +57,10 @@ class Personality:
         job_workers: 0.8.0 spawns ``Job worker #0..#15`` (TIDs 1-16); gone from 0.8.2.
         queue_workers: per-table ``<t> queue`` workers (0.8.2+).
         shutdown_deadline_s: worker drain deadline at shutdown.
+        scrub_subcommands: ``repair scrub`` takes ``start|pause|resume|cancel|set-tranquility``
+            (0.8); 0.7.3 takes an optional positional ``[tranquility]`` instead.
+        has_block_cmd: ``garage block ...`` exists (0.8.1+).
+        stats_db_engine: ``stats`` prints ``Database engine: ...`` (0.8, which has several engines).
     """
 
     version: str
@@ -89,6 +93,9 @@ class Personality:
     job_workers: bool
     queue_workers: bool
     shutdown_deadline_s: float
+    scrub_subcommands: bool = False
+    has_block_cmd: bool = False
+    stats_db_engine: bool = False
 
     @property
     def tag(self) -> str:
@@ -151,6 +158,9 @@ V073 = Personality(
     job_workers=False,
     queue_workers=False,
     shutdown_deadline_s=9.0,
+    scrub_subcommands=False,
+    has_block_cmd=False,
+    stats_db_engine=False,
 )
 
 V080 = Personality(
@@ -184,6 +194,9 @@ V080 = Personality(
     job_workers=True,
     queue_workers=False,
     shutdown_deadline_s=9.0,
+    scrub_subcommands=True,
+    has_block_cmd=False,
+    stats_db_engine=True,
 )
 
 V087 = Personality(
@@ -217,6 +230,9 @@ V087 = Personality(
     job_workers=False,
     queue_workers=True,
     shutdown_deadline_s=8.0,
+    scrub_subcommands=True,
+    has_block_cmd=True,
+    stats_db_engine=True,
 )
 
 PERSONALITIES: dict[str, Personality] = {p.version: p for p in (V073, V080, V087)}

@@ -143,6 +143,7 @@ class Store:
         if not self.dirty:
             return False
         self.generation += 1
+        self.db_dir.mkdir(parents=True, exist_ok=True)
         final = self.db_dir / f"{SNAP_PREFIX}{self.generation:016x}"
         tmp = final.with_name(final.name + ".tmp")
         data = json.dumps(self.trees, sort_keys=True, separators=(",", ":")).encode()

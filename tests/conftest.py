@@ -1,0 +1,64 @@
+"""Shared fixtures: labs that are always torn down, even after a failed test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Each lab gets its own 127.42.C.0/24 so labs of one test run never collide.
+_subnets = itertools.count(100 + (os.getpid() % 50))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests under tests/lab are lab tests; CI runs them, never skips them."""
+    for item in items:
+        if "/tests/lab/" in str(item.fspath):
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.fixture
+def make_lab(tmp_path_factory):
+    """Factory: ``make_lab(version="0.7.3", zones=3, per_zone=2, **spec)`` returns an up lab."""
+    from garage_lab.harness import Lab, LabSpec
+
+    labs: list[Lab] = []
+
+    def factory(timeout: float = 60, **kw) -> Lab:
+        d = tmp_path_factory.mktemp("lab")
+        spec = LabSpec(dir=str(d), subnet=f"127.42.{next(_subnets)}", ssh_port=2222, **kw)
+        lab = Lab.up(spec, timeout=timeout)
+        labs.append(lab)
+        return lab
+
+    yield factory
+    for lab in labs:
+        try:
+            lab.down()
+        except Exception as exc:  # noqa: BLE001 - report, and keep tearing down the others
+            print(f"lab teardown failed for {lab.dir}: {exc}", file=sys.stderr)
+
+
+def garage(lab, node: str, *args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run the node's current ``garage`` binary locally, in the node's context."""
+    nd = lab.node_dir(node)
+    e = dict(os.environ, GARAGE_LAB_NODE=node)
+    e.pop("RUST_LOG", None)
+    e.update(env or {})
+    return subprocess.run([str(nd / "usr/local/bin/garage"), "-c", str(nd / "etc/garage.toml"), *args],
+                          capture_output=True, text=True, env=e, timeout=timeout)
+
+
+def service(lab, node: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the lab's service control for ``node``."""
+    e = dict(os.environ, GARAGE_LAB_NODE=node)
+    return subprocess.run([str(lab.dir / "bin" / "garage-service"), *args], capture_output=True, text=True,
+                          env=e, timeout=timeout)
