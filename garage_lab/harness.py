@@ -479,7 +479,9 @@ class Lab:
                 return f"{n['name']} is not running"
             if n.get("peers_up") is None:
                 return f"{n['name']} does not answer RPC yet"
-            same = [m for m in st["nodes"] if m["running"] and m["version"] == n["version"] and m["name"] != n["name"]]
+            # nodes with the same RPC tag connect (all 0.8.x interoperate); 0.7 and 0.8 never do
+            same = [m for m in st["nodes"] if m["running"] and m["name"] != n["name"] and m["version"]
+                    and PERSONALITIES[m["version"]].rpc_tag == PERSONALITIES[n["version"]].rpc_tag]
             if n["peers_up"] < len(same):
                 return f"{n['name']} sees {n['peers_up']} of {len(same)} peers"
         if not self.sshd_ready():

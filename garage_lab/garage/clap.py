@@ -28,7 +28,7 @@ texts are inferred, ref 14]:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -119,7 +119,9 @@ def _option(name: str, help: str, **kw) -> _Arg:
     return _Arg(name, help, long=kw.pop("long", name), takes_value=True, **kw)
 
 
-def _pos(name: str, help: str = "", *, required: bool = True, int_bits: int | None = None, default: str | None = None) -> _Arg:
+def _pos(
+    name: str, help: str = "", *, required: bool = True, int_bits: int | None = None, default: str | None = None
+) -> _Arg:
     return _Arg(name, help, required=required and default is None, default=default, int_bits=int_bits)
 
 
@@ -165,7 +167,8 @@ def _grammar(p: Personality) -> _Cmd:
         bucket_subs.append(_leaf(
             "set-quotas", "Set the quotas for this bucket",
             _pos("bucket", "Bucket name"),
-            _option("max-size", "Set a maximum size for the bucket (specify a size e.g. in MiB or GiB, or `none` for no size restriction)"),
+            _option("max-size", "Set a maximum size for the bucket (specify a size e.g. in MiB or GiB, "
+                                "or `none` for no size restriction)"),
             _option("max-objects", "Set a maximum number of objects for the bucket (or `none` for no restriction)"),
         ))
     subs = [
@@ -384,7 +387,7 @@ class _Level:
         pos = [str(a) for a in self.positionals if a.name in wanted]
         return pos + [str(self.by_name(n)) for n in wanted if not self.by_name(n).positional]
 
-    def error_usage(self, extra: list[str] = ()) -> str:
+    def error_usage(self, extra: Iterable[str] = ()) -> str:
         """clap's ``create_error_usage``: the help usage, or a "smart" one naming what was used."""
         used = [n for n in self.values if not self.by_name(n).positional and not self.by_name(n).required]
         used += [n for n in extra if n not in used]

@@ -1058,6 +1058,7 @@ class Daemon:
             # late 0.8: resync shows Busy* during normal tranquilized work (late 1.1)
             w.state = ("Throttled" if self.p.worker_list_table else "Busy") if busy else "Idle"
             w.throttle_secs = 0.5 if busy else 0.0
+            w.persistent_errors = errs if active else None
             if not active:
                 w.info = ["(unused)"]
                 w.message = ["This worker is currently disabled"]
@@ -1070,6 +1071,7 @@ class Daemon:
         prog = self.scrub.get("progress")
         sc.tranq = self.scrub.get("tranquility", 4)
         corr = self.scrub.get("corruptions_detected", 0)
+        sc.persistent_errors = corr
         if prog is not None:
             paused = time.time() < self.scrub.get("paused_until", 0)
             sc.state = "Idle" if paused else ("Throttled" if self.p.worker_list_table else "Busy")

@@ -287,7 +287,7 @@ async def _dispatch(p: Personality, c: clap.Command, conn: rpc.Connection) -> in
         storage = tuple(_storage_node(r) for r in res["storage"])
         if "all-nodes" in c.flags:
             sections = [(nid, s if isinstance(s, str) else _local_stats(s, storage)) for nid, s in res["nodes"]]
-            out.write(render.render_stats_all(p, sections, storage))
+            out.write(render.render_stats_all(p, sections, storage, detailed="detailed" in c.flags))
         else:
             out.write(render.render_stats(p, _local_stats(res["nodes"][0][1], storage), "detailed" in c.flags))
     elif path == ("worker", "list"):
@@ -301,21 +301,23 @@ async def _dispatch(p: Personality, c: clap.Command, conn: rpc.Connection) -> in
         if not match:
             raise CliError(f"No worker with TID {tid}")
         w = match[0]
-        persistent = None
-        if w["name"].startswith("Block resync"):
-            persistent = int(w["info"][0].split(", ")[-1].split()[0]) if w["info"] and "error state" in w["info"][0] else 0
+        # Persistent errors = errored blocks (resync) or corruptions found (scrub), late 1.2
+        persistent = w.get("persistent_errors")
         out.write(render.render_worker_info(p, _worker_row(w), tuple(w["message"]), persistent))
     elif path == ("worker", "get"):
         rows = await conn.call("worker_get", {"variable": c.args.get("variable"), "all_nodes": "all-nodes" in c.flags})
         out.write(render.render_worker_vars([tuple(r) for r in rows]))
     elif path == ("worker", "set"):
-        var = c.args.get("variable") or path[2]
-        rows = await conn.call("worker_set", {"variable": var, "value": c.args["value"], "all_nodes": "all-nodes" in c.flags})
+        if p.has_worker_get:
+            var, value = c.args["variable"], c.args["value"]
+        else:  # 0.8.0: `worker set <resync-n-workers|scrub-tranquility|resync-tranquility> <N>`
+            var = path[2]
+            value = c.args.get("n-workers") or c.args.get("tranquility")
+        rows = await conn.call("worker_set", {"variable": var, "value": value, "all_nodes": "all-nodes" in c.flags})
         if p.has_worker_get:
             out.write(render.render_worker_vars([tuple(r) for r in rows]))
         else:
-            out.write({"resync-n-workers": "Number of resync workers updated\n", "scrub-tranquility": "Scrub tranquility updated\n",
-                       "resync-tranquility": "Resync tranquility updated\n"}[var])
+            out.write(render.render_worker_set_legacy(var))
     elif path == ("bucket", "list"):
         rows = await conn.call("bucket_list")
         out.write(render.render_bucket_list(p, [(tuple(a), i) for a, i in rows]))
@@ -339,9 +341,8 @@ async def _dispatch(p: Personality, c: clap.Command, conn: rpc.Connection) -> in
     elif path == ("block", "list-errors"):
         rows = [["Hash", "RC", "Errors", "Last error", "Next try"]]
         for h, rc, errors, last_ago, next_in in await conn.call("block_errors"):
-            due = "in asap" if next_in <= 0 else "in " + render.timeago(next_in).removesuffix(" ago")
-            rows.append([h, str(rc), str(errors), render.timeago(last_ago), due])
-        out.write(render.format_table(rows) + "\n")
+            rows.append([h, str(rc), str(errors), render.timeago(last_ago), render.timeago_future(next_in)])
+        out.write(render.format_table(rows))
     else:
         raise CliError(f"command {' '.join(path)} is not simulated by the lab")
     return 0
@@ -378,7 +379,7 @@ def _data_avail(st: dict, nid: str) -> str:
         return "N/A"
     if nid == st["node"] and st.get("disk"):
         avail, total = st["disk"]["data"]
-        return f"{render.bytesize(avail, True)} ({100.0 * avail / max(1, total):.1f}%)"
+        return render.data_avail_cell(avail, total)
     return "?"
 
 

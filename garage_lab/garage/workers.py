@@ -40,6 +40,7 @@ class Worker:
     last_error_time: float | None = None
     info: list[str] = field(default_factory=list)
     message: list[str] = field(default_factory=list)
+    persistent_errors: int | None = None
 
     def record_error(self, msg: str) -> None:
         """Count an error, as Garage's worker runner does."""
@@ -62,6 +63,7 @@ class Worker:
             "consecutive_errors": self.consecutive_errors, "last_error": self.last_error,
             "last_error_secs_ago": None if self.last_error_time is None else now - self.last_error_time,
             "info": list(self.info), "message": list(self.message),
+            "persistent_errors": self.persistent_errors,
         }
 
 
