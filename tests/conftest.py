@@ -32,10 +32,10 @@ def make_lab(tmp_path_factory):
 
     labs: list[Lab] = []
 
-    def factory(timeout: float = 60, **kw) -> Lab:
+    def factory(timeout: float = 60, wait_prometheus: bool = True, **kw) -> Lab:
         d = tmp_path_factory.mktemp("lab")
         spec = LabSpec(dir=str(d), subnet=f"127.42.{next(_subnets)}", ssh_port=2222, **kw)
-        lab = Lab.up(spec, timeout=timeout)
+        lab = Lab.up(spec, timeout=timeout, wait_prometheus=wait_prometheus)
         labs.append(lab)
         return lab
 

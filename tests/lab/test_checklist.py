@@ -6,6 +6,7 @@ garage-0.7-to-0.8.md, ``late9_<topic>`` for section 9 of garage-0.8-late.md.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import signal
@@ -63,6 +64,12 @@ def swap(lab, node, version):
     tmp = nd / "usr/local/bin/.garage.new"
     os.symlink(lab.launcher(version), tmp)
     os.replace(tmp, nd / "usr/local/bin/garage")
+
+
+@pytest.fixture
+def make_lab(make_lab):
+    """These tests do not read Prometheus: skip waiting for its first scrape (it still runs)."""
+    return functools.partial(make_lab, wait_prometheus=False)
 
 
 # --------------------------------------------------------------------------- ref 13

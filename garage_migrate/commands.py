@@ -1,0 +1,566 @@
+"""Every remote command garage-migrate runs is built here, as a value.
+
+A :class:`RemoteCommand` is an argv tuple plus how to run it (node-side timeout, ``sudo -n``,
+optional stdin). It renders to one shell string in which every word went through
+:func:`shlex.quote`, because sshd hands the command to the login shell. Commands compare with
+``==``, so tests assert on the exact command a step would run, and the dry run shows the same
+strings as the real run.
+
+Only allow-listed executables are built (:data:`FIXED_EXECUTABLES`), plus what the inventory
+configures for a node (its Garage binary, its service commands, API-gate commands) and Garage
+binaries named by version (``.../garage-v0.8.7``) for staging. :func:`check_allowed` is called
+by every builder here and again by the SSH runner before anything leaves the controller.
+
+Remote paths must be absolute: nothing here depends on the remote working directory, and an
+absolute path can never be read as an option.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+import re
+import shlex
+import signal as _signal
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import PurePosixPath
+from typing import Literal
+
+from .errors import CommandRefused
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "FIXED_EXECUTABLES",
+    "GARAGE_BINARY_NAME",
+    "KILL_AFTER",
+    "OFFLINE_REPAIR_WHATS",
+    "REPAIR_WHATS",
+    "WRAPPERS",
+    "NodeContext",
+    "RemoteCommand",
+    "ServiceControl",
+    "cat",
+    "check_allowed",
+    "df_avail",
+    "du_bytes",
+    "exists",
+    "garage",
+    "garage_version",
+    "is_allowed",
+    "kill",
+    "list_files",
+    "mkdir_p",
+    "offline_repair",
+    "readlink_f",
+    "remove_file",
+    "rename",
+    "repair",
+    "service_signal",
+    "service_start",
+    "service_status",
+    "service_stop",
+    "sha256sum",
+    "signal_name",
+    "stat",
+    "switch_symlink",
+    "symlink",
+    "sync",
+    "tar_archive",
+    "tar_stream",
+    "zstd_test",
+]
+
+#: Executables any node may run, by basename. A test pins this set: growing it is a decision.
+FIXED_EXECUTABLES: frozenset[str] = frozenset({
+    "cat", "df", "du", "find", "flock", "kill", "ln", "mkdir", "mv", "readlink", "rm", "sha256sum",
+    "stat", "sync", "systemctl", "tar", "test", "zstd",
+})
+#: Executables that :meth:`RemoteCommand.render` puts in front of a command. Never ``argv[0]``:
+#: ``timeout 5 anything`` would otherwise launder any program through the allow-list.
+WRAPPERS: frozenset[str] = frozenset({"sudo", "timeout"})
+#: Basename of a Garage binary at an absolute path that is not the configured one: the
+#: unversioned name, or one named after its version as the staging step writes it.
+GARAGE_BINARY_NAME = re.compile(r"garage(-v\d+\.\d+\.\d+)?")
+
+#: Seconds between the node-side ``timeout``'s SIGTERM and its SIGKILL.
+KILL_AFTER = 5
+#: Timeout of the short builders when the caller does not give one.
+DEFAULT_TIMEOUT = 30.0
+#: Garage CLI commands talk to a daemon over RPC; a cluster under load answers slowly.
+GARAGE_TIMEOUT = 60.0
+_MAX_TIMEOUT = 7 * 86400.0
+
+#: ``garage repair <WHAT>`` in both 0.7.3 and 0.8.x (ref 2.9).
+REPAIR_WHATS = frozenset({"tables", "blocks", "versions", "block_refs", "scrub"})
+#: ``garage offline-repair <WHAT>`` (0.8.x only, ref 2.12).
+OFFLINE_REPAIR_WHATS = frozenset({"object_counters", "k2v_item_counters"})
+
+
+@dataclass(frozen=True)
+class RemoteCommand:
+    """One command to run on a node: a value, compared with ``==``.
+
+    Attributes:
+        argv: the program and its arguments, unquoted.
+        timeout: seconds the command may run; enforced on the node by ``timeout
+            --kill-after=5`` and by the runner on the client. ``None``: no limit.
+        sudo: run through ``sudo -n`` (never prompts; fails if a password is needed).
+        stdin: bytes to feed to the command's standard input, if any.
+    """
+
+    argv: tuple[str, ...]
+    timeout: float | None = None
+    sudo: bool = False
+    stdin: bytes | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        argv = tuple(self.argv)
+        if not argv:
+            raise CommandRefused("empty command")
+        for word in argv:
+            if not isinstance(word, str):
+                raise CommandRefused(f"argument {word!r} of {argv[0]!r} is not a string")
+            if "\0" in word:
+                raise CommandRefused(f"argument of {argv[0]!r} contains a NUL byte")
+        object.__setattr__(self, "argv", argv)
+        if self.timeout is not None:
+            t = float(self.timeout)
+            if not (0 < t <= _MAX_TIMEOUT):
+                raise CommandRefused(f"timeout {self.timeout!r} of {argv[0]!r} is not in (0, {_MAX_TIMEOUT:.0f}]")
+            object.__setattr__(self, "timeout", t)
+        if self.stdin is not None and not isinstance(self.stdin, bytes):
+            raise CommandRefused("stdin must be bytes")
+
+    @property
+    def executable(self) -> str:
+        """``argv[0]``: what the allow-list is checked against."""
+        return self.argv[0]
+
+    def replace(self, **changes) -> RemoteCommand:
+        """A copy with some fields changed (``cmd.replace(sudo=True)``)."""
+        return replace(self, **changes)
+
+    def words(self) -> tuple[str, ...]:
+        """The argv the node executes, wrappers included, before quoting."""
+        out: list[str] = []
+        if self.sudo:
+            out += ["sudo", "-n"]
+        if self.timeout is not None:
+            # sudo outside timeout: a root command can only be killed by a root timeout.
+            # No --foreground: timeout then signals the command's whole process group.
+            out += ["timeout", f"--kill-after={KILL_AFTER}", _fmt_seconds(self.timeout)]
+        return (*out, *self.argv)
+
+    def render(self) -> str:
+        """The shell string sent to sshd, every word quoted with :func:`shlex.quote`."""
+        return " ".join(shlex.quote(w) for w in self.words())
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def _fmt_seconds(t: float) -> str:
+    # whole milliseconds, rounded up: "0" would mean "no timeout" to coreutils timeout
+    ms = max(1, math.ceil(t * 1000 - 1e-6))
+    whole, frac = divmod(ms, 1000)
+    return f"{whole}.{frac:03d}".rstrip("0").rstrip(".") if frac else str(whole)
+
+
+# ---------------------------------------------------------------------------- node context
+
+
+@dataclass(frozen=True)
+class ServiceControl:
+    """How a node's Garage service is driven.
+
+    Attributes:
+        kind: ``systemd`` (``systemctl <verb> <unit>``) or ``custom`` (the argv lists below).
+        unit: the systemd unit.
+        start: custom start argv.
+        stop: custom stop argv.
+        status: custom status argv; exit 0 means running (like ``systemctl is-active``).
+        signal: custom argv that delivers a signal; the signal name (``SIGINT``) is appended.
+    """
+
+    kind: Literal["systemd", "custom"] = "systemd"
+    unit: str = "garage"
+    start: tuple[str, ...] = ()
+    stop: tuple[str, ...] = ()
+    status: tuple[str, ...] = ()
+    signal: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("systemd", "custom"):
+            raise CommandRefused(f"unknown service kind {self.kind!r}")
+        for verb in ("start", "stop", "status", "signal"):
+            argv = tuple(getattr(self, verb))
+            object.__setattr__(self, verb, argv)
+            if self.kind == "custom" and not argv:
+                raise CommandRefused(f"custom service control needs a {verb} command")
+
+    def argv_prefixes(self) -> tuple[tuple[str, ...], ...]:
+        """The configured custom commands (empty for systemd)."""
+        if self.kind != "custom":
+            return ()
+        return (self.start, self.stop, self.status, self.signal)
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """What the builders need to know about a node; made by the inventory.
+
+    Attributes:
+        name: the node name (for messages).
+        binary_path: the Garage binary the service runs (usually a symlink).
+        config_path: its ``garage.toml``.
+        sudo: whether privileged commands go through ``sudo -n``.
+        service: how the service is driven.
+        trusted: further configured argv prefixes this node may run (API-gate commands).
+    """
+
+    name: str
+    binary_path: str = "/usr/local/bin/garage"
+    config_path: str = "/etc/garage.toml"
+    sudo: bool = False
+    service: ServiceControl = ServiceControl()
+    trusted: tuple[tuple[str, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        _abs(self.binary_path, "binary_path")
+        _abs(self.config_path, "config_path")
+        object.__setattr__(self, "trusted", tuple(tuple(p) for p in self.trusted))
+
+    def trusted_prefixes(self) -> tuple[tuple[str, ...], ...]:
+        """Configured argv prefixes: the binary, the custom service commands, ``trusted``."""
+        return ((self.binary_path,), *self.service.argv_prefixes(), *self.trusted)
+
+
+def is_allowed(cmd: RemoteCommand, ctx: NodeContext | None = None, extra: Iterable[str] = ()) -> bool:
+    """Whether ``cmd`` may run on the node of ``ctx``.
+
+    Allowed: an executable of :data:`FIXED_EXECUTABLES` (bare or at an absolute path), an
+    absolute path whose basename matches :data:`GARAGE_BINARY_NAME`, a command starting with
+    one of ``ctx``'s configured argv prefixes, or an executable named in ``extra`` (exact
+    string; for tests and diagnostics only).
+    """
+    exe = cmd.executable
+    if exe in set(extra):
+        return True
+    if ctx is not None:
+        for prefix in ctx.trusted_prefixes():
+            if prefix and cmd.argv[: len(prefix)] == prefix:
+                return True
+    base = posixpath.basename(exe)
+    if exe != base and not exe.startswith("/"):
+        return False  # a relative path depends on the remote cwd
+    if base in FIXED_EXECUTABLES:
+        return True
+    return exe.startswith("/") and GARAGE_BINARY_NAME.fullmatch(base) is not None
+
+
+def check_allowed(cmd: RemoteCommand, ctx: NodeContext | None = None, extra: Iterable[str] = ()) -> RemoteCommand:
+    """Return ``cmd`` if :func:`is_allowed`, else raise.
+
+    Raises:
+        CommandRefused: the executable is not on the allow-list for this node.
+    """
+    if not is_allowed(cmd, ctx, extra):
+        where = f" on {ctx.name}" if ctx is not None else ""
+        raise CommandRefused(f"executable {cmd.executable!r} is not on the allow-list{where}",
+                             node=ctx.name if ctx else None, command=cmd.render())
+    return cmd
+
+
+def _abs(path: str | PurePosixPath, what: str = "path") -> str:
+    p = str(path)
+    if not p.startswith("/"):
+        raise CommandRefused(f"{what} must be an absolute remote path, got {p!r}")
+    if "\0" in p or "\n" in p:
+        raise CommandRefused(f"{what} {p!r} contains a NUL or newline")
+    if ".." in PurePosixPath(p).parts:
+        raise CommandRefused(f"{what} {p!r} contains '..'")
+    return p
+
+
+def _split(path: str | PurePosixPath, what: str = "path") -> tuple[str, str]:
+    p = _abs(path, what).rstrip("/")
+    parent, name = posixpath.split(p)
+    if not name:
+        raise CommandRefused(f"{what} must name something below /, got {str(path)!r}")
+    return parent or "/", name
+
+
+def _cmd(argv: Iterable[str], *, timeout: float | None, sudo: bool = False,
+         ctx: NodeContext | None = None, stdin: bytes | None = None) -> RemoteCommand:
+    return check_allowed(RemoteCommand(tuple(argv), timeout=timeout, sudo=sudo, stdin=stdin), ctx)
+
+
+# ---------------------------------------------------------------------------- garage
+
+
+def garage(ctx: NodeContext, *args: str, timeout: float = GARAGE_TIMEOUT) -> RemoteCommand:
+    """``<binary_path> -c <config_path> <args...>`` on the node of ``ctx``.
+
+    Top-level options come before the subcommand (Garage rejects ``garage status -c x``), so
+    the builder owns ``-c`` and ``args`` must start with the subcommand.
+
+    Raises:
+        CommandRefused: no subcommand, a ``-c``/``--config`` in ``args``, or a
+            ``repair``/``offline-repair`` flag placed after its WHAT (Garage rejects it).
+    """
+    if not args or args[0].startswith("-"):
+        raise CommandRefused(f"garage needs a subcommand first, got {list(args)!r}")
+    if any(a in ("-c", "--config") or a.startswith("--config=") for a in args):
+        raise CommandRefused("the config path comes from the inventory: do not pass -c")
+    if args[0] in ("repair", "offline-repair"):
+        seen_what = False
+        for a in args[1:]:
+            if not a.startswith("-"):
+                seen_what = True
+            elif seen_what and not _is_number(a):
+                raise CommandRefused(f"flag {a!r} after the WHAT of `garage {args[0]}`: flags go before it")
+    return _cmd((ctx.binary_path, "-c", ctx.config_path, *args), timeout=timeout, sudo=ctx.sudo, ctx=ctx)
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def repair(ctx: NodeContext, what: str, *what_args: str, all_nodes: bool = True, yes: bool = True,
+           timeout: float = GARAGE_TIMEOUT) -> RemoteCommand:
+    """``garage repair [--all-nodes] [--yes] <what> [args]``: launches a repair and returns.
+
+    Args:
+        ctx: the node to send the request from.
+        what: one of :data:`REPAIR_WHATS`.
+        what_args: e.g. ``start`` for ``scrub`` on 0.8.
+        all_nodes: launch on every node of the layout.
+        yes: confirm (the daemon refuses without it).
+        timeout: for the launch, not for the repair.
+    """
+    if what not in REPAIR_WHATS:
+        raise CommandRefused(f"unknown repair {what!r}; Garage knows {sorted(REPAIR_WHATS)}")
+    flags = (["--all-nodes"] if all_nodes else []) + (["--yes"] if yes else [])
+    return garage(ctx, "repair", *flags, what, *what_args, timeout=timeout)
+
+
+def offline_repair(ctx: NodeContext, what: str, *, timeout: float, yes: bool = True) -> RemoteCommand:
+    """``garage offline-repair [--yes] <what>`` (0.8.x; the daemon must be stopped).
+
+    Args:
+        ctx: the node.
+        what: one of :data:`OFFLINE_REPAIR_WHATS`.
+        timeout: required: the run is linear in the node's object count.
+        yes: confirm (refused without it).
+    """
+    if what not in OFFLINE_REPAIR_WHATS:
+        raise CommandRefused(f"unknown offline repair {what!r}; Garage knows {sorted(OFFLINE_REPAIR_WHATS)}")
+    return garage(ctx, "offline-repair", *(["--yes"] if yes else []), what, timeout=timeout)
+
+
+def garage_version(path: str, *, ctx: NodeContext | None = None, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``<path> --version``: the version of a Garage binary, e.g. a staged one.
+
+    ``path`` must be the configured binary of ``ctx`` or match :data:`GARAGE_BINARY_NAME`.
+    """
+    return _cmd((_abs(path, "garage binary"), "--version"), timeout=timeout, ctx=ctx)
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def cat(path: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``cat <path>``."""
+    return _cmd(("cat", _abs(path)), timeout=timeout, sudo=sudo)
+
+
+def sha256sum(path: str, *, sudo: bool = False, timeout: float = 600.0) -> RemoteCommand:
+    """``sha256sum <path>`` (prints ``<hex>  <path>``)."""
+    return _cmd(("sha256sum", _abs(path)), timeout=timeout, sudo=sudo)
+
+
+def readlink_f(path: str, *, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``readlink -f <path>``: where a symlink finally points (exit 1 if a parent is missing)."""
+    return _cmd(("readlink", "-f", _abs(path)), timeout=timeout)
+
+
+def stat(path: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``stat -L -c '%s %a %U %Y %F' <path>``: size, mode, owner, mtime, type (last: it has spaces)."""
+    return _cmd(("stat", "-L", "-c", "%s %a %U %Y %F", _abs(path)), timeout=timeout, sudo=sudo)
+
+
+def exists(path: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``test -e <path>``: exit 0 if it exists, 1 if not (run with ``check=False``)."""
+    return _cmd(("test", "-e", _abs(path)), timeout=timeout, sudo=sudo)
+
+
+def mkdir_p(path: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``mkdir -p <path>``."""
+    return _cmd(("mkdir", "-p", _abs(path)), timeout=timeout, sudo=sudo)
+
+
+def remove_file(path: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``rm -f <path>``: one file (staged binary, partial upload). Never recursive."""
+    _split(path)
+    return _cmd(("rm", "-f", _abs(path)), timeout=timeout, sudo=sudo)
+
+
+def list_files(path: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``find <dir> -mindepth 1 -maxdepth 1 -printf '%y %s %T@ %f\\n'``: type, size, mtime, name."""
+    return _cmd(("find", _abs(path), "-mindepth", "1", "-maxdepth", "1", "-printf", "%y %s %T@ %f\\n"),
+                timeout=timeout, sudo=sudo)
+
+
+def du_bytes(path: str, *, sudo: bool = False, timeout: float = 300.0) -> RemoteCommand:
+    """``du -sb <path>``: apparent size in bytes of a tree (the metadata dir before a backup)."""
+    return _cmd(("du", "-sb", _abs(path)), timeout=timeout, sudo=sudo)
+
+
+def df_avail(path: str, *, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``df -B1 --output=avail,target <path>``: free bytes and mount point of ``path``'s filesystem."""
+    return _cmd(("df", "-B1", "--output=avail,target", _abs(path)), timeout=timeout)
+
+
+def symlink(target: str, link: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``ln -sfn <target> <link>``: (re)point ``link`` without following an old link to a dir."""
+    return _cmd(("ln", "-sfn", _abs(target, "symlink target"), _abs(link, "link")), timeout=timeout, sudo=sudo)
+
+
+def rename(src: str, dst: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``mv -T <src> <dst>``: rename(2), atomic on one filesystem; ``-T`` never moves *into* ``dst``."""
+    return _cmd(("mv", "-T", _abs(src), _abs(dst)), timeout=timeout, sudo=sudo)
+
+
+def switch_symlink(target: str, link: str, *, sudo: bool = False,
+                   timeout: float = DEFAULT_TIMEOUT) -> tuple[RemoteCommand, RemoteCommand]:
+    """The atomic flip of ``link`` to ``target``: a new link beside it, renamed over it.
+
+    Readers see the old or the new target, never a missing link; running it again is a no-op
+    and running it with the old target reverses it.
+
+    Returns:
+        ``(ln -sfn <target> <link>.garage-migrate.tmp, mv -T <link>.garage-migrate.tmp <link>)``
+    """
+    _split(link, "link")
+    tmp = _abs(link).rstrip("/") + ".garage-migrate.tmp"
+    return symlink(target, tmp, sudo=sudo, timeout=timeout), rename(tmp, link, sudo=sudo, timeout=timeout)
+
+
+def sync(*, sudo: bool = False, timeout: float = 120.0) -> RemoteCommand:
+    """``sync``: flush page caches before a flip or after an on-node backup."""
+    return _cmd(("sync",), timeout=timeout, sudo=sudo)
+
+
+# ---------------------------------------------------------------------------- backups
+
+
+def tar_stream(path: str, *, timeout: float, sudo: bool = False) -> RemoteCommand:
+    """``tar -C <parent> -cf - <name>``: the tree at ``path`` as an uncompressed tar on stdout.
+
+    Args:
+        path: the directory to archive (the metadata dir), absolute.
+        timeout: required: proportional to the metadata size.
+        sudo: read as root.
+    """
+    parent, name = _split(path)
+    return _cmd(("tar", "-C", parent, "-cf", "-", name), timeout=timeout, sudo=sudo)
+
+
+def tar_archive(path: str, archive: str, *, timeout: float, sudo: bool = False) -> RemoteCommand:
+    """``tar -acf <archive> -C <parent> <name>``: the guide's on-node backup (ref 6).
+
+    ``-a`` picks the compressor from the suffix (``.tar.zst`` needs ``zstd`` on the node).
+
+    Args:
+        path: the directory to archive, absolute.
+        archive: the archive to write, absolute.
+        timeout: required: proportional to the metadata size.
+        sudo: run as root.
+    """
+    parent, name = _split(path)
+    return _cmd(("tar", "-acf", _abs(archive, "archive"), "-C", parent, name), timeout=timeout, sudo=sudo)
+
+
+def zstd_test(archive: str, *, sudo: bool = False, timeout: float = 600.0) -> RemoteCommand:
+    """``zstd -tq <archive>``: check a ``.zst`` archive's frames and checksums."""
+    return _cmd(("zstd", "-tq", _abs(archive, "archive")), timeout=timeout, sudo=sudo)
+
+
+# ---------------------------------------------------------------------------- processes and service
+
+
+def signal_name(sig: str | int | _signal.Signals) -> str:
+    """``"INT"``, ``"sigint"``, ``2`` or ``Signals.SIGINT`` -> ``"SIGINT"``.
+
+    Raises:
+        CommandRefused: not a signal name.
+    """
+    try:
+        if isinstance(sig, str):
+            s = sig.strip().upper()
+            return _signal.Signals["SIG" + s.removeprefix("SIG")].name
+        return _signal.Signals(sig).name
+    except (KeyError, ValueError):
+        raise CommandRefused(f"unknown signal {sig!r}") from None
+
+
+def kill(pid: int, sig: str | int = "TERM", *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``kill -s <SIG> <pid>``."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
+        raise CommandRefused(f"refusing to signal pid {pid!r}")
+    return _cmd(("kill", "-s", signal_name(sig).removeprefix("SIG"), str(pid)), timeout=timeout, sudo=sudo)
+
+
+def _service(ctx: NodeContext, verb: str, timeout: float, extra: tuple[str, ...] = ()) -> RemoteCommand:
+    svc = ctx.service
+    if svc.kind == "systemd":
+        argv = {
+            "start": ("systemctl", "start", svc.unit),
+            "stop": ("systemctl", "stop", svc.unit),
+            "status": ("systemctl", "is-active", svc.unit),
+            "signal": ("systemctl", "kill", "-s", *extra, svc.unit),
+        }[verb]
+    else:
+        argv = (*getattr(svc, verb), *extra)
+    return _cmd(argv, timeout=timeout, sudo=ctx.sudo, ctx=ctx)
+
+
+def service_start(ctx: NodeContext, *, timeout: float = 120.0) -> RemoteCommand:
+    """Start the node's Garage service (returns once spawned; readiness is checked apart)."""
+    return _service(ctx, "start", timeout)
+
+
+def service_stop(ctx: NodeContext, *, timeout: float = 120.0) -> RemoteCommand:
+    """Stop the node's Garage service with its configured stop semantics (systemd: SIGTERM,
+    which kills 0.7.3 at once: send :func:`service_signal` ``INT`` first on 0.7)."""
+    return _service(ctx, "stop", timeout)
+
+
+def service_status(ctx: NodeContext, *, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``is-active``: prints the state, exit 0 when running, 3 otherwise (run with ``check=False``)."""
+    return _service(ctx, "status", timeout)
+
+
+def service_signal(ctx: NodeContext, sig: str | int, *, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """Deliver ``sig`` to the service (``systemctl kill -s SIGINT garage``) without waiting."""
+    return _service(ctx, "signal", timeout, (signal_name(sig),))
+
+
+LOCK_HELD_EXIT = 75  # EX_TEMPFAIL: what ``lock_probe`` exits with when the DB lock is held
+
+
+def lock_probe(metadata_dir: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``flock -n -E 75 <metadata_dir>/db/db true``: exit 0 if sled's lock is free, 75 if held.
+
+    A running daemon (or offline repair) holds a non-blocking exclusive flock on ``db/db`` for
+    its whole life (ref 6), so this is the direct test that nothing has the DB open. Run with
+    ``check=False``. The probe takes and drops the lock at once; ``true`` is fixed here, so
+    ``flock`` cannot be used to run anything else.
+    """
+    return _cmd(("flock", "-n", "-E", str(LOCK_HELD_EXIT), posixpath.join(_abs(metadata_dir, "metadata_dir"), "db", "db"), "true"),
+                timeout=timeout, sudo=sudo)

@@ -1,0 +1,533 @@
+"""The SSH runner: the only module that talks to nodes over SSH.
+
+Steps see a node through the narrow :class:`NodeShell` protocol (run a command, stream a
+command's binary output, upload a file), so a dry run or a test can inject another
+implementation. :class:`SshPool` is the asyncssh one:
+
+- one connection per node per event loop, opened on first use and reused; channels on it
+  are bounded by a semaphore (OpenSSH's ``MaxSessions`` defaults to 10);
+- ``connect_timeout`` and ``keepalive_interval`` always set; host keys always checked against
+  the inventory's known_hosts; ``~/.ssh/config`` is not read (the inventory decides);
+- every command is allow-listed (:func:`garage_migrate.commands.check_allowed`) and carries
+  its own timeout, enforced on the node by ``timeout --kill-after`` and on the client with a
+  grace period on top;
+- asyncssh and OS errors are converted here into :mod:`garage_migrate.errors`.
+
+Log lines go to the ``garage_migrate.ssh`` logger, prefixed with ``[<node>]`` and with
+``extra={"node": <node>}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import asyncssh
+
+from .commands import KILL_AFTER, RemoteCommand, check_allowed
+from .errors import (
+    AuthenticationError,
+    CommandError,
+    CommandTimeout,
+    HostKeyError,
+    InventoryError,
+    StepError,
+    TransportError,
+)
+from .inventory import SshTarget
+
+if TYPE_CHECKING:
+    from .inventory import Inventory
+
+__all__ = ["NodeShell", "Result", "Sink", "SshNodeShell", "SshPool", "DEFAULT_CHUNK"]
+
+logger = logging.getLogger("garage_migrate.ssh")
+
+#: Bytes per read of a streamed command's stdout.
+DEFAULT_CHUNK = 256 * 1024
+#: Bytes of a streamed command's stderr kept in memory (its tail).
+_STREAM_STDERR_KEEP = 64 * 1024
+#: Exit status of coreutils ``timeout`` when it had to stop the command.
+_TIMEOUT_EXIT = (124, 137)
+#: ``returncode`` of a channel that closed without an exit status or signal (as OpenSSH's ssh).
+_NO_STATUS = 255
+
+Sink = Callable[[bytes], Awaitable[None] | None]  # sync or async; called with each chunk
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a finished remote command reported.
+
+    Attributes:
+        stdout: standard output, decoded as UTF-8 (invalid bytes replaced); ``""`` for
+            :meth:`NodeShell.stream`, whose output went to the sink.
+        stderr: standard error, decoded likewise (for a stream: its last 64 KiB).
+        exit_status: the exit status, or ``None`` if the command died of a signal.
+        signal: the signal name (``"ABRT"``) if it died of one, else ``None``.
+        returncode: ``exit_status``, or ``-signum`` for a signal (subprocess convention), or
+            255 if the channel closed without reporting either (as OpenSSH's ``ssh`` does).
+        streamed: bytes handed to the sink by :meth:`NodeShell.stream`.
+    """
+
+    stdout: str
+    stderr: str
+    exit_status: int | None
+    signal: str | None
+    returncode: int
+    streamed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """Exit status 0."""
+        return self.exit_status == 0
+
+
+@runtime_checkable
+class NodeShell(Protocol):
+    """A node as the steps see it. Implementations convert their errors into the error tree."""
+
+    name: str
+
+    async def run(self, cmd: RemoteCommand, check: bool = True) -> Result:
+        """Run ``cmd`` to completion and return its output.
+
+        Raises:
+            CommandError: with ``check``, a non-zero exit status or death by a signal.
+            CommandTimeout: it exceeded ``cmd.timeout`` (whatever ``check`` says).
+            TransportError: the node could not be reached or the connection broke.
+            CommandRefused: ``cmd`` is not allowed on this node.
+        """
+        ...
+
+    async def stream(self, cmd: RemoteCommand, sink: Sink, chunk: int = DEFAULT_CHUNK,
+                     check: bool = True) -> Result:
+        """Run ``cmd`` and hand its raw stdout to ``sink`` chunk by chunk.
+
+        The exit status is checked only after EOF: a tar that fails half-way has already
+        written partial output, so the caller must discard it when this raises.
+        """
+        ...
+
+    async def put_file(self, local: str | os.PathLike[str], remote: str, *, timeout: float = 600.0) -> None:
+        """Upload ``local`` to the absolute path ``remote`` (mode preserved, atomic rename)."""
+        ...
+
+
+class _SinkFailed(Exception):
+    """Carries an exception raised by a stream's sink past the transport handlers."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__(exc)
+        self.exc = exc
+
+
+class _NodeLog(logging.LoggerAdapter):
+    def process(self, msg, kwargs):
+        kwargs.setdefault("extra", {})["node"] = self.extra["node"]
+        return f"[{self.extra['node']}] {msg}", kwargs
+
+
+class _Slot:
+    """A node's connection in one event loop, with the semaphore bounding its channels."""
+
+    def __init__(self, max_channels: int) -> None:
+        self.lock = asyncio.Lock()
+        self.channels = asyncio.Semaphore(max_channels)
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.opened = 0  # connections opened so far (observability and tests)
+
+
+class SshPool:
+    """Reusable SSH connections to the inventory's hosts.
+
+    Args:
+        targets: the hosts (usually ``inventory.resolved_nodes()`` targets).
+        extra_executables: executables allowed on every host on top of the allow-list; for
+            tests and diagnostics only, never for migration steps.
+        client_grace: seconds the client waits past a command's node-side deadline
+            (``timeout`` + ``KILL_AFTER``) before it gives up on the channel itself.
+    """
+
+    def __init__(self, targets: Iterable[SshTarget], *, extra_executables: Iterable[str] = (),
+                 client_grace: float = 10.0) -> None:
+        self._targets: dict[str, SshTarget] = {}
+        for t in targets:
+            if t.name in self._targets:
+                raise InventoryError(f"two SSH targets named {t.name!r}")
+            self._targets[t.name] = t
+        self.extra_executables = frozenset(extra_executables)
+        self.client_grace = client_grace
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Slot]] = weakref.WeakKeyDictionary()
+        self._slots_guard = threading.Lock()  # Prefect may drive several loops from threads
+
+    @classmethod
+    def from_inventory(cls, inventory: Inventory, **kwargs) -> SshPool:
+        """A pool for every node of ``inventory`` and its API-gate hosts."""
+        targets = [n.ssh for n in inventory.resolved_nodes()] + list(inventory.gate_targets())
+        return cls(targets, **kwargs)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Target names, in inventory order."""
+        return tuple(self._targets)
+
+    def target(self, name: str) -> SshTarget:
+        """The target ``name``.
+
+        Raises:
+            InventoryError: unknown name.
+        """
+        try:
+            return self._targets[name]
+        except KeyError:
+            raise InventoryError(f"no SSH target {name!r} (known: {', '.join(self._targets)})") from None
+
+    def shell(self, name: str) -> SshNodeShell:
+        """The :class:`NodeShell` of node ``name``."""
+        return SshNodeShell(self, self.target(name))
+
+    def connections_opened(self, name: str) -> int:
+        """How many connections to ``name`` this event loop has opened (1 while reused)."""
+        slot = self._slots.get(asyncio.get_running_loop(), {}).get(name)
+        return slot.opened if slot else 0
+
+    def _slot(self, target: SshTarget) -> _Slot:
+        loop = asyncio.get_running_loop()
+        with self._slots_guard:
+            per_loop = self._slots.setdefault(loop, {})
+            slot = per_loop.get(target.name)
+            if slot is None:
+                slot = per_loop[target.name] = _Slot(target.max_channels)
+            return slot
+
+    async def _connection(self, target: SshTarget, log: logging.LoggerAdapter) -> tuple[_Slot, asyncssh.SSHClientConnection]:
+        slot = self._slot(target)
+        async with slot.lock:
+            if slot.conn is None or slot.conn.is_closed():
+                slot.conn = await _connect(target, log)
+                slot.opened += 1
+            return slot, slot.conn
+
+    @staticmethod
+    def _drop(slot: _Slot, conn: asyncssh.SSHClientConnection) -> None:
+        # the next command reconnects instead of reusing a broken connection
+        if slot.conn is conn:
+            slot.conn = None
+        conn.close()
+
+    async def close(self) -> None:
+        """Close every connection: awaited in this loop, scheduled in the others."""
+        here = asyncio.get_running_loop()
+        with self._slots_guard:
+            items = list(self._slots.items())
+            self._slots = weakref.WeakKeyDictionary()
+        waits = []
+        for loop, slots in items:
+            for slot in slots.values():
+                conn, slot.conn = slot.conn, None
+                if conn is None:
+                    continue
+                if loop is here:
+                    conn.close()
+                    waits.append(conn.wait_closed())
+                elif not loop.is_closed():
+                    loop.call_soon_threadsafe(conn.close)
+        if waits:
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    async def __aenter__(self) -> SshPool:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+async def _connect(t: SshTarget, log: logging.LoggerAdapter) -> asyncssh.SSHClientConnection:
+    kh = Path(t.known_hosts)
+    if not kh.is_file():
+        raise HostKeyError(
+            f"{t.name}: known_hosts file {kh} does not exist; host keys are always verified. "
+            f"Create it with the nodes' verified keys (ssh-keyscan -p {t.port} {t.host} >> {kh}, "
+            f"after checking the fingerprint on the node)", node=t.name)
+    if t.key_file is not None and not Path(t.key_file).is_file():
+        raise InventoryError(f"{t.name}: ssh.key_file {t.key_file} does not exist", node=t.name)
+    kwargs: dict = {}
+    if t.key_file is not None:
+        # only the configured key: agent keys tried first can exhaust sshd's MaxAuthTries
+        kwargs.update(client_keys=[str(t.key_file)], agent_path=None)
+    t0 = time.monotonic()
+    try:
+        conn = await asyncssh.connect(
+            t.host, port=t.port, username=t.user, known_hosts=str(kh), config=None,
+            connect_timeout=t.connect_timeout, keepalive_interval=t.keepalive_interval,
+            keepalive_count_max=3, **kwargs)
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise await _host_key_error(t, exc) from None
+    except asyncssh.PermissionDenied as exc:
+        raise AuthenticationError(
+            f"{t.name}: {t.user}@{t.host}:{t.port} refused our credentials ({exc.reason}); "
+            f"check ssh.user and ssh.key_file", node=t.name) from None
+    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+        raise InventoryError(f"{t.name}: cannot use ssh.key_file {t.key_file}: {exc}", node=t.name) from None
+    except (asyncssh.Error, OSError) as exc:
+        # TimeoutError is an OSError: the connect_timeout expired
+        reason = f"no answer within {t.connect_timeout:g}s" if isinstance(exc, TimeoutError) else _reason(exc)
+        raise TransportError(f"{t.name}: cannot connect to {t.host}:{t.port}: {reason}", node=t.name) from None
+    log.info("connected to %s@%s:%s in %.2fs", t.user, t.host, t.port, time.monotonic() - t0)
+    return conn
+
+
+async def _host_key_error(t: SshTarget, exc: asyncssh.HostKeyNotVerifiable) -> HostKeyError:
+    kh = Path(t.known_hosts)
+    pattern = t.host if t.port == 22 else f"[{t.host}]:{t.port}"
+    try:
+        recorded = asyncssh.read_known_hosts(str(kh)).match(t.host, t.host, t.port)[0]
+    except (OSError, ValueError, asyncssh.Error):
+        recorded = []
+    offered = ""
+    try:
+        key = await asyncio.wait_for(asyncssh.get_server_host_key(t.host, t.port, config=None), t.connect_timeout)
+        if key is not None:
+            offered = f" (it offers {key.get_algorithm()} {key.get_fingerprint()})"
+    except (asyncssh.Error, OSError):
+        pass  # the fingerprint only decorates the message
+    if recorded:
+        return HostKeyError(
+            f"{t.name}: HOST KEY CHANGED for {pattern}{offered}: it does not match the key recorded "
+            f"in {kh}. Either the node was reinstalled or something is intercepting the connection. "
+            f"Verify the fingerprint on the node (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub); "
+            f"only then replace the entry: ssh-keygen -R '{pattern}' -f {kh} && "
+            f"ssh-keyscan -p {t.port} {t.host} >> {kh}",
+            node=t.name, code="HOST_KEY_CHANGED")
+    return HostKeyError(
+        f"{t.name}: unknown host key for {pattern}{offered}: it is not in {kh}. "
+        f"Verify the fingerprint on the node (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), "
+        f"then add it: ssh-keyscan -p {t.port} {t.host} >> {kh}",
+        node=t.name, code="HOST_KEY_UNKNOWN")
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+def _decode(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, str):
+        return data
+    return data.decode("utf-8", errors="replace")
+
+
+class SshNodeShell:
+    """:class:`NodeShell` over the pool's connection to one node."""
+
+    def __init__(self, pool: SshPool, target: SshTarget) -> None:
+        self.pool = pool
+        self.target = target
+        self.name = target.name
+        self.log = _NodeLog(logger, {"node": target.name})
+
+    # ------------------------------------------------------------------ helpers
+    def _deadline(self, cmd: RemoteCommand) -> float | None:
+        if cmd.timeout is None:
+            return None
+        return cmd.timeout + KILL_AFTER + self.pool.client_grace
+
+    def _result(self, proc: asyncssh.SSHClientProcess, stdout: bytes | str | None, stderr: bytes | str | None,
+                streamed: int = 0) -> Result:
+        sig = proc.exit_signal[0] if proc.exit_signal else None
+        status = None if sig else proc.exit_status
+        if proc.returncode is not None:
+            rc = proc.returncode
+        else:
+            rc = _NO_STATUS if status is None else status
+        return Result(stdout=_decode(stdout), stderr=_decode(stderr), exit_status=status, signal=sig,
+                      returncode=rc, streamed=streamed)
+
+    def _judge(self, cmd: RemoteCommand, res: Result, elapsed: float, check: bool) -> Result:
+        text = cmd.render()
+        timed_out = cmd.timeout is not None and elapsed >= cmd.timeout * 0.99 and (
+            res.exit_status in _TIMEOUT_EXIT or res.signal == "KILL")
+        if timed_out:
+            self.log.warning("killed on the node after its %gs timeout: %s", cmd.timeout, text)
+            raise CommandTimeout(f"{self.name}: `{text}` exceeded its {cmd.timeout:g}s timeout and was "
+                                 f"killed on the node", node=self.name, command=text,
+                                 exit_status=res.exit_status, signal=res.signal, stderr=res.stderr)
+        self.log.debug("exit %s in %.2fs: %s", res.signal and f"signal {res.signal}" or res.exit_status, elapsed, text)
+        if check and (res.exit_status != 0):
+            if res.signal:
+                how = f"died of signal {res.signal}"
+            elif res.exit_status is None:
+                how = "ended without reporting an exit status"
+            else:
+                how = f"exited with status {res.exit_status}"
+            last = next((ln for ln in reversed(res.stderr.strip().splitlines()) if ln.strip()), "")
+            raise CommandError(f"{self.name}: `{text}` {how}" + (f": {last}" if last else ""),
+                               node=self.name, command=text, exit_status=res.exit_status,
+                               signal=res.signal, stderr=res.stderr)
+        return res
+
+    def _client_timeout(self, cmd: RemoteCommand, partial_stderr: bytes | str | None = None) -> CommandTimeout:
+        text = cmd.render()
+        self.log.warning("no answer %gs past the node-side deadline; channel closed: %s", self.pool.client_grace, text)
+        return CommandTimeout(f"{self.name}: `{text}` did not finish within {cmd.timeout:g}s "
+                              f"(+{KILL_AFTER + self.pool.client_grace:g}s grace); the client gave up",
+                              node=self.name, command=text, stderr=partial_stderr)
+
+    def _transport(self, exc: BaseException, cmd_text: str, slot: _Slot,
+                   conn: asyncssh.SSHClientConnection) -> TransportError:
+        if isinstance(exc, (asyncssh.DisconnectError, OSError)) or conn.is_closed():
+            self.pool._drop(slot, conn)
+        return TransportError(f"{self.name}: connection failed while running `{cmd_text}`: {_reason(exc)}",
+                              node=self.name, command=cmd_text)
+
+    def _check(self, cmd: RemoteCommand) -> str:
+        check_allowed(cmd, self.target.ctx, self.pool.extra_executables)
+        return cmd.render()
+
+    @staticmethod
+    def _stdin_kwargs(cmd: RemoteCommand) -> dict:
+        # without input, stdin gets EOF at once: a command that reads stdin must not hang
+        return {"input": cmd.stdin} if cmd.stdin is not None else {"stdin": asyncssh.DEVNULL}
+
+    # ------------------------------------------------------------------ NodeShell
+    async def run(self, cmd: RemoteCommand, check: bool = True) -> Result:
+        """See :meth:`NodeShell.run`."""
+        text = self._check(cmd)
+        slot, conn = await self.pool._connection(self.target, self.log)
+        async with slot.channels:
+            self.log.debug("run: %s", text)
+            t0 = time.monotonic()
+            proc = None
+            try:
+                async with asyncio.timeout(self._deadline(cmd)):
+                    proc = await conn.create_process(text, encoding=None, **self._stdin_kwargs(cmd))
+                    stdout, stderr = await proc.communicate()
+            except TimeoutError:
+                raise self._client_timeout(cmd, proc.collect_output()[1] if proc else None) from None
+            except (asyncssh.Error, OSError) as exc:
+                raise self._transport(exc, text, slot, conn) from None
+            finally:
+                if proc is not None:
+                    proc.close()
+            res = self._result(proc, stdout, stderr)
+        return self._judge(cmd, res, time.monotonic() - t0, check)
+
+    async def stream(self, cmd: RemoteCommand, sink: Sink, chunk: int = DEFAULT_CHUNK,
+                     check: bool = True) -> Result:
+        """See :meth:`NodeShell.stream`. An exception raised by ``sink`` closes the channel
+        and propagates unchanged."""
+        text = self._check(cmd)
+        slot, conn = await self.pool._connection(self.target, self.log)
+        async with slot.channels:
+            self.log.debug("stream: %s", text)
+            t0 = time.monotonic()
+            proc = None
+            err_task: asyncio.Task | None = None
+            err_tail = bytearray()
+            total = 0
+
+            async def drain_stderr() -> None:
+                # read stderr as it comes: a full stderr window would stall stdout too
+                while data := await proc.stderr.read(65536):
+                    err_tail.extend(data)
+                    del err_tail[:-_STREAM_STDERR_KEEP]
+
+            try:
+                async with asyncio.timeout(self._deadline(cmd)):
+                    proc = await conn.create_process(text, encoding=None, **self._stdin_kwargs(cmd))
+                    err_task = asyncio.create_task(drain_stderr())
+                    while data := await proc.stdout.read(chunk):
+                        total += len(data)
+                        try:
+                            out = sink(data)
+                            if inspect.isawaitable(out):
+                                await out
+                        except Exception as exc:
+                            raise _SinkFailed(exc) from None
+                    await err_task
+                    await proc.wait_closed()  # the exit status arrives around EOF, not before
+            except _SinkFailed as failed:
+                # the caller's own error (e.g. a full local disk): not a transport fault
+                raise failed.exc from None
+            except TimeoutError:
+                raise self._client_timeout(cmd, bytes(err_tail)) from None
+            except (asyncssh.Error, OSError) as exc:
+                raise self._transport(exc, text, slot, conn) from None
+            finally:
+                if err_task is not None and not err_task.done():
+                    err_task.cancel()
+                if proc is not None:
+                    proc.close()
+            res = self._result(proc, None, bytes(err_tail), streamed=total)
+        return self._judge(cmd, res, time.monotonic() - t0, check)
+
+    async def put_file(self, local: str | os.PathLike[str], remote: str, *, timeout: float = 600.0) -> None:
+        """See :meth:`NodeShell.put_file`: SFTP to ``<remote>.part``, size check, then an atomic
+        ``posix-rename`` over ``remote``.
+
+        Raises:
+            StepError: ``local`` is not a readable file.
+            CommandError: the node refused (no SFTP subsystem, permission, missing directory,
+                size mismatch).
+            CommandTimeout: the upload took longer than ``timeout``.
+            TransportError: the connection failed.
+        """
+        src = Path(local)
+        if not src.is_file() or not os.access(src, os.R_OK):
+            raise StepError(f"{self.name}: cannot upload {src}: not a readable file on the controller", node=self.name)
+        if not remote.startswith("/"):
+            raise StepError(f"{self.name}: upload destination must be absolute, got {remote!r}", node=self.name)
+        size = src.stat().st_size
+        part = remote + ".part"
+        what = f"sftp put {src} {remote}"
+        slot, conn = await self.pool._connection(self.target, self.log)
+        async with slot.channels:
+            self.log.info("upload %s (%d bytes) -> %s", src, size, remote)
+            t0 = time.monotonic()
+            try:
+                async with asyncio.timeout(timeout):
+                    try:
+                        sftp = await conn.start_sftp_client()
+                    except asyncssh.ChannelOpenError as exc:
+                        if conn.is_closed():
+                            raise
+                        raise CommandError(
+                            f"{self.name}: the SFTP subsystem is not available ({exc.reason}); sshd needs "
+                            f"`Subsystem sftp internal-sftp` (or sftp-server)", node=self.name, command=what) from None
+                    renamed = False
+                    try:
+                        await sftp.put(str(src), part, preserve=True)
+                        got = (await sftp.stat(part)).size
+                        if got != size:
+                            raise CommandError(f"{self.name}: uploaded {got} of {size} bytes to {part}",
+                                               node=self.name, command=what)
+                        await sftp.posix_rename(part, remote)
+                        renamed = True
+                    finally:
+                        if not renamed and not conn.is_closed():
+                            with contextlib.suppress(asyncssh.Error, OSError):
+                                # no half-written file left behind; bounded: the link may be the problem
+                                await asyncio.wait_for(sftp.remove(part), 5)
+                        sftp.exit()
+            except TimeoutError:
+                raise CommandTimeout(f"{self.name}: `{what}` took longer than {timeout:g}s",
+                                     node=self.name, command=what) from None
+            except asyncssh.SFTPError as exc:
+                raise CommandError(f"{self.name}: `{what}` failed: {exc.reason}", node=self.name,
+                                   command=what) from None
+            except (asyncssh.Error, OSError) as exc:
+                raise self._transport(exc, what, slot, conn) from None
+            self.log.info("uploaded %s in %.2fs", remote, time.monotonic() - t0)
