@@ -336,7 +336,7 @@ class BackupSettings(_Model):
     """
 
     root: RemotePath
-    mode: Literal["on-node", "controller"] = "on-node"
+    mode: Literal["on-node", "controller"] = "controller"
     zstd_level: int = Field(3, ge=1, le=19)
 
 

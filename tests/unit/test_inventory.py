@@ -126,7 +126,7 @@ def test_defaults(monkeypatch, tmp_path):
     assert g1.ctx.sudo is False and g1.ctx.service.kind == "systemd"
     assert C.service_stop(g1.ctx).argv == ("systemctl", "stop", "garage")
     assert inv.api_gate.kind == "none" and inv.prometheus is None
-    assert inv.backup.mode == "on-node" and inv.backup.zstd_level == 3
+    assert inv.backup.mode == "controller" and inv.backup.zstd_level == 3
 
 
 def test_node_overrides_and_cluster_defaults():

@@ -1,0 +1,1 @@
+"""Prefect flows: the two migration procedures and the rollback."""

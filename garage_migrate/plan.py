@@ -1,0 +1,362 @@
+"""The planner: cluster facts + options -> a frozen, printable :class:`MigrationPlan` (no I/O).
+
+A plan is phases, each made of waves (a group of steps that run together, e.g. one zone),
+each made of steps (one action on one node, or on the cluster) with the changing remote
+commands it will run. The dry run, the approval forms and the artifacts all render the same
+plan object; the flows execute it with a thin runner.
+
+Both procedures of the Garage 0.8 migration guide (ref 9; late 8):
+
+- ``simple``: the whole cluster goes offline (disable API, repair, sync gate, stop all,
+  back up, install, offline-repair, start all, repair, sync gate, re-enable, watch);
+- ``minimal-downtime``: zone by zone backups while the cluster serves, then every node stops
+  and starts on 0.8 at once, then zone by zone offline repairs.
+
+The fan-out policy is data (:class:`FanoutPolicy`); :func:`make_plan` refuses a policy that
+would take more zones down than the replication mode survives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import commands as C
+from .discovery import REPLICATION, ClusterFacts
+from .errors import PlanError
+from .inventory import Inventory
+
+Procedure = Literal["simple", "minimal-downtime"]
+
+
+class FanoutPolicy(BaseModel):
+    """How steps fan out over zones (a value, read by the planner).
+
+    Attributes:
+        zones_in_parallel: run per-zone waves of offline phases concurrently where the guide
+            allows it (simple procedure: the cluster is down anyway).
+        max_zones_down: zones down at once in the minimal-downtime rounds (1 keeps quorum with
+            replication mode 3 over 3 zones).
+        stop_after_zone: canary: pause for approval after this zone's first round.
+        max_parallel_nodes: bound on concurrent node steps in a wave (SSH fan-out).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    zones_in_parallel: bool = True
+    max_zones_down: int = Field(1, ge=1)
+    stop_after_zone: str | None = None
+    max_parallel_nodes: int = Field(32, ge=1)
+
+
+class MigrationOptions(BaseModel):
+    """What the operator chooses (rendered as a form in the Prefect UI).
+
+    Attributes:
+        extra_repairs: also run ``versions`` and/or ``block_refs`` before the upgrade (slow).
+        gate_deadline_s: how long a sync gate waits before asking a person.
+        gate_consecutive: consecutive clean observations a sync gate needs.
+        watch_s: length of the post-upgrade watch window.
+        fanout: the fan-out policy.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    extra_repairs: tuple[Literal["versions", "block_refs"], ...] = ()
+    gate_deadline_s: float = Field(600.0, gt=0)
+    gate_consecutive: int = Field(3, ge=1)
+    watch_s: float = Field(60.0, ge=0)
+    fanout: FanoutPolicy = FanoutPolicy()
+
+
+StepKind = Literal[
+    "preflight", "disable-api", "enable-api", "repair", "sync-gate", "approval", "stop", "backup",
+    "stage", "switch", "offline-repair", "start", "wait-healthy", "check-counters", "watch",
+]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One action: on ``node``, or on the cluster when ``node`` is ``None``."""
+
+    kind: StepKind
+    node: str | None = None
+    args: tuple[tuple[str, str], ...] = ()
+    commands: tuple[str, ...] = ()
+    note: str = ""
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        """Value of argument ``name``."""
+        return dict(self.args).get(name, default)
+
+    @property
+    def key(self) -> str:
+        """Stable key (ledger, pause keys): kind plus distinguishing arguments."""
+        extra = "-".join(v for _k, v in self.args)
+        return f"{self.kind}-{extra}" if extra else self.kind
+
+
+@dataclass(frozen=True)
+class Wave:
+    """Steps that run together (concurrently when ``parallel``)."""
+
+    name: str
+    steps: tuple[Step, ...]
+    parallel: bool = True
+    zone: str | None = None
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A named part of the procedure; waves run one after the other."""
+
+    name: str
+    title: str
+    waves: tuple[Wave, ...]
+    risky: bool = False
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    """The frozen plan of one migration."""
+
+    procedure: Procedure
+    migration_id: str
+    cluster: str
+    source_versions: tuple[tuple[str, str], ...]
+    target_version: str
+    replication_mode: str
+    zones: tuple[tuple[str, tuple[str, ...]], ...]
+    phases: tuple[Phase, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    def steps(self):
+        """Every step, in order."""
+        for ph in self.phases:
+            for w in ph.waves:
+                yield from w.steps
+
+    @property
+    def node_step_count(self) -> int:
+        """Number of node-level steps (for progress)."""
+        return sum(1 for s in self.steps() if s.node is not None)
+
+    def phase(self, name: str) -> Phase:
+        """The phase called ``name``."""
+        for ph in self.phases:
+            if ph.name == name:
+                return ph
+        raise KeyError(name)
+
+    def digest(self) -> str:
+        """A short hash of the plan (recorded in the ledger: a resumed run must match it)."""
+        blob = json.dumps(asdict(self), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_markdown(self, upto_phase: str | None = None, from_phase: str | None = None) -> str:
+        """Markdown for approval forms and artifacts (optionally a slice of the phases)."""
+        out = [f"### Migration plan `{self.migration_id}`: {self.procedure} procedure, "
+               f"{self.cluster} to Garage v{self.target_version}",
+               f"Replication mode `{self.replication_mode}`; zones: " +
+               ", ".join(f"**{z}** ({', '.join(ns)})" for z, ns in self.zones), ""]
+        for w in self.warnings:
+            out.append(f"> warning: {w}")
+        started = from_phase is None
+        for i, ph in enumerate(self.phases, 1):
+            started = started or ph.name == from_phase
+            if not started:
+                continue
+            out.append(f"**{i}. {ph.title}**" + (" (needs approval)" if ph.risky else ""))
+            for w in ph.waves:
+                nodes = [s.node for s in w.steps if s.node]
+                kinds = sorted({s.kind for s in w.steps}, key=[s.kind for s in w.steps].index)
+                where = f"{w.zone}: " if w.zone else ""
+                what = ", ".join(kinds) + (f" on {', '.join(dict.fromkeys(nodes))}" if nodes else "")
+                out.append(f"- {where}{what}" + (" (together)" if w.parallel and len(w.steps) > 1 else ""))
+                for s in w.steps[:1]:
+                    for c in s.commands:
+                        out.append(f"  - `{c}`")
+            if upto_phase is not None and ph.name == upto_phase:
+                break
+        return "\n".join(out)
+
+    def to_text(self) -> str:
+        """Plain text for the terminal (every step and command)."""
+        out = [f"Migration {self.migration_id}: {self.procedure}, cluster {self.cluster} -> v{self.target_version}",
+               f"replication_mode {self.replication_mode}; " +
+               "; ".join(f"{z}: {' '.join(ns)}" for z, ns in self.zones)]
+        out += [f"warning: {w}" for w in self.warnings]
+        for i, ph in enumerate(self.phases, 1):
+            out.append(f"\n{i}. {ph.title}" + ("  [approval]" if ph.risky else ""))
+            for w in ph.waves:
+                out.append(f"   wave {w.name}" + (" (parallel)" if w.parallel and len(w.steps) > 1 else ""))
+                for s in w.steps:
+                    out.append(f"     - {s.kind}" + (f" {s.node}" if s.node else "") +
+                               (f" ({', '.join(f'{k}={v}' for k, v in s.args)})" if s.args else "") +
+                               (f"  # {s.note}" if s.note else ""))
+                    for c in s.commands:
+                        out.append(f"         $ {c}")
+        return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- building
+def _cmds(*cmds) -> tuple[str, ...]:
+    out = []
+    for c in cmds:
+        if isinstance(c, tuple):
+            out += [x.render() for x in c]
+        else:
+            out.append(c.render())
+    return tuple(out)
+
+
+class _Builder:
+    def __init__(self, inv: Inventory, facts: ClusterFacts):
+        self.inv = inv
+        self.facts = facts
+        self.target = inv.target.version.removeprefix("v")
+
+    def ctx(self, node: str):
+        return self.inv.node(node).ctx
+
+    def source(self, node: str) -> str:
+        return self.facts.node(node).version or "0.7"
+
+    def step(self, kind: StepKind, node: str | None = None, note: str = "", **args) -> Step:
+        cmds: tuple[str, ...] = ()
+        if node is not None:
+            ctx = self.ctx(node)
+            n = self.inv.node(node)
+            meta = self.facts.node(node).config.metadata_dir
+            staged = f"{ctx.binary_path.rsplit('/', 1)[0]}/garage-v{self.target}"
+            version = args.get("version", "")
+            cmds = {
+                "stop": lambda: _cmds(C.service_signal(ctx, n.stop_signal), C.service_stop(ctx)) if not version.startswith("0.8")
+                else _cmds(C.service_stop(ctx)),
+                "start": lambda: _cmds(C.service_start(ctx)),
+                "backup": lambda: _cmds(C.tar_stream(meta, timeout=3600)) if self.inv.backup.mode == "controller"
+                else _cmds(C.tar_archive(meta, f"{meta.rsplit('/', 1)[0]}/meta-v{self.source(node)}.tar.zst", timeout=3600)),
+                "stage": lambda: (f"sftp put {self.inv.target.binary} {staged}",) + _cmds(C.sha256sum(staged), C.garage_version(staged, ctx=ctx)),
+                "switch": lambda: _cmds(C.switch_symlink(staged, ctx.binary_path)),
+                "offline-repair": lambda: _cmds(C.offline_repair(ctx, "object_counters", timeout=6 * 3600)),
+            }.get(kind, lambda: ())()
+        elif kind == "repair":
+            first = self.facts.nodes[0].name
+            cmds = _cmds(C.repair(self.ctx(first), args["what"]))
+        return Step(kind, node, tuple(sorted(args.items())), cmds, note)
+
+
+def _check_policy(facts: ClusterFacts, procedure: Procedure, opts: MigrationOptions) -> list[str]:
+    copies, quorum = REPLICATION.get(facts.replication_mode, (1, 1))
+    zones = facts.zones
+    warnings = []
+    if procedure == "minimal-downtime":
+        survivable = copies - quorum
+        if opts.fanout.max_zones_down > survivable:
+            raise PlanError(f"max_zones_down={opts.fanout.max_zones_down} is unsafe: replication_mode "
+                            f"{facts.replication_mode!r} keeps write quorum ({quorum} of {copies}) with at most "
+                            f"{survivable} zone(s) down")
+        if len(zones) < copies:
+            raise PlanError(f"{len(zones)} zone(s) for {copies} copies: a zone holds more than one copy of some "
+                            "partitions, so taking a zone down breaks quorum; use the simple procedure")
+        if opts.fanout.stop_after_zone and opts.fanout.stop_after_zone not in zones:
+            raise PlanError(f"stop_after_zone {opts.fanout.stop_after_zone!r} is not a zone ({', '.join(zones)})")
+        if any(len(ns) > 1 for ns in zones.values()):
+            warnings.append("while a zone of 2+ nodes is down, bucket and key changes fail (their tables need "
+                            "all-but-one nodes, ref 8): ask users not to create buckets or keys meanwhile")
+    return warnings
+
+
+def make_plan(inv: Inventory, facts: ClusterFacts, procedure: Procedure, migration_id: str,
+              opts: MigrationOptions = MigrationOptions()) -> MigrationPlan:
+    """Plan a migration.
+
+    Raises:
+        PlanError: the policy is unsafe for the cluster's replication mode and zones.
+    """
+    warnings = list(facts.warnings) + _check_policy(facts, procedure, opts)
+    b = _Builder(inv, facts)
+    zones = facts.zones
+    names = [n.name for n in facts.nodes]
+    src = {n: b.source(n) for n in names}
+    tgt = b.target
+    P: list[Phase] = []
+
+    def per_zone(kind: StepKind, name: str, parallel_zones: bool, **args) -> tuple[Wave, ...]:
+        if parallel_zones:
+            return (Wave(name, tuple(b.step(kind, n, **args) for n in names)),)
+        return tuple(Wave(f"{name}-{z}", tuple(b.step(kind, n, **args) for n in ns), zone=z) for z, ns in zones.items())
+
+    repairs = ("tables", "blocks", *opts.extra_repairs)
+    P.append(Phase("preflight", "Preflight: reachability, versions, disk space, config keys",
+                   (Wave("preflight", tuple(b.step("preflight", n) for n in names)),)))
+    if procedure == "simple":
+        par = opts.fanout.zones_in_parallel
+        P += [
+            Phase("disable-api", "Disable API and web access", per_zone("disable-api", "disable-api", True)),
+            Phase("repair", "Repair tables and blocks on all nodes",
+                  (Wave("repair", tuple(b.step("repair", what=w) for w in repairs), parallel=False),)),
+            Phase("sync-gate", "Wait until every queue is empty",
+                  (Wave("sync-gate", (b.step("sync-gate", gate="before"),)),)),
+            Phase("approve-shutdown", "Approval: take the whole cluster offline",
+                  (Wave("approve", (b.step("approval", gate="shutdown"),)),), risky=True),
+            Phase("stop", "Stop every node", (Wave("stop", tuple(b.step("stop", n, version=src[n]) for n in names)),)),
+            Phase("backup", "Back up every node's metadata", per_zone("backup", "backup", par)),
+            Phase("install", "Stage and switch to the 0.8 binary",
+                  (Wave("stage", tuple(b.step("stage", n) for n in names)),
+                   Wave("switch", tuple(b.step("switch", n) for n in names)))),
+            Phase("offline-repair", "Offline-repair object counters before any 0.8 start",
+                  per_zone("offline-repair", "offline-repair", par)),
+            Phase("start", "Start every node on 0.8 and check health",
+                  (Wave("start", tuple(b.step("start", n, version=tgt) for n in names)),
+                   Wave("healthy", (b.step("wait-healthy", scope="all"),)))),
+            Phase("repair-after", "Repair tables and blocks again and wait for the full sync",
+                  (Wave("repair", tuple(b.step("repair", what=w) for w in ("tables", "blocks")), parallel=False),
+                   Wave("sync-gate", (b.step("sync-gate", gate="after"),)))),
+            Phase("counters", "Check bucket counters", (Wave("counters", (b.step("check-counters"),)),)),
+            Phase("approve-reopen", "Approval: re-open the cluster to clients",
+                  (Wave("approve", (b.step("approval", gate="reopen"),)),), risky=True),
+            Phase("enable-api", "Re-enable API and web access", per_zone("enable-api", "enable-api", True)),
+            Phase("watch", "Watch the cluster", (Wave("watch", (b.step("watch"),)),)),
+        ]
+    else:
+        rounds = []
+        for z, ns in zones.items():
+            rounds.append(Wave(f"backup-{z}", tuple(
+                s for n in ns for s in (b.step("stop", n, version=src[n]), b.step("backup", n),
+                                        b.step("start", n, version=src[n]))), zone=z))
+            rounds.append(Wave(f"healthy-{z}", (b.step("wait-healthy", scope=z),), zone=z))
+            if opts.fanout.stop_after_zone == z:
+                rounds.append(Wave(f"canary-{z}", (b.step("approval", gate=f"canary-{z}"),), zone=z))
+        repair_rounds = []
+        for z, ns in zones.items():
+            repair_rounds.append(Wave(f"repair-{z}", tuple(
+                s for n in ns for s in (b.step("stop", n, version=tgt), b.step("offline-repair", n),
+                                        b.step("start", n, version=tgt))), zone=z))
+            repair_rounds.append(Wave(f"healthy-{z}", (b.step("wait-healthy", scope=z),), zone=z))
+        P += [
+            Phase("repair", "Repair tables and blocks on all nodes",
+                  (Wave("repair", tuple(b.step("repair", what=w) for w in repairs), parallel=False),
+                   Wave("sync-gate", (b.step("sync-gate", gate="before"),)))),
+            Phase("rolling-backup", "Zone by zone: stop, back up, start, wait until healthy", tuple(rounds)),
+            Phase("stage", "Stage the 0.8 binary on every node (0.7 keeps running)",
+                  (Wave("stage", tuple(b.step("stage", n) for n in names)),)),
+            Phase("approve-flip", "Approval: restart every node on 0.8 at once",
+                  (Wave("approve", (b.step("approval", gate="flip"),)),), risky=True),
+            Phase("flip", "Stop all nodes at the same moment, switch, start all on 0.8",
+                  (Wave("stop", tuple(b.step("stop", n, version=src[n]) for n in names)),
+                   Wave("switch", tuple(b.step("switch", n) for n in names)),
+                   Wave("start", tuple(b.step("start", n, version=tgt) for n in names)),
+                   Wave("healthy", (b.step("wait-healthy", scope="all"),)))),
+            Phase("offline-repair", "Zone by zone: stop, offline-repair counters, start", tuple(repair_rounds)),
+            Phase("counters", "Check bucket counters", (Wave("counters", (b.step("check-counters"),)),)),
+            Phase("watch", "Watch the cluster", (Wave("watch", (b.step("watch"),)),)),
+        ]
+    return MigrationPlan(
+        procedure=procedure, migration_id=migration_id, cluster=inv.cluster,
+        source_versions=tuple(sorted(src.items())), target_version=tgt,
+        replication_mode=facts.replication_mode,
+        zones=tuple((z, tuple(ns)) for z, ns in zones.items()),
+        phases=tuple(P), warnings=tuple(warnings))

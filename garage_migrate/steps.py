@@ -1,0 +1,461 @@
+"""The migration steps: each observes the node first, acts only if needed, then verifies.
+
+Every step is an ``async`` function of a :class:`Runtime` and (mostly) a node name. Running a
+step twice changes nothing the second time: it sees the node already in the wanted state,
+records ``skipped`` with the reason, and returns. State that must survive a crash is read
+from the node itself (service state, sled lock, symlink target, staged file hash) or from the
+ledger, never from memory.
+
+Reads go through :meth:`Runtime.observe`; anything that changes a node goes through
+:meth:`Runtime.act`, which in a dry run logs the command instead of running it (the same code
+path as a real run, like Ansible's check mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import commands as C
+from .discovery import ClusterFacts, NodeFacts
+from .errors import CommandError, GarageMigrateError, LockHeldError, StepError
+from .facts import parse_bucket_info, parse_bucket_list, parse_offline_repair, parse_stats, parse_status, parse_version
+from .inventory import Inventory, ResolvedNode
+from .ledger import Ledger
+
+log = logging.getLogger("garage_migrate.steps")
+
+STOP_TIMEOUT = 120.0
+START_TIMEOUT = 60.0
+OFFLINE_REPAIR_TIMEOUT = 6 * 3600.0
+
+
+class Clock:
+    """Wall-clock time and sleeping, injectable so tests never wait for time to pass."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@dataclass
+class StepResult:
+    """What a step did on a node: ``done``, ``skipped`` (with why) or ``would-run`` (dry run)."""
+
+    step: str
+    node: str | None
+    status: str
+    detail: str = ""
+    data: dict = field(default_factory=dict)
+
+
+@dataclass
+class Runtime:
+    """Everything steps need, passed explicitly (no module-level state).
+
+    Attributes:
+        inv: the inventory.
+        shells: ``name -> NodeShell``.
+        ledger: the persisted ledger of this migration.
+        facts: what discovery found at the start.
+        dry_run: log changing commands instead of running them.
+        clock: time source for polling.
+        log: where step logs go (the Prefect run logger in flows).
+    """
+
+    inv: Inventory
+    shells: object
+    ledger: Ledger
+    facts: ClusterFacts
+    dry_run: bool = False
+    clock: Clock = field(default_factory=Clock)
+    log: logging.Logger | logging.LoggerAdapter = log
+
+    def node(self, name: str) -> ResolvedNode:
+        return self.inv.node(name)
+
+    def nfacts(self, name: str) -> NodeFacts:
+        return self.facts.node(name)
+
+    def shell(self, name: str):
+        return self.shells(name) if callable(self.shells) else self.shells[name]
+
+    def meta_dir(self, name: str) -> str:
+        return self.nfacts(name).config.metadata_dir
+
+    def info(self, node: str | None, msg: str, *args) -> None:
+        self.log.info("[%s] " + msg, node or "cluster", *args)
+
+    async def observe(self, node: str, cmd: C.RemoteCommand, check: bool = True):
+        """Run a read-only command."""
+        return await self.shell(node).run(cmd, check=check)
+
+    async def act(self, node: str, cmd: C.RemoteCommand, check: bool = True):
+        """Run a changing command, or in a dry run only log it."""
+        if self.dry_run:
+            self.info(node, "dry run: would run %s", cmd.render())
+            return None
+        self.info(node, "run %s", cmd.render())
+        return await self.shell(node).run(cmd, check=check)
+
+
+# ---------------------------------------------------------------------------- observations
+async def service_active(rt: Runtime, node: str) -> bool:
+    """``is-active`` says the service runs."""
+    return (await rt.observe(node, C.service_status(rt.node(node).ctx), check=False)).returncode == 0
+
+
+async def lock_free(rt: Runtime, node: str) -> bool:
+    """Nothing holds sled's lock on ``<metadata_dir>/db/db``."""
+    res = await rt.observe(node, C.lock_probe(rt.meta_dir(node), sudo=rt.node(node).ctx.sudo), check=False)
+    if res.returncode not in (0, C.LOCK_HELD_EXIT):
+        raise StepError(f"lock probe failed: {res.stderr.strip()}", node=node, exit_status=res.returncode)
+    return res.returncode == 0
+
+
+async def daemon_version(rt: Runtime, node: str) -> str | None:
+    """The version the running daemon reports (first line of ``stats``), or ``None``."""
+    res = await rt.observe(node, C.garage(rt.node(node).ctx, "stats"), check=False)
+    if res.returncode != 0:
+        return None
+    return parse_stats(res.stdout).version.version
+
+
+async def binary_version(rt: Runtime, node: str, path: str | None = None) -> str:
+    """The version of the binary at ``path`` (default: the node's ``binary_path``)."""
+    ctx = rt.node(node).ctx
+    out = (await rt.observe(node, C.garage_version(path or ctx.binary_path, ctx=ctx))).stdout
+    return parse_version(out).version
+
+
+async def poll(rt: Runtime, what: str, node: str, pred, timeout: float, interval: float = 0.25):
+    """Poll ``pred()`` until truthy or ``timeout``; return the last value."""
+    deadline = rt.clock.monotonic() + timeout
+    while True:
+        value = await pred()
+        if value or rt.clock.monotonic() >= deadline:
+            return value
+        await rt.clock.sleep(interval)
+
+
+def _skip(rt: Runtime, step: str, node: str | None, why: str) -> StepResult:
+    rt.info(node, "%s: skipped: %s", step, why)
+    return StepResult(step, node, "skipped", why)
+
+
+async def _record(rt: Runtime, res: StepResult, key: str | None = None) -> StepResult:
+    if res.node is not None:
+        status = "would-run" if rt.dry_run and res.status == "done" else res.status
+        await rt.ledger.record_step(res.node, key or res.step, status, res.detail)
+    return res
+
+
+# ---------------------------------------------------------------------------- steps
+async def preflight(rt: Runtime, node: str, backup_bytes_needed: bool = True) -> StepResult:
+    """Reachability, versions, disk space for an on-node backup, config keys 0.8 ignores."""
+    f = rt.nfacts(node)
+    notes = []
+    if f.config.deprecated_keys:
+        notes.append(f"config keys ignored silently by 0.8 (translate them): {', '.join(f.config.deprecated_keys)}")
+    meta = f.config.metadata_dir
+    du = await rt.observe(node, C.du_bytes(meta, sudo=rt.node(node).ctx.sudo))
+    size = int(du.stdout.split()[0])
+    df = await rt.observe(node, C.df_avail(str(Path(meta).parent)))
+    avail = int(df.stdout.splitlines()[-1].split()[0])
+    if backup_bytes_needed and rt.inv.backup.mode == "on-node" and avail < size:
+        raise StepError(f"not enough space next to {meta} for an on-node backup: {avail} B free, {size} B needed", node=node)
+    await rt.ledger.set_node(node, zone=f.zone, id64=f.id64, version_before=rt.ledger.node(node).get("version_before") or f.version,
+                             metadata_bytes=size, binary_before=f.binary_target)
+    res = StepResult("preflight", node, "done", "; ".join(notes) or "ok", {"metadata_bytes": size, "avail": avail})
+    return await _record(rt, res)
+
+
+async def launch_repair(rt: Runtime, what: str, via: str | None = None) -> StepResult:
+    """``garage repair --all-nodes --yes <what>`` from one running node.
+
+    Launching is only a receipt (ref 3): completion is the sync gate's business. A node that
+    could not be reached makes the step fail with the list, although the repair did start on
+    the others; re-launching is safe (it restarts the work).
+    """
+    candidates = [via] if via else [n.name for n in rt.facts.nodes]
+    for name in candidates:
+        if not await service_active(rt, name):
+            continue
+        res = await rt.act(name, C.repair(rt.node(name).ctx, what), check=False)
+        if res is None:
+            return StepResult(f"repair-{what}", None, "would-run", f"from {name}")
+        if res.returncode == 0:
+            rt.info(None, "repair %s launched from %s: %s", what, name, res.stdout.strip())
+            return StepResult(f"repair-{what}", None, "done", res.stdout.strip())
+        raise CommandError(f"repair {what} failed: {res.stderr.strip()}", node=name, exit_status=res.returncode,
+                           stderr_tail=res.stderr)
+    raise StepError(f"no running node to launch repair {what} from")
+
+
+async def stop_node(rt: Runtime, node: str) -> StepResult:
+    """Stop the daemon gracefully and verify it is gone and the DB lock is free.
+
+    0.7.3 shuts down gracefully only on SIGINT (SIGTERM, systemd's default, kills it at once),
+    so a 0.7 daemon gets the configured stop signal first; 0.8 is stopped by the service.
+    """
+    ctx = rt.node(node).ctx
+    if not await service_active(rt, node) and await lock_free(rt, node):
+        return await _record(rt, _skip(rt, "stop", node, "already stopped and the DB lock is free"))
+    version = await daemon_version(rt, node)
+    if version is not None and version.startswith("0.7."):
+        await rt.act(node, C.service_signal(ctx, rt.node(node).stop_signal))
+        if not rt.dry_run:
+            stopped = await poll(rt, "stop", node, lambda: _inactive(rt, node), STOP_TIMEOUT)
+            if not stopped:
+                raise StepError(f"0.7 daemon still running {STOP_TIMEOUT:.0f}s after {rt.node(node).stop_signal}", node=node)
+    await rt.act(node, C.service_stop(ctx, timeout=STOP_TIMEOUT + 30))  # idempotent; settles the unit state
+    if rt.dry_run:
+        return await _record(rt, StepResult("stop", node, "done", "dry run"))
+    if not await poll(rt, "lock", node, lambda: lock_free(rt, node), 10.0):
+        raise LockHeldError("the service is stopped but the DB lock is still held", node=node)
+    return await _record(rt, StepResult("stop", node, "done", f"stopped (was {version or 'unknown'})"))
+
+
+async def _inactive(rt: Runtime, node: str) -> bool:
+    return not await service_active(rt, node)
+
+
+async def start_node(rt: Runtime, node: str, expect_version: str) -> StepResult:
+    """Start the service and verify the daemon answers with ``expect_version``."""
+    key = f"start-{expect_version}"
+    if await service_active(rt, node):
+        running = await daemon_version(rt, node)
+        if running == expect_version:
+            return await _record(rt, _skip(rt, "start", node, f"already running {running}"), key)
+        if running is not None:
+            raise StepError(f"running {running}, expected {expect_version}: stop it first", node=node)
+    installed = await binary_version(rt, node)
+    if installed != expect_version:
+        raise StepError(f"binary_path holds {installed}, expected {expect_version}", node=node)
+    if expect_version.startswith("0.8.") and not rt.ledger.node(node).get("backup") and not rt.dry_run:
+        # the rule of both flows: no 0.8 start without a backup of this node's metadata
+        raise StepError("refusing to start 0.8 on a node without a verified backup from this migration", node=node)
+    await rt.act(node, C.service_start(rt.node(node).ctx))
+    if rt.dry_run:
+        return await _record(rt, StepResult("start", node, "done", "dry run"), key)
+
+    async def answers():
+        return await daemon_version(rt, node) == expect_version
+    if not await poll(rt, "start", node, answers, START_TIMEOUT):
+        active = await service_active(rt, node)
+        raise StepError(f"daemon did not answer as {expect_version} within {START_TIMEOUT:.0f}s "
+                        f"(service {'active' if active else 'not active'})", node=node)
+    await rt.ledger.set_node(node, running_version=expect_version)
+    return await _record(rt, StepResult("start", node, "done", f"running {expect_version}"), key)
+
+
+async def wait_healthy(rt: Runtime, nodes: list[str], timeout: float = 60.0) -> StepResult:
+    """Every node in ``nodes`` sees every other one of them as healthy in ``garage status``."""
+    ids = {rt.nfacts(n).id16 for n in nodes}
+
+    async def healthy():
+        for n in nodes:
+            res = await rt.observe(n, C.garage(rt.node(n).ctx, "status"), check=False)
+            if res.returncode != 0:
+                return False
+            up = {x.id16 for x in parse_status(res.stdout).healthy}
+            if not ids <= up:
+                return False
+        return True
+    if rt.dry_run:
+        return StepResult("wait-healthy", None, "would-run", ", ".join(nodes))
+    if not await poll(rt, "health", None, healthy, timeout, 0.5):
+        raise StepError(f"nodes {', '.join(nodes)} did not all see each other healthy within {timeout:.0f}s")
+    return StepResult("wait-healthy", None, "done", f"{len(nodes)} nodes healthy")
+
+
+def _staged_path(rt: Runtime, node: str) -> str:
+    ctx = rt.node(node).ctx
+    return str(Path(ctx.binary_path).parent / f"garage-v{rt.inv.target.version.removeprefix('v')}")
+
+
+async def stage_binary(rt: Runtime, node: str) -> StepResult:
+    """Upload the target binary beside ``binary_path``, check its sha256 and ``--version``.
+
+    The live symlink is not touched. A staged file with the right hash is kept.
+    """
+    target = rt.inv.target
+    dest = _staged_path(rt, node)
+    want = target.sha256.lower()
+    res = await rt.observe(node, C.sha256sum(dest), check=False)
+    if res.returncode == 0 and res.stdout.split()[0] == want:
+        return await _record(rt, _skip(rt, "stage", node, f"{dest} already staged with the right sha256"))
+    local = Path(target.binary)
+    if hashlib.sha256(local.read_bytes()).hexdigest() != want:
+        raise StepError(f"local {local} does not match the inventory's sha256", node=node)
+    if rt.dry_run:
+        rt.info(node, "dry run: would upload %s to %s", local, dest)
+        return await _record(rt, StepResult("stage", node, "done", f"would upload to {dest}"))
+    await rt.shell(node).put_file(local, dest)
+    got = (await rt.observe(node, C.sha256sum(dest))).stdout.split()[0]
+    if got != want:
+        raise StepError(f"staged {dest} has sha256 {got}, expected {want}", node=node)
+    version = await binary_version(rt, node, dest)
+    if version != target.version.removeprefix("v"):
+        raise StepError(f"staged binary reports {version}, expected {target.version}", node=node)
+    return await _record(rt, StepResult("stage", node, "done", f"{dest} ({version}, sha256 ok)"))
+
+
+async def switch_binary(rt: Runtime, node: str, to: str = "target") -> StepResult:
+    """Atomically point ``binary_path`` at the staged target (or back at the original binary).
+
+    The original target is recorded in the ledger by preflight, so the flip is reversible.
+    """
+    ctx = rt.node(node).ctx
+    dest = _staged_path(rt, node) if to == "target" else rt.ledger.node(node).get("binary_before")
+    if not dest:
+        raise StepError("no recorded original binary to switch back to", node=node)
+    current = (await rt.observe(node, C.readlink_f(ctx.binary_path))).stdout.strip()
+    resolved = (await rt.observe(node, C.readlink_f(dest))).stdout.strip()
+    key = "switch" if to == "target" else "switch-back"
+    if current == resolved:
+        return await _record(rt, _skip(rt, key, node, f"{ctx.binary_path} already points to {dest}"), key)
+    for cmd in C.switch_symlink(dest, ctx.binary_path, sudo=ctx.sudo):
+        await rt.act(node, cmd)
+    return await _record(rt, StepResult(key, node, "done", f"{ctx.binary_path} -> {dest} (was {current})"), key)
+
+
+async def offline_repair(rt: Runtime, node: str) -> StepResult:
+    """``garage offline-repair --yes object_counters`` with the daemon stopped.
+
+    A lock failure is reported as such (LOCK_HELD), never retried blindly: the daemon, or
+    another repair, still has the DB open.
+    """
+    if rt.ledger.step_done(node, "offline-repair"):
+        return await _record(rt, _skip(rt, "offline-repair", node, "already done in this migration"))
+    if await service_active(rt, node) or not await lock_free(rt, node):
+        raise LockHeldError("the daemon is running or holds the DB lock: stop it before offline-repair", node=node)
+    ctx = rt.node(node).ctx
+    res = await rt.act(node, C.offline_repair(ctx, "object_counters", timeout=OFFLINE_REPAIR_TIMEOUT), check=False)
+    if res is None:
+        return await _record(rt, StepResult("offline-repair", node, "done", "dry run"))
+    outcome = parse_offline_repair(res.returncode, res.stdout, res.stderr)
+    if outcome.kind == "lock_held":
+        raise LockHeldError(f"offline-repair could not take the DB lock: {outcome.detail}", node=node,
+                            exit_status=res.exit_status, stderr_tail=res.stderr)
+    if outcome.kind != "ok":
+        raise StepError(f"offline-repair failed ({outcome.kind}): {outcome.detail}", node=node,
+                        exit_status=res.exit_status, stderr_tail=res.stderr)
+    return await _record(rt, StepResult("offline-repair", node, "done", "object counters recounted"))
+
+
+async def check_counters(rt: Runtime) -> StepResult:
+    """Bucket counters against the object-table item counts of ``stats -d``.
+
+    With every replica in sync and no tombstones, the sum of the buckets' object counts
+    equals the sum of the nodes' object-table items divided by the replication factor.
+    Negative counters, or counters that all read zero while objects exist, are wrong counters.
+    """
+    live = [n.name for n in rt.facts.nodes]
+    via = live[0]
+    ctx = rt.node(via).ctx
+    buckets = parse_bucket_list((await rt.observe(via, C.garage(ctx, "bucket", "list"))).stdout)
+    total_objects = 0
+    problems = []
+    for b in buckets.buckets:
+        name = b.global_aliases[0] if b.global_aliases else b.id64
+        info = parse_bucket_info((await rt.observe(via, C.garage(ctx, "bucket", "info", name))).stdout)
+        if info.objects is None:
+            problems.append(f"{name}: no counters (still 0.7?)")
+            continue
+        if info.objects < 0 or (info.size_bytes is not None and info.size_wrapped_negative):
+            problems.append(f"{name}: negative counters ({info.objects} objects)")
+        total_objects += max(0, info.objects)
+    items = 0
+    for n in live:
+        st = parse_stats((await rt.observe(n, C.garage(rt.node(n).ctx, "stats", "-d"), check=True)).stdout)
+        items += st.table("object").items or 0
+    copies = {"3": 3, "3-degraded": 3, "3-dangerous": 3, "2": 2, "2-dangerous": 2}.get(rt.facts.replication_mode, 1)
+    expected = items // copies
+    if items and total_objects == 0:
+        problems.append(f"all bucket counters read 0 while the object tables hold {items} items")
+    elif total_objects != expected:
+        problems.append(f"buckets count {total_objects} objects, object tables hold {items} items / {copies} = {expected}")
+    detail = "; ".join(problems) or f"{total_objects} objects in {len(buckets.buckets)} buckets match the object tables"
+    status = "done" if not problems else "failed"
+    return StepResult("check-counters", None, status, detail, {"objects": total_objects, "expected": expected})
+
+
+async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
+    """Move the S3/web bind ports away (or back) in ``garage.toml``: the guide's way to cut
+    client access on 0.7, which cannot disable its endpoints. Takes effect at the next start.
+    """
+    gate = rt.inv.api_gate
+    key = "enable-api" if enabled else "disable-api"
+    if gate.kind == "none":
+        return await _record(rt, _skip(rt, key, node, "api_gate is none"), key)
+    if gate.kind == "commands":
+        # cluster-level: one command on the gate host (e.g. the reverse proxy)
+        spec = gate.enable if enabled else gate.disable
+        await rt.act(spec.host, C.RemoteCommand(tuple(spec.argv), timeout=60.0))
+        await rt.ledger.record_gate(key, status="done", host=spec.host)
+        return StepResult(key, None, "done", f"gate command ran on {spec.host}")
+    ctx = rt.node(node).ctx
+    text = (await rt.observe(node, C.cat(ctx.config_path, sudo=ctx.sudo))).stdout
+    original = rt.ledger.node(node).get("config_original")
+    if not enabled:
+        new = move_ports(text, gate.moved_s3_port, gate.moved_web_port)
+        if new == text:
+            return await _record(rt, _skip(rt, key, node, "ports already moved"), key)
+        await rt.ledger.set_node(node, config_original=text)
+    else:
+        if not original or original == text:
+            return await _record(rt, _skip(rt, key, node, "config already has its original ports"), key)
+        new = original
+    if rt.dry_run:
+        return await _record(rt, StepResult(key, node, "done", "dry run"), key)
+    with tempfile.NamedTemporaryFile("w", delete=False, suffix=".toml") as fh:
+        fh.write(new)
+    tmp_remote = ctx.config_path + ".garage-migrate"
+    await rt.shell(node).put_file(fh.name, tmp_remote)
+    Path(fh.name).unlink()
+    await rt.act(node, C.rename(tmp_remote, ctx.config_path, sudo=ctx.sudo))
+    return await _record(rt, StepResult(key, node, "done", "API ports " + ("restored" if enabled else "moved")), key)
+
+
+_BIND = re.compile(r'^(\s*(?:api_bind_addr|bind_addr)\s*=\s*")([^"]*):(\d+)(".*)$')
+
+
+def move_ports(toml_text: str, s3_port: int, web_port: int) -> str:
+    """Rewrite ``[s3_api] api_bind_addr`` and ``[s3_web] bind_addr`` to other ports."""
+    out, section = [], ""
+    for line in toml_text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped.strip("[]").strip()
+        m = _BIND.match(line.rstrip("\n"))
+        if m and section in ("s3_api", "s3_web") and (section == "s3_api") == ("api_bind_addr" in m.group(1)):
+            port = s3_port if section == "s3_api" else web_port
+            line = f"{m.group(1)}{m.group(2)}:{port}{m.group(4)}\n"
+        out.append(line)
+    return "".join(out)
+
+
+async def api_reachable(rt: Runtime, node: str) -> bool:
+    """Whether the node's S3 endpoint accepts connections (the gate's verification)."""
+    addr = rt.nfacts(node).config.s3_api_bind_addr
+    if not addr:
+        return False
+    host, port = addr.rsplit(":", 1)
+    try:
+        _r, w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2.0)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    w.close()
+    return True
+
+
+__all__ = [n for n in dir() if not n.startswith("_")] + ["GarageMigrateError"]
