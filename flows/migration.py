@@ -82,7 +82,8 @@ class Runner:
         self.pause_timeout = pause_timeout
         self.log = get_run_logger()
         self.progress_id = None
-        self.step_kinds = list(OrderedDict.fromkeys(s.key for s in plan.steps() if s.node is not None))
+        self.step_kinds = list(OrderedDict.fromkeys(f"{ph.name}:{s.kind}" for ph in plan.phases for w in ph.waves
+                                                    for s in w.steps if s.node is not None))
 
     # ------------------------------------------------------------------ reporting
     async def report(self, phase: str) -> None:
@@ -141,7 +142,18 @@ class Runner:
         async def node_sequence(node: str, seq: list[Step]):
             async with sem:
                 for s in seq:
-                    await self.run_node_step(s)
+                    key = f"{phase.name}:{s.kind}"
+                    if self.rt.ledger.step_done(node, key):
+                        self.log.info("[%s] %s: skipped: done earlier in this migration (ledger)", node, key)
+                        continue
+                    await self.rt.ledger.record_step(node, key, "running")
+                    try:
+                        res = await self.run_node_step(s)
+                    except BaseException as exc:
+                        await self.rt.ledger.record_step(node, key, "failed", f"{type(exc).__name__}: {exc}",
+                                                         code=str(getattr(exc, "code", "FAILED")))
+                        raise
+                    await self.rt.ledger.record_step(node, key, res.status, res.detail)
         results = await asyncio.gather(*(node_sequence(n, seq) for n, seq in by_node.items()), return_exceptions=True)
         failed = {n: r for n, r in zip(by_node, results) if isinstance(r, BaseException)}
         if failed and phase.name == "flip" and wave.name == "start":
@@ -237,6 +249,9 @@ class Runner:
                 raise MigrationAborted("rolled back every node to 0.7 after a failed 0.8 start")
             results = await asyncio.gather(*(T.start_node(self.rt, n, self.plan.target_version) for n in failed),
                                            return_exceptions=True)
+            for n, r in zip(list(failed), results):
+                if not isinstance(r, BaseException):
+                    await self.rt.ledger.record_step(n, "flip:start", r.status, r.detail, retried=attempt)
             failed = {n: r for n, r in zip(list(failed), results) if isinstance(r, BaseException)}
 
     async def watch(self):

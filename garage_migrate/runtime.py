@@ -79,7 +79,7 @@ def _gate_source(rt: Runtime, versions: dict[str, str | None]):
 async def run_sync_gate(rt: Runtime, opts: MigrationOptions, name: str = "sync") -> GateOutcome:
     """The sync gate: every queue empty on every node for N consecutive observations."""
     source = _gate_source(rt, await _live_versions(rt))
-    gate = Gate(name, source, nodes=tuple(n.name for n in rt.facts.nodes), deadline=opts.gate_deadline_s,
+    gate = Gate(name=name, source=source, nodes=tuple(n.name for n in rt.facts.nodes), deadline=opts.gate_deadline_s,
                 consecutive=opts.gate_consecutive, interval=1.0, clock=SystemClock())
     return await gate.run()
 

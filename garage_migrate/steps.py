@@ -152,9 +152,7 @@ def _skip(rt: Runtime, step: str, node: str | None, why: str) -> StepResult:
 
 
 async def _record(rt: Runtime, res: StepResult, key: str | None = None) -> StepResult:
-    if res.node is not None:
-        status = "would-run" if rt.dry_run and res.status == "done" else res.status
-        await rt.ledger.record_step(res.node, key or res.step, status, res.detail)
+    # the flow's runner records results in the ledger under phase-qualified keys
     return res
 
 
@@ -334,8 +332,6 @@ async def offline_repair(rt: Runtime, node: str) -> StepResult:
     A lock failure is reported as such (LOCK_HELD), never retried blindly: the daemon, or
     another repair, still has the DB open.
     """
-    if rt.ledger.step_done(node, "offline-repair"):
-        return await _record(rt, _skip(rt, "offline-repair", node, "already done in this migration"))
     if await service_active(rt, node) or not await lock_free(rt, node):
         raise LockHeldError("the daemon is running or holds the DB lock: stop it before offline-repair", node=node)
     ctx = rt.node(node).ctx

@@ -728,9 +728,11 @@ def render_bucket_info(p: Personality, b: BucketInfo) -> str:
 def render_bucket_list(p: Personality, buckets: list[tuple[tuple[str, ...], str]]) -> str:
     """``garage bucket list`` for 0.7.3 and 0.8.x. [guess]: the references give no sample.
 
-    Reconstructed from memory of 0.6-0.8 ``cmd.rs``: the daemon returns the *bucket_alias*
-    table, so there is one row per global alias, sorted by alias, showing the alias and the
-    bucket ID in ``Uuid``'s Debug form (16 hex), followed by a note about unaliased buckets.
+    Reconstructed from memory of ``print_bucket_list`` in 0.7/0.8 ``cli/util.rs``: one row
+    per bucket, ``"" / <global aliases, comma-joined> / <local alias cell> / <ID64>`` through
+    the table formatter. The local alias cell is empty here: the lab's buckets have none.
+    (An older format printed one row per alias with a 16-hex ID and a note about unaliased
+    buckets; the orchestrator's parser accepts both, because neither is verified.)
 
     Args:
         p: the personality (same format in every simulated version).
@@ -739,13 +741,8 @@ def render_bucket_list(p: Personality, buckets: list[tuple[tuple[str, ...], str]
     Returns:
         The text.
     """
-    pairs = sorted((alias, id64[:16]) for aliases, id64 in buckets for alias in aliases)
-    rows = [["", alias, id16] for alias, id16 in pairs]
-    return (
-        "List of buckets:\n"
-        + format_table(rows)
-        + "Buckets that don't have a global alias (i.e. that only exist in the namespace of an access key) are not shown.\n"
-    )
+    rows = [["", ",".join(aliases), "", id64] for aliases, id64 in buckets]
+    return "List of buckets:\n" + format_table(rows)
 
 
 # ---------------------------------------------------------------------------------------------

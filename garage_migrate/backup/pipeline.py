@@ -71,12 +71,15 @@ class ArchiveWriter:
         fh: a binary file opened for writing; not closed here.
         level: zstd level.
         threads: zstd worker threads (``-1``: one per core).
+        job_size: bytes per worker job (``0``: zstd's default); smaller jobs hold less memory.
     """
 
-    def __init__(self, fh: BinaryIO, *, level: int = 3, threads: int = -1) -> None:
+    def __init__(self, fh: BinaryIO, *, level: int = 3, threads: int = -1, job_size: int = 0) -> None:
         self.reader = TarStreamReader()
         self._out = _HashingWriter(fh)
-        cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
+        params = zstandard.ZstdCompressionParameters.from_level(level, threads=threads, job_size=job_size,
+                                                                 write_checksum=True)
+        cctx = zstandard.ZstdCompressor(compression_params=params)
         self._zw = cctx.stream_writer(self._out, closefd=False, write_size=_WRITE_SIZE)
         self._done = False
 

@@ -153,7 +153,8 @@ def verify_backup(path: str | os.PathLike[str], manifest: Manifest,
         reader = dctx.stream_reader(hashed, read_size=_READ, read_across_frames=True, closefd=False)
         counted = _CountingReader(reader)
         try:
-            with tarfile.open(fileobj=counted, mode="r|", encoding=ENCODING, errors=ERRORS) as tf:
+            # bufsize: stream mode reads 10 KiB records by default, half the speed of 1 MiB reads
+            with tarfile.open(fileobj=counted, mode="r|", bufsize=_READ, encoding=ENCODING, errors=ERRORS) as tf:
                 for ti in tf:
                     current = ti.name
                     sha = None
@@ -175,7 +176,7 @@ def verify_backup(path: str | os.PathLike[str], manifest: Manifest,
         except zstandard.ZstdError as exc:
             problems.append(Problem(current, "corrupt",
                                     f"archive corrupt near compressed byte {hashed.n}"
-                                    + (f" while reading this file" if current else "") + f": {exc}"))
+                                    + (" while reading this file" if current else "") + f": {exc}"))
         except (tarfile.TarError, EOFError) as exc:
             kind = "truncated" if "unexpected end" in str(exc) or isinstance(exc, EOFError) else "corrupt"
             problems.append(Problem(current, kind, f"tar stream unreadable near byte {counted.n}"

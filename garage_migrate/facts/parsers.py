@@ -972,6 +972,8 @@ def parse_bucket_list(text: str) -> BucketList:
         ParseError: anything else.
     """
     command = "bucket list"
+    if text.rstrip("\n").endswith(_LEGACY_BUCKET_NOTE):
+        return _parse_bucket_list_legacy(text)
     lines = _table_lines(text, command)
     if not lines or lines[0][1] != "List of buckets:":
         raise _fail(command, "expected 'List of buckets:'", lines[0] if lines else None)
@@ -991,6 +993,32 @@ def parse_bucket_list(text: str) -> BucketList:
         out.append(BucketListEntry(id64=bid, global_aliases=tuple(glob.split(",")) if glob else (),
                                    local_aliases=locals_, local_alias_count=count))
     return BucketList(buckets=tuple(out))
+
+
+_LEGACY_BUCKET_NOTE = ("Buckets that don't have a global alias (i.e. that only exist in the namespace of "
+                       "an access key) are not shown.")
+
+
+def _parse_bucket_list_legacy(text: str) -> BucketList:
+    """The other remembered format (GUESS, older releases): one row per global alias with the
+    bucket ID in its 16-hex Debug form, then a note about unaliased buckets. Accepted because
+    neither format is verified against a real 0.7/0.8 binary. Bucket names cannot contain
+    spaces, so each row is exactly two words.
+    """
+    command = "bucket list"
+    lines = text.rstrip("\n").split("\n")
+    if lines[0] != "List of buckets:":
+        raise ParseError("expected 'List of buckets:'", command=command, line_no=1, line=lines[0])
+    by_id: dict[str, list[str]] = {}
+    for no, line in enumerate(lines[1:-1], 2):
+        if not line.strip():
+            continue
+        words = line.split()
+        if len(words) != 2 or not line.startswith("  ") or not re.fullmatch(r"[0-9a-f]{16}|[0-9a-f]{64}", words[1]):
+            raise ParseError("expected '  <alias>  <bucket id>'", command=command, line_no=no, line=line)
+        by_id.setdefault(words[1], []).append(words[0])
+    return BucketList(buckets=tuple(BucketListEntry(id64=i, global_aliases=tuple(a), local_aliases=(), local_alias_count=0)
+                                    for i, a in by_id.items()))
 
 
 def _size_display(command: str, line: Line, text: str) -> int:

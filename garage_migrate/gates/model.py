@@ -388,7 +388,8 @@ class GateOutcome:
             lines += ["", f"**Latest observations** ({len(rows)} of {self.observations}):", "",
                       "| # | At (s) | Result | Streak | Blocking |", "|---|---|---|---|---|"]
             for r in rows:
-                result = ("pass" if r.passed else "fail") + ("" if r.fresh else " (not counted: no new scrape)")
+                # freshness only matters for passes: any failure resets the count
+                result = ("pass" + ("" if r.fresh else " (not counted: no new scrape)")) if r.passed else "fail"
                 lines.append(f"| {r.index} | {r.elapsed:.1f} | {result} | {r.streak} | "
                              f"{_md('; '.join(r.blocking)) or '-'} |")
         return "\n".join(lines) + "\n"

@@ -20,7 +20,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
@@ -34,7 +34,6 @@ from ..facts import (
     ParseError,
     WorkerList,
     parse_stats,
-    parse_version,
     parse_worker_list,
 )
 from .model import WORKERS_UNKNOWN, NodeQueues, unobserved
@@ -269,6 +268,10 @@ class PrometheusSource:
     def from_inventory(cls, inventory: Inventory, **kwargs: Any) -> PrometheusSource:
         """The inventory's Prometheus (URL, job, timeout, bearer token) with its node hosts.
 
+        Args:
+            inventory: the loaded inventory.
+            **kwargs: constructor arguments that override the inventory's.
+
         Raises:
             ValueError: the inventory configures no Prometheus.
             InventoryError: its bearer-token variable is configured but unset.
@@ -279,7 +282,8 @@ class PrometheusSource:
         token = p.bearer_token()
         headers = {"Authorization": f"Bearer {token}"} if token else None
         hosts = {n.name: n.host for n in inventory.resolved_nodes()}
-        return cls(p.url, p.job, p.timeout, headers, hosts=hosts, **kwargs)
+        args: dict[str, Any] = {"url": p.url, "job": p.job, "timeout": p.timeout, "headers": headers, "hosts": hosts}
+        return cls(**{**args, **kwargs})
 
     def __repr__(self) -> str:
         return f"PrometheusSource(url={self.url!r}, job={self.job!r}, timeout={self.timeout:g})"
@@ -299,7 +303,11 @@ class PrometheusSource:
         if self._client is not None:
             return self._client.custom_query(self.selector), self._client.custom_query(self.stamp_query)
         retry = Retry(total=self.retries, backoff_factor=0.2, status_forcelist=(502, 503, 504))
-        with PrometheusConnect(self.url, headers=self._headers, retry=retry, timeout=self.timeout) as pc:
+        # a fresh session per observation: a requests session is not shared across threads,
+        # and observations of several gates may run in several at once
+        with requests.Session() as session:
+            pc = PrometheusConnect(self.url, headers=self._headers, retry=retry, timeout=self.timeout,
+                                   session=session)
             return pc.custom_query(self.selector), pc.custom_query(self.stamp_query)
 
     async def observe(self, nodes: Sequence[str]) -> dict[str, NodeQueues]:
@@ -339,8 +347,15 @@ class _CliSource:
 
     @classmethod
     def from_inventory(cls, inventory: Inventory, pool: SshPool, nodes: Iterable[str] | None = None,
-                       **kwargs: Any):
-        """A source over ``pool`` for ``nodes`` (default: every inventory node)."""
+                       **kwargs: Any) -> Self:
+        """A source over ``pool`` for ``nodes`` (default: every inventory node).
+
+        Args:
+            inventory: the loaded inventory (command contexts).
+            pool: the SSH pool (shells).
+            nodes: node names; default every node of the inventory.
+            **kwargs: further constructor arguments (``timeout``, ``expect_repairs`` ...).
+        """
         resolved = inventory.resolved_nodes()
         names = list(nodes) if nodes is not None else [n.name for n in resolved]
         ctx = {n.name: n.ctx for n in resolved if n.name in names}
@@ -601,11 +616,6 @@ def version_family(version: VersionLike) -> tuple[int, int]:
     else:
         m = re.search(r"(\d+)\.(\d+)\.(\d+)", version)
         vt = tuple(int(x) for x in m.groups()) if m else None
-        if vt is None:
-            try:
-                vt = parse_version(version).version_tuple
-            except ParseError:
-                vt = None
     if vt is None or tuple(vt[:2]) not in ((0, 7), (0, 8)):
         raise ValueError(f"no sync-gate policy for Garage version {version!r} (only 0.7.x and 0.8.x)")
     return int(vt[0]), int(vt[1])

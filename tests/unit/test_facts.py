@@ -857,3 +857,14 @@ def test_layout_staged_trailer_truncated_is_rejected():
         parse_layout(text[: text.index("To enact")])
     with pytest.raises(ParseError, match="Calculating"):
         parse_layout(text[: text.index("Calculating")])
+
+
+def test_bucket_list_legacy_format_is_accepted_too_GUESS():
+    """Neither remembered `bucket list` format is verified, so the parser takes both."""
+    from garage_migrate.facts import parse_bucket_list
+
+    text = ("List of buckets:\n  bucket-00  10af6e8590c6d842\n  bucket-01  4c403bc089da75c1\n"
+            "Buckets that don't have a global alias (i.e. that only exist in the namespace of an access key) are not shown.\n")
+    bl = parse_bucket_list(text)
+    assert [(b.id64, b.global_aliases) for b in bl.buckets] == [("10af6e8590c6d842", ("bucket-00",)),
+                                                               ("4c403bc089da75c1", ("bucket-01",))]

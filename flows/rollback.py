@@ -1,0 +1,74 @@
+"""Roll a migration back: every node (or a list) to 0.7 with its verified metadata backup.
+
+Per node: stop, switch the binary back to the recorded original, restore the metadata from
+this migration's verified backup (the current dir is moved aside, never deleted), start on
+the original version, verify; then the cluster must be healthy and pass a sync gate. Writes
+acknowledged after a node's backup are lost on that node, as with any restore: the report says
+when each backup was taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+import tasks as T
+from garage_migrate import backup_step
+from garage_migrate import runtime as R
+from garage_migrate.plan import MigrationOptions
+from garage_migrate.steps import Runtime
+
+
+@task(name="restore-metadata", task_run_name="restore-{node}", retries=0)
+async def restore_node(rt: Runtime, node: str):
+    """Restore one stopped node's metadata from its verified backup."""
+    return await backup_step.restore_node(rt, node)
+
+
+async def rollback_nodes(rt: Runtime, nodes: list[str]) -> None:
+    """Stop, switch back, restore and start ``nodes`` (together), then check health."""
+    async def one(node: str):
+        before = rt.ledger.node(node).get("version_before")
+        await T.stop_node(rt, node)
+        await T.switch_binary(rt, node, "source")
+        await restore_node(rt, node)
+        await T.start_node(rt, node, before)
+        await rt.ledger.record_step(node, "rollback", "done", f"back on {before}")
+    results = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
+    failed = {n: r for n, r in zip(nodes, results) if isinstance(r, BaseException)}
+    if failed:
+        raise next(iter(failed.values()))
+    await T.wait_healthy(rt, [n.name for n in rt.facts.nodes], "all")
+
+
+async def rollback_all(rt: Runtime) -> None:
+    """Roll every node back (the minimal-downtime flow's "roll back every node" decision)."""
+    await rt.ledger.event("rollback", "rolling back every node")
+    await rollback_nodes(rt, [n.name for n in rt.facts.nodes])
+    await rt.ledger.set(state="rolled-back")
+
+
+@flow(name="rollback-migration")
+async def rollback_migration(inventory: str, migration_id: str | None = None, nodes: list[str] | None = None,
+                             procedure: str = "minimal-downtime", gate_deadline_s: float = 300.0) -> dict:
+    """Roll nodes (default: all) back to their 0.7 binary and metadata from this migration.
+
+    Args:
+        inventory: inventory path on the worker.
+        migration_id: the migration to roll back (default ``<cluster>-to-v<target>``).
+        nodes: node names; all nodes when empty.
+        procedure: the procedure the migration was started with (names its ledger).
+        gate_deadline_s: deadline of the final sync gate.
+    """
+    log = get_run_logger()
+    async with R.open_runtime(inventory, procedure, migration_id, log=log) as rt:
+        targets = nodes or [n.name for n in rt.facts.nodes]
+        await rollback_nodes(rt, targets)
+        outcome = await R.run_sync_gate(rt, MigrationOptions(gate_deadline_s=gate_deadline_s), "rollback")
+        await rt.ledger.set(state="rolled-back")
+        md = (f"## Rollback of {rt.ledger.data['migration_id']}\n\nNodes: {', '.join(targets)}\n\n"
+              f"Sync gate after rollback: **{outcome.status}**\n")
+        await create_markdown_artifact(md, key=f"rollback-{rt.ledger.data['migration_id']}".lower())
+        return {"rolled_back": targets, "gate": outcome.status}

@@ -1,0 +1,56 @@
+"""The backup and restore steps of the flows, on top of :mod:`garage_migrate.backup`.
+
+The step proves the daemon is stopped (service state + sled lock probe inside the backup
+engine), takes or reuses a verified backup, and records its path and sha256 in the ledger:
+the start step refuses any 0.8 start without that record.
+"""
+
+from __future__ import annotations
+
+from .backup.engine import BackupRecord, backup_node, observe_stopped, restore_metadata
+from .steps import Runtime, StepResult, service_active
+
+
+async def backup_metadata(rt: Runtime, node: str) -> StepResult:
+    """Back up ``node``'s metadata (stopped), verified; reuse a verified one of this migration."""
+    n = rt.node(node)
+    f = rt.nfacts(node)
+    if rt.dry_run:
+        return StepResult("backup", node, "would-run", f"would back up {f.config.metadata_dir}")
+    stopped = await observe_stopped(rt.shell(node), n.ctx)
+    version = rt.ledger.node(node).get("version_before") or f.version
+    rec: BackupRecord = await backup_node(
+        rt.shell(node), n.ctx, node_id=f.id64, metadata_dir=f.config.metadata_dir, stopped=stopped,
+        dest_root=rt.inv.backup.root, cluster=rt.inv.cluster, migration_id=rt.ledger.data["migration_id"],
+        source_version=version, level=rt.inv.backup.zstd_level, mode=rt.inv.backup.mode,
+        node_root=n.backup_root if rt.inv.backup.mode == "on-node" else None)
+    where = str(rec.archive_path or rec.remote_archive)
+    await rt.ledger.set_node(node, backup={"path": where, "manifest": str(rec.manifest_path),
+                                           "sha256": rec.manifest.archive_sha256, "version": version,
+                                           "reused": rec.reused})
+    return StepResult("backup", node, "skipped" if rec.reused else "done",
+                      f"{'reused ' if rec.reused else ''}{where} ({rec.manifest.archive_sha256[:16]}, verified)")
+
+
+async def restore_node(rt: Runtime, node: str) -> StepResult:
+    """Restore ``node``'s metadata from this migration's verified backup (node stopped)."""
+    n = rt.node(node)
+    b = rt.ledger.node(node).get("backup")
+    if not b:
+        raise_missing(node)
+    if await service_active(rt, node):
+        from .errors import StepError
+
+        raise StepError("refusing to restore metadata while the daemon runs", node=node)
+    stopped = await observe_stopped(rt.shell(node), n.ctx)
+    rep = await restore_metadata(rt.shell(node), n.ctx, b["manifest"], stopped=stopped,
+                                 metadata_dir=rt.nfacts(node).config.metadata_dir)
+    await rt.ledger.set_node(node, restored={"from": b["path"], "moved_aside": rep.moved_aside})
+    return StepResult("restore", node, "done", f"restored {rep.files_verified} files; old dir kept at {rep.moved_aside}")
+
+
+def raise_missing(node: str):
+    """No backup of this node in the ledger: a rollback cannot restore it."""
+    from .errors import BackupError
+
+    raise BackupError("no backup of this node recorded for this migration", node=node)
