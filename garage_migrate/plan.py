@@ -351,6 +351,11 @@ def make_plan(inv: Inventory, facts: ClusterFacts, procedure: Procedure, migrati
                    Wave("start", tuple(b.step("start", n, version=tgt) for n in names)),
                    Wave("healthy", (b.step("wait-healthy", scope="all"),)))),
             Phase("offline-repair", "Zone by zone: stop, offline-repair counters, start", tuple(repair_rounds)),
+            # not in the guide: nodes that were down for their round missed writes; a full sync
+            # makes the replicas (and so the counters) agree before they are checked
+            Phase("repair-after", "Repair tables and wait for the full sync",
+                  (Wave("repair", (b.step("repair", what="tables"),), parallel=False),
+                   Wave("sync-gate", (b.step("sync-gate", gate="after"),)))),
             Phase("counters", "Check bucket counters", (Wave("counters", (b.step("check-counters"),)),)),
             Phase("watch", "Watch the cluster", (Wave("watch", (b.step("watch"),)),)),
         ]
