@@ -1,8 +1,14 @@
-"""``make demo``: bring a lab up, show it as an operator would see it, and take it down.
+"""``make demo``: a real migration of a local lab, 0.7.3 -> 0.8.7, under client traffic.
 
-The migration flows will run here once they exist (issue 4); until then the demo shows the
-cluster they will migrate: status over SSH, the inventory an orchestrator receives, what
-Prometheus scrapes, and the ground truth the tests check against.
+1. brings up a 3-zone x 2-node lab on Garage 0.7.3 with data (real sshd, real Prometheus);
+2. starts a local Prefect server (SQLite under the demo dir; UI at http://127.0.0.1:4200);
+3. runs ``minimal_downtime_migration`` with auto-approve while a client writes objects;
+4. prints the report, the proof that every acknowledged write is readable, and where to look
+   in the UI;
+5. takes everything down, unless ``--keep``.
+
+``--approve-in-ui`` turns auto-approve off: the flow pauses at each approval and waits for
+you to press Resume in the UI.
 """
 
 from __future__ import annotations
@@ -10,57 +16,108 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from .harness import Lab, LabSpec
 
 
-async def _over_ssh(lab: Lab, node: dict, command: str) -> str:
-    import asyncssh
-
-    async with asyncssh.connect(node["addr"], port=lab.spec.ssh_port, username="root",
-                                client_keys=[str(lab.dir / "id_ed25519")],
-                                known_hosts=str(lab.dir / "known_hosts"), connect_timeout=5) as conn:
-        return (await conn.run(command, check=True, timeout=30)).stdout
+def _start_prefect(home: Path, port: int) -> subprocess.Popen:
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
+    log = open(home / "server.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"prefect server exited; see {home / 'server.log'}")
+            time.sleep(0.5)
+    raise RuntimeError("prefect server did not become healthy in 120 s")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; return the exit code."""
-    ap = argparse.ArgumentParser(prog="garage-lab-demo")
+    ap = argparse.ArgumentParser(prog="garage-lab-demo", description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default="/tmp/garage-lab-demo")
-    ap.add_argument("--keep", action="store_true", help="leave the lab running")
+    ap.add_argument("--keep", action="store_true", help="leave the lab and the Prefect server running")
+    ap.add_argument("--approve-in-ui", action="store_true", help="pause for real approvals in the Prefect UI")
+    ap.add_argument("--port", type=int, default=4200)
     args = ap.parse_args(argv)
     d = Path(args.dir)
-    if (d / "lab.json").exists():
-        Lab(d).down()
+    if (d / "lab" / "lab.json").exists():
+        Lab(d / "lab").down()
     if d.exists():
         shutil.rmtree(d)
+    (d / "prefect").mkdir(parents=True)
     t0 = time.monotonic()
-    lab = Lab.up(LabSpec(dir=str(d), zones=3, per_zone=2, version="0.7.3"))
+    print("== starting the lab and a local Prefect server ...", flush=True)
+    server = _start_prefect(d / "prefect", args.port)
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{args.port}/api"
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    lab = Lab.up(LabSpec(dir=str(d / "lab"), zones=3, per_zone=2, version="0.7.3"))
+    ok = False
     try:
-        print(f"== lab up in {time.monotonic() - t0:.1f}s: 3 zones x 2 nodes on Garage v0.7.3 at {lab.dir}")
-        node = lab.nodes[0]
-        inv = (lab.dir / "inventory.yaml").read_text()
-        print("== inventory.yaml (what the orchestrator receives)\n" + inv)
-        binary = lab.node_dir(node["name"]) / "usr/local/bin/garage"
-        config = lab.node_dir(node["name"]) / "etc/garage.toml"
-        print(f"== ssh {node['addr']}: garage status")
-        print(asyncio.run(_over_ssh(lab, node, f"{binary} -c {config} status")))
-        print(f"== ssh {node['addr']}: garage stats")
-        print(asyncio.run(_over_ssh(lab, node, f"{binary} -c {config} stats")))
-        print(f"== Prometheus at {lab.prometheus_url}: {lab.prometheus_up()} of {len(lab.nodes)} targets up")
-        truth = lab.inspect(checksums=False)
-        print("== ground truth (garage-lab inspect, never read by the orchestrator)")
-        print(json.dumps({n: {k: v[k] for k in ("running_version", "pid", "lock_holder")}
-                          for n, v in truth["nodes"].items()}, indent=1))
+        print(f"== lab up: 3 zones x 2 nodes on Garage v0.7.3 at {lab.dir} ({time.monotonic() - t0:.0f}s)")
+        print(f"== inventory: {lab.dir / 'inventory.yaml'}; Prometheus: {lab.prometheus_url}")
+        print(f"== Prefect UI: http://127.0.0.1:{args.port}", flush=True)
+        from flows.migration import minimal_downtime_migration
+        from garage_migrate.plan import MigrationOptions
+
+        from . import traffic
+
+        stop = threading.Event()
+        writes = []
+
+        def client():
+            while not stop.is_set():
+                writes.append(traffic.write(lab, duration=1.0, rate=10))
+        t = threading.Thread(target=client, daemon=True)
+        t.start()
+        if args.approve_in_ui:
+            print(f"== the flow will pause before the restart on 0.8: open http://127.0.0.1:{args.port}/runs "
+                  "and press Resume on the paused run", flush=True)
+        try:
+            result = asyncio.run(minimal_downtime_migration(
+                inventory=str(lab.dir / "inventory.yaml"), auto_approve=not args.approve_in_ui,
+                options=MigrationOptions(watch_s=10.0, gate_deadline_s=300.0, gate_consecutive=3)))
+        finally:
+            stop.set()
+            t.join(10)
+        led = json.loads(Path(result["ledger"]).read_text())
+        check = traffic.verify(lab)
+        truth = lab.inspect(checksums=False)["nodes"]
+        print("\n== result")
+        print(f"   migration {result['migration_id']}: {led['state']}; ledger {result['ledger']}")
+        for name, rec in sorted(led["nodes"].items()):
+            print(f"   {name} [{rec.get('zone')}] {rec.get('version_before')} -> {truth[name]['running_version']}, "
+                  f"backup {(rec.get('backup') or {}).get('path')}")
+        print(f"   client writes acknowledged: {sum(w.acknowledged for w in writes)}, refused: "
+              f"{sum(w.refused for w in writes)}; read back: {check['checked']} keys, lost {len(check['lost'])}, "
+              f"changed {len(check['changed'])}")
+        print(f"\n== in the UI (http://127.0.0.1:{args.port}): Runs -> the 'minimal-downtime-migration' run: "
+              "its Artifacts tab has the plan, the ledger table, the progress and the final report")
+        ok = led["state"] == "done" and check["ok"]
     finally:
-        if not args.keep:
+        if args.keep:
+            print(f"== kept running: `garage-lab down --dir {lab.dir}`; Prefect server pid {server.pid}")
+        else:
             lab.down()
-            print("== lab down: no process left behind")
-    return 0
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
+            print("== lab and Prefect server stopped: no process left behind")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -642,6 +642,22 @@ class Lab:
             acks = [json.loads(line) for line in ack_file.read_text().splitlines() if line.strip()]
         return {"nodes": nodes, "acknowledged_writes": acks}
 
+    def downtime_windows(self) -> dict[str, list[tuple[float, float]]]:
+        """Per node, the intervals between a stop (or kill) and the next start, from the
+        service events: the ground truth a test uses to prove no two zones were down at once."""
+        path = self.dir / "events.jsonl"
+        events = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+        out: dict[str, list[tuple[float, float]]] = {n["name"]: [] for n in self.nodes}
+        down_since: dict[str, float] = {}
+        for e in sorted(events, key=lambda e: e["t"]):
+            if e["event"] in ("stop", "kill") and e.get("signal") not in ("SIGHUP",) and e["node"] not in down_since:
+                down_since[e["node"]] = e["t"]
+            elif e["event"] == "start" and e["node"] in down_since:
+                out[e["node"]].append((down_since.pop(e["node"]), e["t"]))
+        for node, since in down_since.items():
+            out[node].append((since, float("inf")))
+        return out
+
     # ------------------------------------------------------------------ faults
     def fault(self, name: str, kind: str, count: int | None = None, **params) -> None:
         """Inject a fault on node ``name`` (see ``garage_lab.garage.knobs.FAULT_KINDS``)."""

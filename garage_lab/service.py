@@ -65,6 +65,19 @@ def main_pid(nd: Path) -> int:
     return pid if proc_alive(pid, str(nd)) else 0
 
 
+def record(nd: Path, event: str, **extra) -> None:
+    """Append a service event to ``<lab>/events.jsonl`` (ground truth of downtime windows).
+
+    One ``O_APPEND`` write per line, so concurrent services never interleave lines.
+    """
+    line = json.dumps({"t": time.time(), "node": nd.name, "event": event, **extra}) + "\n"
+    fd = os.open(nd.parent.parent / "events.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
 def start(nd: Path) -> int:
     """Spawn the daemon with the node's binary and config, detached from the caller."""
     if main_pid(nd):
@@ -84,6 +97,7 @@ def start(nd: Path) -> int:
     tmp.write_text(str(proc.pid))
     os.replace(tmp, nd / "run" / "garage.pid")
     (nd / "run" / "state").write_text("started")
+    record(nd, "start", pid=proc.pid, binary=os.path.basename(os.path.realpath(nd / "usr/local/bin/garage")))
     return 0
 
 
@@ -106,6 +120,7 @@ def stop(nd: Path, sig: signal.Signals, timeout: float) -> int:
     pid = main_pid(nd)
     if not pid:
         return 0
+    record(nd, "stop", pid=pid, signal=sig.name)
     os.kill(pid, sig)
     if not wait_exit(pid, timeout):
         os.kill(pid, signal.SIGKILL)
@@ -160,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "kill":
         pid = main_pid(nd)
         if pid:
-            os.kill(pid, signal.Signals["SIG" + args.signal.upper().removeprefix("SIG")])
+            sig = signal.Signals["SIG" + args.signal.upper().removeprefix("SIG")]
+            record(nd, "kill", pid=pid, signal=sig.name)
+            os.kill(pid, sig)
         return 0
     if args.cmd == "is-active":
         return is_active(nd)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import commands as C
 from .discovery import ClusterFacts, NodeFacts
-from .errors import CommandError, GarageMigrateError, LockHeldError, StepError
+from .errors import CommandError, GarageMigrateError, LockHeldError, StepError, TransportError
 from .facts import parse_bucket_info, parse_bucket_list, parse_offline_repair, parse_stats, parse_status, parse_version
 from .inventory import Inventory, ResolvedNode
 from .ledger import Ledger
@@ -193,8 +193,12 @@ async def launch_repair(rt: Runtime, what: str, via: str | None = None) -> StepR
         if res.returncode == 0:
             rt.info(None, "repair %s launched from %s: %s", what, name, res.stdout.strip())
             return StepResult(f"repair-{what}", None, "done", res.stdout.strip())
+        if "Could not launch repair on nodes" in res.stderr:
+            # the repair started on the others; a node did not answer: retried as transient
+            raise TransportError(f"repair {what}: {res.stderr.strip()}", node=name, exit_status=res.returncode,
+                                 stderr=res.stderr)
         raise CommandError(f"repair {what} failed: {res.stderr.strip()}", node=name, exit_status=res.returncode,
-                           stderr_tail=res.stderr)
+                           stderr=res.stderr)
     raise StepError(f"no running node to launch repair {what} from")
 
 
@@ -256,11 +260,16 @@ async def start_node(rt: Runtime, node: str, expect_version: str) -> StepResult:
 
 
 async def wait_healthy(rt: Runtime, nodes: list[str], timeout: float = 60.0) -> StepResult:
-    """Every node in ``nodes`` sees every other one of them as healthy in ``garage status``."""
+    """Every node of the cluster that answers sees every node of ``nodes`` as healthy.
+
+    After a zone's round this is "the zone is back": the other zones must see it, not only
+    its own members, before the next zone may go down.
+    """
     ids = {rt.nfacts(n).id16 for n in nodes}
+    everyone = [n.name for n in rt.facts.nodes]
 
     async def healthy():
-        for n in nodes:
+        for n in everyone:
             res = await rt.observe(n, C.garage(rt.node(n).ctx, "status"), check=False)
             if res.returncode != 0:
                 return False
@@ -271,8 +280,8 @@ async def wait_healthy(rt: Runtime, nodes: list[str], timeout: float = 60.0) -> 
     if rt.dry_run:
         return StepResult("wait-healthy", None, "would-run", ", ".join(nodes))
     if not await poll(rt, "health", None, healthy, timeout, 0.5):
-        raise StepError(f"nodes {', '.join(nodes)} did not all see each other healthy within {timeout:.0f}s")
-    return StepResult("wait-healthy", None, "done", f"{len(nodes)} nodes healthy")
+        raise StepError(f"nodes {', '.join(nodes)} were not all seen healthy by every node within {timeout:.0f}s")
+    return StepResult("wait-healthy", None, "done", f"{len(nodes)} nodes healthy, seen by all {len(everyone)}")
 
 
 def _staged_path(rt: Runtime, node: str) -> str:
@@ -341,10 +350,10 @@ async def offline_repair(rt: Runtime, node: str) -> StepResult:
     outcome = parse_offline_repair(res.returncode, res.stdout, res.stderr)
     if outcome.kind == "lock_held":
         raise LockHeldError(f"offline-repair could not take the DB lock: {outcome.detail}", node=node,
-                            exit_status=res.exit_status, stderr_tail=res.stderr)
+                            exit_status=res.exit_status, stderr=res.stderr)
     if outcome.kind != "ok":
         raise StepError(f"offline-repair failed ({outcome.kind}): {outcome.detail}", node=node,
-                        exit_status=res.exit_status, stderr_tail=res.stderr)
+                        exit_status=res.exit_status, stderr=res.stderr)
     return await _record(rt, StepResult("offline-repair", node, "done", "object counters recounted"))
 
 

@@ -14,8 +14,31 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Each lab gets its own 127.42.C.0/24 so labs of one test run never collide.
-_subnets = itertools.count(100 + (os.getpid() % 50))
+# Each lab gets its own 127.42.C.0/24 so labs of one test run (and other runs on the machine)
+# never collide: a per-process starting point, then the next C whose RPC address is free.
+_subnet_counter = itertools.count(os.getpid() % 230)
+
+
+class _Subnets:
+    """Yields third octets ``C`` (for ``127.42.C``) not in use by another lab."""
+
+    def __next__(self) -> int:
+        import socket
+
+        for _ in range(460):
+            c = 20 + next(_subnet_counter) % 230
+            s = socket.socket()
+            try:
+                s.bind((f"127.42.{c}.1", 3901))
+                return c
+            except OSError:
+                continue
+            finally:
+                s.close()
+        raise RuntimeError("no free 127.42.C.0/24 subnet for a lab")
+
+
+_subnets = _Subnets()
 
 
 def pytest_collection_modifyitems(config, items):
