@@ -428,24 +428,60 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
     ctx = rt.node(node).ctx
     text = (await rt.observe(node, C.cat(ctx.config_path, sudo=ctx.sudo))).stdout
     original = rt.ledger.node(node).get("config_original")
-    if not enabled:
-        new = move_ports(text, gate.moved_s3_port, gate.moved_web_port)
-        if new == text:
-            return await _record(rt, _skip(rt, key, node, "ports already moved"), key)
+    if not enabled and original is None:
         await rt.ledger.set_node(node, config_original=text)
-    else:
-        if not original or original == text:
-            return await _record(rt, _skip(rt, key, node, "config already has its original ports"), key)
-        new = original
+        original = text
+    if original is None:
+        return await _record(rt, _skip(rt, key, node, "the API was never disabled in this migration"), key)
+    want = original if enabled else move_ports(original, gate.moved_s3_port, gate.moved_web_port)
+    client_addr = _bind_of(original, "s3_api")  # where clients reach the S3 API
+    running = await service_active(rt, node)
+    stale = running and client_addr is not None and await _reachable(client_addr) != enabled
+    if want == text and not stale:
+        return await _record(rt, _skip(rt, key, node, "config and running daemon already "
+                                       + ("serve" if enabled else "refuse") + " clients"), key)
     if rt.dry_run:
         return await _record(rt, StepResult(key, node, "done", "dry run"), key)
-    with tempfile.NamedTemporaryFile("w", delete=False, suffix=".toml") as fh:
-        fh.write(new)
-    tmp_remote = ctx.config_path + ".garage-migrate"
-    await rt.shell(node).put_file(fh.name, tmp_remote)
-    Path(fh.name).unlink()
-    await rt.act(node, C.rename(tmp_remote, ctx.config_path, sudo=ctx.sudo))
-    return await _record(rt, StepResult(key, node, "done", "API ports " + ("restored" if enabled else "moved")), key)
+    if want != text:
+        with tempfile.NamedTemporaryFile("w", delete=False, suffix=".toml") as fh:
+            fh.write(want)
+        tmp_remote = ctx.config_path + ".garage-migrate"
+        await rt.shell(node).put_file(fh.name, tmp_remote)
+        Path(fh.name).unlink()
+        await rt.act(node, C.rename(tmp_remote, ctx.config_path, sudo=ctx.sudo))
+    # Garage reads its bind addresses at start only (0.7 cannot disable endpoints, ref 9):
+    # a running node is restarted on the same version for the change to take effect
+    if running:
+        version = await daemon_version(rt, node)
+        await stop_node(rt, node)
+        if version:
+            await start_node(rt, node, version)
+        if client_addr and await _reachable(client_addr) != enabled:
+            raise StepError(f"S3 endpoint {client_addr} is {'not ' if enabled else 'still '}reachable", node=node)
+    return await _record(rt, StepResult(key, node, "done", ("API restored" if enabled else "API cut")
+                                        + (f": clients' S3 address {client_addr} " + ("open" if enabled else "closed")
+                                           if running and client_addr else " (takes effect at the next start)")), key)
+
+
+def _bind_of(toml_text: str, section: str) -> str | None:
+    import tomllib
+
+    try:
+        d = tomllib.loads(toml_text)
+    except tomllib.TOMLDecodeError:
+        return None
+    return (d.get(section) or {}).get("api_bind_addr" if section == "s3_api" else "bind_addr")
+
+
+async def _reachable(addr: str) -> bool:
+    host, port = addr.rsplit(":", 1)
+    host = host.strip("[]")
+    try:
+        _r, w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2.0)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    w.close()
+    return True
 
 
 _BIND = re.compile(r'^(\s*(?:api_bind_addr|bind_addr)\s*=\s*")([^"]*):(\d+)(".*)$')
@@ -464,20 +500,6 @@ def move_ports(toml_text: str, s3_port: int, web_port: int) -> str:
             line = f"{m.group(1)}{m.group(2)}:{port}{m.group(4)}\n"
         out.append(line)
     return "".join(out)
-
-
-async def api_reachable(rt: Runtime, node: str) -> bool:
-    """Whether the node's S3 endpoint accepts connections (the gate's verification)."""
-    addr = rt.nfacts(node).config.s3_api_bind_addr
-    if not addr:
-        return False
-    host, port = addr.rsplit(":", 1)
-    try:
-        _r, w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2.0)
-    except (OSError, asyncio.TimeoutError):
-        return False
-    w.close()
-    return True
 
 
 __all__ = [n for n in dir() if not n.startswith("_")] + ["GarageMigrateError"]

@@ -275,13 +275,16 @@ def _assert_end_state(lab, res: dict, procedure: str, target: str, tr: _Traffic)
         assert path.is_relative_to(backups_root) and mid in path.parts and node in path.parts, path
         assert b["version"] == "0.7.3", b
 
-    # client traffic ran, and every acknowledged write is readable, unchanged
-    assert tr.acknowledged > 0, "no client write was acknowledged during the migration"
-    check = traffic.verify(lab)
-    assert check["ok"], {k: (v[:5] if isinstance(v, list) else v) for k, v in check.items()}
-
     # counters equal the ground truth (after traffic stopped)
     _assert_buckets_match_ground_truth(lab, first)
+
+    # clients can reach the S3 API on its usual port again, and every acknowledged write is
+    # readable, unchanged
+    assert tr.acknowledged > 0, "no client write was acknowledged during the migration"
+    closed = [n["name"] for n in lab.nodes if not _s3_reachable(n["addr"])]
+    assert not closed, f"S3 API not listening on port {PORT_S3} after the migration on {closed}"
+    check = traffic.verify(lab)
+    assert check["ok"], {k: (v[:5] if isinstance(v, list) else v) for k, v in check.items()}
     return led
 
 
@@ -353,22 +356,25 @@ def test_simple_to_080_with_approvals_through_the_api(make_lab, prefect_server):
     led = Ledger.load(res["ledger"])
     _assert_gates(led, "simple", by="person", note=NOTE)
 
-    # the offline window: from the first stop to the re-opening of the API, no client write
-    # may be acknowledged (the cluster is down, then up on moved ports)
-    stop_start, _ = _phase_window(led, "stop")
-    _, reopen_end = _phase_window(led, "enable-api")
-    start_start, _ = _phase_window(led, "start")
-    offline_acks = _acks_between(lab, stop_start + 0.5, reopen_end)
+    # The offline window, from the lab's service events: from the moment the last node went
+    # down in the stop phase until the API was re-opened, no client write may be acknowledged
+    # (the cluster is down, then up on moved ports).
+    stop_start, stop_end = _phase_window(led, "stop")
     disabled_start, _ = _phase_window(led, "disable-api")
-    # writes acknowledged after the API was "disabled" and before the stop (product finding if > 0)
-    print(f"acks between disable-api and stop: {_acks_between(lab, disabled_start, stop_start)}; "
-          f"during the offline window: {offline_acks}")
-    assert offline_acks == 0, "client writes were acknowledged while the cluster was meant to be offline"
-    assert start_start > stop_start
+    _, reopen_end = _phase_window(led, "enable-api")
+    downs = [s for ivs in lab.downtime_windows().values() for s, _e in ivs if stop_start <= s <= stop_end]
+    assert len(downs) == ZONES * PER_ZONE, downs
+    all_down = max(downs)
+    offline_acks = _acks_between(lab, all_down, reopen_end)
+    # Writes acknowledged after the API was "disabled" and before the stop: the port gate only
+    # rewrites garage.toml, which the running 0.7 daemons read again only at their next start.
+    # Reported as a product finding, not asserted.
+    print(f"acks between disable-api and the stop: {_acks_between(lab, disabled_start, stop_start)}; "
+          f"offline window {reopen_end - all_down:.1f}s with {offline_acks} acks; after it: "
+          f"{_acks_between(lab, reopen_end, time.time())}")
+    assert offline_acks == 0, "client writes were acknowledged while the cluster was offline"
 
     _assert_end_state(lab, res, "simple", "0.8.0", tr)
-    # the API is really back on its original port once the flow is done
-    assert all(_s3_reachable(n["addr"]) for n in lab.nodes)
 
 
 @pytest.mark.timeout(600)
@@ -380,7 +386,6 @@ def test_simple_to_087_auto_approve(make_lab, prefect_server):
     assert not [r for r in _flow_runs("simple", str(lab.dir / "inventory.yaml")) if r.state.is_paused()]
     led = _assert_end_state(lab, res, "simple", "0.8.7", tr)
     _assert_gates(led, "simple", by="auto-approve", note="gate passed cleanly")
-    assert all(_s3_reachable(n["addr"]) for n in lab.nodes)
 
 
 # The minimal-downtime 0.8.0 auto-approve migration is shared by two tests: its end state, and

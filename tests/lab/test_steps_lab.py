@@ -1,0 +1,125 @@
+"""Each engine step on a real lab, run twice: the second run changes nothing and says why."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import pytest
+
+from garage_migrate import backup_step, steps
+from garage_migrate.runtime import open_runtime
+
+
+@pytest.fixture
+def make_lab(make_lab):
+    return functools.partial(make_lab, wait_prometheus=False)
+
+
+def _run(coro_fn):
+    return asyncio.run(coro_fn())
+
+
+def _truth(lab, name):
+    return lab.inspect()["nodes"][name]
+
+
+@pytest.mark.timeout(300)
+def test_node_steps_are_idempotent_on_073_to_087(make_lab):
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    inv = str(lab.dir / "inventory.yaml")
+    node = lab.nodes[0]["name"]
+
+    async def scenario():
+        out = {}
+        async with open_runtime(inv, "minimal-downtime") as rt:
+            out["preflight"] = [await steps.preflight(rt, node) for _ in range(2)]
+            out["stop"] = [await steps.stop_node(rt, node)]
+            out["stopped_truth"] = _truth(lab, node)
+            out["stop"].append(await steps.stop_node(rt, node))
+            out["backup"] = [await backup_step.backup_metadata(rt, node) for _ in range(2)]
+            out["stage"] = [await steps.stage_binary(rt, node) for _ in range(2)]
+            out["switch"] = [await steps.switch_binary(rt, node) for _ in range(2)]
+            out["repair"] = [await steps.offline_repair(rt, node)]
+            out["after_first_repair"] = _truth(lab, node)
+            out["repair"].append(await steps.offline_repair(rt, node))
+            out["after_second_repair"] = _truth(lab, node)
+            out["start"] = [await steps.start_node(rt, node, "0.8.7")]
+            out["started_truth"] = _truth(lab, node)
+            out["start"].append(await steps.start_node(rt, node, "0.8.7"))
+            out["final_truth"] = _truth(lab, node)
+        return out
+    out = _run(scenario)
+    assert [r.status for r in out["stop"]] == ["done", "skipped"]
+    assert out["stopped_truth"]["running_version"] is None and out["stopped_truth"]["lock_holder"] is None
+    assert [r.status for r in out["backup"]] == ["done", "skipped"]  # the second one is reused
+    assert [r.status for r in out["stage"]] == ["done", "skipped"]
+    assert [r.status for r in out["switch"]] == ["done", "skipped"]
+    assert out["after_first_repair"]["binary_target"].endswith("garage-v0.8.7")
+    # offline-repair is idempotent: a second run recomputes the same counts
+    assert out["after_first_repair"]["local_counters"] == out["after_second_repair"]["local_counters"]
+    assert out["after_first_repair"]["local_counters"]
+    assert [r.status for r in out["start"]] == ["done", "skipped"]
+    assert out["started_truth"]["running_version"] == "0.8.7"
+    assert out["final_truth"]["pid"] == out["started_truth"]["pid"]  # not restarted
+
+
+def test_start_refuses_08_without_a_backup_of_this_migration(make_lab):
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    node = lab.nodes[1]["name"]
+
+    async def scenario():
+        async with open_runtime(str(lab.dir / "inventory.yaml"), "simple") as rt:
+            await steps.preflight(rt, node)
+            await steps.stop_node(rt, node)
+            await steps.stage_binary(rt, node)
+            await steps.switch_binary(rt, node)
+            with pytest.raises(steps.StepError, match="without a verified backup"):
+                await steps.start_node(rt, node, "0.8.7")
+    _run(scenario)
+    assert _truth(lab, node)["running_version"] is None
+
+
+def test_offline_repair_with_the_daemon_running_is_lock_held_not_retried(make_lab):
+    from garage_migrate.errors import LockHeldError, is_transient
+
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    node = lab.nodes[0]["name"]
+
+    async def scenario():
+        async with open_runtime(str(lab.dir / "inventory.yaml"), "simple") as rt:
+            for step in (steps.preflight, steps.stop_node, backup_step.backup_metadata, steps.stage_binary,
+                         steps.switch_binary):
+                await step(rt, node)
+            await steps.start_node(rt, node, "0.8.7")
+            with pytest.raises(LockHeldError) as exc:
+                await steps.offline_repair(rt, node)
+            return exc.value
+    err = _run(scenario)
+    assert err.code == "LOCK_HELD" and not is_transient(err)
+
+
+def test_api_gate_port_cuts_and_restores_clients_idempotently(make_lab):
+    import socket
+
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    node = lab.nodes[2]
+
+    def s3_open() -> bool:
+        try:
+            socket.create_connection((node["addr"], 3900), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    async def scenario():
+        async with open_runtime(str(lab.dir / "inventory.yaml"), "simple") as rt:
+            await steps.preflight(rt, node["name"])
+            a = [await steps.set_api(rt, node["name"], False) for _ in range(2)]
+            closed = not s3_open()
+            b = [await steps.set_api(rt, node["name"], True) for _ in range(2)]
+            return a, closed, b
+    a, closed, b = _run(scenario)
+    assert [r.status for r in a] == ["done", "skipped"] and closed
+    assert [r.status for r in b] == ["done", "skipped"] and s3_open()
+    assert _truth(lab, node["name"])["running_version"] == "0.7.3"
