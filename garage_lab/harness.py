@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import service
+from . import service, shims
 from .garage import cluster
 from .garage.knobs import FAULT_KINDS, Faults, save_faults
 from .garage.personality import PERSONALITIES
@@ -226,6 +226,7 @@ class Lab:
         for v in PERSONALITIES:
             _write_exec(root / "dist" / f"garage-v{v}", _launcher(root, v))
         _write_exec(root / "bin" / "garage-service", _service_script(root))
+        shims.install(root)  # fault shims for tar and df, first on the sessions' PATH
 
         nodes = []
         roles = {}

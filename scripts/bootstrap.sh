@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 need_apt=()
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+# on-node backups and restores run `tar --zstd` on the node, which in the lab is this machine
+command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
+command -v flock >/dev/null 2>&1 || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
     echo "bootstrap: need ${need_apt[*]} but I am not root and sudo is missing." >&2

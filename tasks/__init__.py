@@ -21,7 +21,7 @@ from garage_migrate.steps import Runtime, StepResult
 def transient_only(task_, task_run, state) -> bool:
     """``retry_condition_fn``: retry a failed task only when its error is transient."""
     try:
-        state.result()
+        state.result(_sync=True)  # in an async task, result() would return an un-awaited coroutine
     except BaseException as exc:  # noqa: BLE001 - we classify whatever the task raised
         return is_transient(exc)
     return False
