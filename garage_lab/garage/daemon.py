@@ -201,6 +201,7 @@ class Daemon:
             self.scrub = {"time_last_complete_scrub": 0, "tranquility": 4, "corruptions_detected": 0}
             if self.p.first_scrub_immediate:
                 self.scrub["next_run"] = 0.0
+                self.scrub["progress"] = 0.0  # the scrub starts with the daemon, not a tick later
             else:
                 self.scrub["next_run"] = now + 25 * 86400 + random.uniform(0, 10 * 86400)
         self.scrub.setdefault("progress", None)

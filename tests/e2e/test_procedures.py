@@ -132,13 +132,15 @@ def _flow_fn(procedure: str):
 class _Answerer:
     """Resumes every pause of this lab's flow run through the Prefect API, like a person would.
 
-    Approval gates are approved with a note; any other pause (a sync gate or the counters
-    check that did not pass, a failed node) is unexpected in these tests: it is recorded and
-    answered ``abort`` so that the flow ends at once and the test reports it.
+    Approval gates are approved with a note (with ``approve``); any other pause (a sync gate
+    or the counters check that did not pass, a failed node, or any pause of an auto-approved
+    run) is unexpected in these tests: it is recorded and answered ``abort`` so that the flow
+    ends at once and the test reports it, instead of hanging until the pause timeout.
     """
 
-    def __init__(self, procedure: str, inventory: str):
+    def __init__(self, procedure: str, inventory: str, approve: bool = True):
         self.procedure = procedure
+        self.approve = approve
         self.inventory = inventory
         self.resumed: list[tuple[str, float]] = []  # (pause key, when)
         self.unexpected: list[str] = []
@@ -154,7 +156,7 @@ class _Answerer:
             key = run.state.state_details.pause_key
             if (run.id, key) in self._done:
                 continue
-            if key.startswith("approve-"):
+            if self.approve and key.startswith("approve-"):
                 answer = {"action": "approve", "note": NOTE}
             else:
                 self.unexpected.append(key)
@@ -176,9 +178,10 @@ class _Answerer:
             finished.wait(0.5)
 
 
-def _run_flow(procedure: str, lab, auto_approve: bool, **kw) -> tuple[dict, _Answerer | None, float]:
+def _run_flow(procedure: str, lab, auto_approve: bool, **kw) -> tuple[dict, _Answerer, float]:
     """Run the flow in a worker thread (its own event loop); in this thread, answer its pauses
-    through the Prefect API unless ``auto_approve``. Returns (result, answerer, seconds)."""
+    through the Prefect API (with ``auto_approve``, any pause is unexpected and aborted).
+    Returns (result, answerer, seconds)."""
     inv = str(lab.dir / "inventory.yaml")
     flow_fn = _flow_fn(procedure)
     box: dict = {}
@@ -195,16 +198,12 @@ def _run_flow(procedure: str, lab, auto_approve: bool, **kw) -> tuple[dict, _Ans
     t0 = time.monotonic()
     th = threading.Thread(target=worker, daemon=True, name=f"e2e-flow-{procedure}")
     th.start()
-    answerer = None
-    if auto_approve:
-        finished.wait()
-    else:
-        answerer = _Answerer(procedure, inv)
-        answerer.run_until(finished)
+    answerer = _Answerer(procedure, inv, approve=not auto_approve)
+    answerer.run_until(finished)
     th.join(30)
     seconds = time.monotonic() - t0
     if "error" in box:
-        extra = f" (unexpected pauses answered 'abort': {answerer.unexpected})" if answerer and answerer.unexpected else ""
+        extra = f" (unexpected pauses answered 'abort': {answerer.unexpected})" if answerer.unexpected else ""
         raise AssertionError(f"{procedure} flow failed after {seconds:.0f}s{extra}: {box['error']!r}") from box["error"]
     return box["result"], answerer, seconds
 
@@ -386,9 +385,9 @@ def test_simple_to_080_with_approvals_through_the_api(make_lab, prefect_server):
 def test_simple_to_087_auto_approve(make_lab, prefect_server):
     lab = make_lab(version="0.7.3", zones=ZONES, per_zone=PER_ZONE)
     with _Traffic(lab) as tr:
-        res, _, secs = _run_flow("simple", lab, auto_approve=True)
+        res, answerer, secs = _run_flow("simple", lab, auto_approve=True)
     print(f"simple 0.7.3 -> 0.8.7 auto-approve: {secs:.0f}s; acks {tr.acknowledged}, refused {tr.refused}")
-    assert not [r for r in _flow_runs("simple", str(lab.dir / "inventory.yaml")) if r.state.is_paused()]
+    assert answerer.resumed == [] and not answerer.errors, "an auto-approved run paused"
     led = _assert_end_state(lab, res, "simple", "0.8.7", tr)
     _assert_gates(led, "simple", by="auto-approve", note="gate passed cleanly")
 
@@ -424,15 +423,16 @@ def minimal_080_done(_module_labs, prefect_server):
     lab = _module_labs(version="0.7.3", zones=ZONES, per_zone=PER_ZONE)
     _retarget(lab, "0.8.0")
     with _Traffic(lab) as tr:
-        res, _, secs = _run_flow("minimal-downtime", lab, auto_approve=True)
+        res, answerer, secs = _run_flow("minimal-downtime", lab, auto_approve=True)
     print(f"minimal-downtime 0.7.3 -> 0.8.0 auto-approve: {secs:.0f}s; acks {tr.acknowledged}, refused {tr.refused}")
-    return {"lab": lab, "res": res, "traffic": tr, "seconds": secs}
+    return {"lab": lab, "res": res, "traffic": tr, "seconds": secs, "answerer": answerer}
 
 
 @pytest.mark.timeout(600)
 def test_minimal_downtime_to_080_auto_approve(minimal_080_done):
     lab, res, tr = minimal_080_done["lab"], minimal_080_done["res"], minimal_080_done["traffic"]
-    assert not [r for r in _flow_runs("minimal-downtime", str(lab.dir / "inventory.yaml")) if r.state.is_paused()]
+    answerer = minimal_080_done["answerer"]
+    assert answerer.resumed == [] and not answerer.errors, "an auto-approved run paused"
     led = _assert_end_state(lab, res, "minimal-downtime", "0.8.0", tr)
     _assert_gates(led, "minimal-downtime", by="auto-approve", note="gate passed cleanly")
     print(_assert_one_zone_down_at_a_time(lab, led))
@@ -446,7 +446,8 @@ def test_second_run_of_a_finished_migration_changes_nothing_and_says_so(minimal_
     led_before = Ledger.load(minimal_080_done["res"]["ledger"])
     events_before = len(_service_events(lab))
     t0 = time.time()
-    res, _, secs = _run_flow("minimal-downtime", lab, auto_approve=True)
+    res, answerer, secs = _run_flow("minimal-downtime", lab, auto_approve=True)
+    assert answerer.resumed == [], "the second run paused"
     print(f"second run: {secs:.0f}s")
     assert res["state"] == "done" and res["ledger"] == minimal_080_done["res"]["ledger"]
 
