@@ -109,13 +109,18 @@ class Runner:
             return default
         await self.rt.ledger.record_gate(key, status="waiting")
         answer = await pause_flow_run(wait_for_input=input_cls.with_initial_data(description=description, action=default),
-                                      key=_key(key), timeout=self.pause_timeout)
+                                      key=_key(key), timeout=self.pause_timeout, poll_interval=1)
         await self.rt.ledger.record_gate(key, decision=answer.action, by="person", note=answer.note)
         await self.rt.ledger.event("decision", f"{key}: {answer.action}", note=answer.note)
         return answer.action
 
     # ------------------------------------------------------------------ execution
     async def run(self) -> None:
+        previous = self.rt.ledger.data.get("plan_digest")
+        if previous and previous != self.plan.digest():
+            # a resumed run re-plans from what the nodes are now (some already on 0.8); the steps
+            # the ledger records as done are skipped, so the new plan only fills the gaps
+            await self.rt.ledger.event("replan", f"plan changed since the last run ({previous} -> {self.plan.digest()})")
         await self.rt.ledger.set(plan_digest=self.plan.digest(), state="running")
         await create_markdown_artifact(self.plan.to_markdown(), key=_key("plan", self.plan.migration_id),
                                        description="The migration plan")
@@ -281,13 +286,21 @@ async def _migrate(procedure: str, inventory: str, migration_id: str | None, opt
             for n in rt.facts.nodes:
                 await T.preflight(rt, n.name)
             return {"migration_id": plan.migration_id, "dry_run": True, "plan_digest": plan.digest()}
+        if rt.ledger.data.get("state") in ("done", "rolled-back"):
+            msg = f"migration {plan.migration_id} is already {rt.ledger.data['state']}: nothing to do"
+            log.info(msg)
+            await rt.ledger.event("rerun", msg)
+            await create_markdown_artifact(f"**{msg}** (ledger `{rt.ledger.path}`)",
+                                           key=_key("report", plan.migration_id), description="Nothing to do")
+            return {"migration_id": plan.migration_id, "ledger": str(rt.ledger.path),
+                    "state": rt.ledger.data["state"], "changed": False}
         runner = Runner(rt, plan, options, auto_approve, pause_timeout)
         try:
             await runner.run()
         except BaseException as exc:
             await rt.ledger.set(state="failed", error=f"{type(exc).__name__}: {exc}")
             raise
-        return {"migration_id": plan.migration_id, "ledger": str(rt.ledger.path), "state": "done"}
+        return {"migration_id": plan.migration_id, "ledger": str(rt.ledger.path), "state": "done", "changed": True}
 
 
 @flow(name="simple-migration", log_prints=False)

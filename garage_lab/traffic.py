@@ -16,7 +16,6 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .harness import PORT_S3, Lab
 

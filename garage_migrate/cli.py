@@ -3,6 +3,9 @@
     garage-migrate plan   --inventory inv.yaml [--procedure simple|minimal-downtime]
     garage-migrate run    simple|minimal-downtime --inventory inv.yaml [--auto-approve] [--dry-run]
     garage-migrate status --inventory inv.yaml [--migration-id ID]
+    garage-migrate backups list   --inventory inv.yaml [--migration-id ID] [--json]
+    garage-migrate backups verify --inventory inv.yaml [--migration-id ID]
+    garage-migrate backups prune  --inventory inv.yaml --keep N [--dry-run]
 
 ``run`` executes the same Prefect flow the UI starts. When the flow pauses for an approval,
 the terminal shows the form's text and asks; ``--auto-approve`` follows the flow parameter's
@@ -67,6 +70,272 @@ async def _status(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- backups
+class _MigrationDir:
+    """One ``<backup.root>/<cluster>/<migration id>/`` directory and what it holds."""
+
+    def __init__(self, path: Path):
+        from .backup import load_manifest
+        from .errors import BackupError
+        from .ledger import Ledger, LedgerFormatError
+
+        self.path = path
+        self.id = path.name
+        self.ledger = None
+        self.ledger_error: str | None = None
+        if (path / "ledger.json").exists():
+            try:
+                self.ledger = Ledger.load(path / "ledger.json").data
+            except (OSError, ValueError, TypeError, AttributeError, LedgerFormatError) as exc:
+                self.ledger_error = f"{type(exc).__name__}: {exc}"
+        # node name -> (manifest path, Manifest or the error that prevented reading it)
+        self.manifests: dict[str, tuple[Path, object]] = {}
+        for d in sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink()):
+            mpath = d / "manifest.json"
+            if mpath.exists():
+                try:
+                    self.manifests[d.name] = (mpath, load_manifest(mpath))
+                except BackupError as exc:
+                    self.manifests[d.name] = (mpath, exc)
+
+    @property
+    def is_migration(self) -> bool:
+        """A ledger (even unreadable) or at least one backup manifest."""
+        return (self.path / "ledger.json").exists() or bool(self.manifests)
+
+    @property
+    def state(self) -> str:
+        if self.ledger is not None:
+            return str(self.ledger.get("state"))
+        return "unreadable ledger" if self.ledger_error else "no ledger"
+
+    @property
+    def created(self) -> float:
+        """The ledger's creation time, else the oldest backup's, else the directory's mtime."""
+        from .backup import Manifest
+
+        if self.ledger is not None and isinstance(self.ledger.get("created"), (int, float)):
+            return float(self.ledger["created"])
+        times = [m.created_at.timestamp() for _p, m in self.manifests.values() if isinstance(m, Manifest)]
+        return min(times) if times else self.path.stat().st_mtime
+
+    def bytes_on_disk(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _cluster_dir(inv) -> Path:
+    return Path(inv.backup.root) / inv.cluster
+
+
+def _migrations(inv, migration_id: str | None) -> list[_MigrationDir]:
+    """The cluster's migration dirs (oldest first), or just ``migration_id``'s."""
+    root = _cluster_dir(inv)
+    if migration_id is not None:
+        from .backup.manifest import check_name
+
+        d = root / check_name(migration_id, "migration id")
+        return [_MigrationDir(d)] if d.is_dir() and not d.is_symlink() else []
+    if not root.is_dir():
+        return []
+    found = [_MigrationDir(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.is_symlink()]
+    return sorted((m for m in found if m.is_migration), key=lambda m: (m.created, m.id))
+
+
+def _when(ts: float) -> str:
+    import datetime as _dt
+
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _archive_of(mpath: Path, m) -> tuple[str, Path | None]:
+    """``(where, local path or None)`` of a manifest's archive."""
+    if m.mode == "controller":
+        p = mpath.parent / m.archive
+        return str(p), p
+    return f"{m.node}:{m.archive}", None
+
+
+def _backups_list(args, inv) -> int:
+    from .backup import Manifest
+
+    migs = _migrations(inv, args.migration_id)
+    if not migs:
+        print(f"no backups of cluster {inv.cluster} under {_cluster_dir(inv)}"
+              + (f" for migration {args.migration_id}" if args.migration_id else ""))
+        return 1
+    out = []
+    for mig in migs:
+        rows = []
+        for node, (mpath, m) in sorted(mig.manifests.items()):
+            if not isinstance(m, Manifest):
+                rows.append({"node": node, "manifest": str(mpath), "error": str(m)})
+                continue
+            where, local = _archive_of(mpath, m)
+            row = {"node": node, "archive": where, "mode": m.mode, "size": m.compressed_bytes,
+                   "uncompressed": m.uncompressed_bytes, "sha256": m.archive_sha256,
+                   "time": m.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "source_version": m.source_version,
+                   "manifest": str(mpath)}
+            if local is not None:
+                row["on_disk"] = local.stat().st_size if local.is_file() else None
+            rows.append(row)
+        out.append({"migration_id": mig.id, "dir": str(mig.path), "state": mig.state,
+                    "created": _when(mig.created), "backups": rows})
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    for mig in out:
+        print(f"migration {mig['migration_id']} (state {mig['state']}, created {mig['created']}): {mig['dir']}")
+        if not mig["backups"]:
+            print("  no backup")
+        for r in mig["backups"]:
+            if "error" in r:
+                print(f"  {r['node']}: unreadable manifest: {r['error']}")
+                continue
+            note = ""
+            if "on_disk" in r and r["on_disk"] is None:
+                note = "  ARCHIVE MISSING"
+            elif "on_disk" in r and r["on_disk"] != r["size"]:
+                note = f"  ARCHIVE IS {r['on_disk']} BYTES"
+            print(f"  {r['node']}  {r['source_version']}  {r['time']}  {r['size']} B  sha256 {r['sha256']}  "
+                  f"{r['archive']}{note}")
+    return 0
+
+
+async def _backups_verify(args, inv) -> int:
+    from .backup import Manifest, verify_backup, verify_remote_archive
+    from .errors import GarageMigrateError
+
+    migs = _migrations(inv, args.migration_id)
+    if not migs or not any(m.manifests or (m.ledger or {}).get("nodes") for m in migs):
+        print(f"no backups of cluster {inv.cluster} to verify under {_cluster_dir(inv)}"
+              + (f" for migration {args.migration_id}" if args.migration_id else ""))
+        return 1
+    failed = 0
+    checked = 0
+    pool = None
+    try:
+        for mig in migs:
+            print(f"migration {mig.id}:")
+            for node, (mpath, m) in sorted(mig.manifests.items()):
+                checked += 1
+                if not isinstance(m, Manifest):
+                    failed += 1
+                    print(f"  FAIL {node}: {mpath}: {m}")
+                    continue
+                where, local = _archive_of(mpath, m)
+                try:
+                    if local is not None:
+                        report = await asyncio.to_thread(verify_backup, local, m)
+                    else:
+                        if pool is None:
+                            from .ssh import SshPool
+
+                            pool = SshPool.from_inventory(inv)
+                        report = await verify_remote_archive(pool.shell(node), inv.node(node).ctx, m)
+                except GarageMigrateError as exc:
+                    failed += 1
+                    print(f"  FAIL {node}: {where}: {exc}")
+                    continue
+                problems = [str(p) for p in report.problems]
+                rec = ((mig.ledger or {}).get("nodes", {}).get(node) or {}).get("backup")
+                if rec and rec.get("sha256") and rec["sha256"] != m.archive_sha256:
+                    problems.append(f"the ledger records sha256 {rec['sha256']} for this node's backup, the "
+                                    f"manifest {mpath} says {m.archive_sha256}")
+                if problems:
+                    failed += 1
+                    print(f"  FAIL {node}: {where}")
+                    for p in problems:
+                        print(f"    - {p}")
+                else:
+                    print(f"  ok   {node}: {where}: {report.files} files, {report.uncompressed_bytes} bytes, "
+                          f"sha256 {report.archive_sha256[:16]}")
+            # a backup the ledger relies on (the rollback restores it) must still be there
+            for node, rec in sorted(((mig.ledger or {}).get("nodes") or {}).items()):
+                b = rec.get("backup")
+                if b and node not in mig.manifests:
+                    checked += 1
+                    failed += 1
+                    print(f"  FAIL {node}: the ledger records the backup {b.get('path')} but its manifest "
+                          f"{b.get('manifest')} is missing")
+    finally:
+        if pool is not None:
+            await pool.close()
+    print(f"{checked - failed} of {checked} backups verified" + (f", {failed} FAILED" if failed else ""))
+    return 1 if failed else 0
+
+
+def _lock_held(d: Path) -> bool:
+    """Whether a backup or restore of a node of this migration runs (holds a node dir's .lock)."""
+    import errno
+    import fcntl
+
+    for lock in d.glob("*/.lock"):
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return True
+            raise
+        finally:
+            os.close(fd)
+    return False
+
+
+def _backups_prune(args, inv) -> int:
+    import shutil
+
+    from .backup import Manifest
+
+    if args.keep < 0:
+        print("garage-migrate: --keep must be 0 or more", file=sys.stderr)
+        return 2
+    migs = _migrations(inv, None)
+    newest_first = sorted(migs, key=lambda m: (m.created, m.id), reverse=True)
+    verb = "would delete" if args.dry_run else "deleting"
+    deleted = 0
+    for i, mig in enumerate(newest_first):
+        if i < args.keep:
+            print(f"keep   {mig.id} (one of the {args.keep} newest; state {mig.state}, created {_when(mig.created)})")
+            continue
+        if mig.state == "running":
+            print(f"keep   {mig.id}: its ledger says the migration is running")
+            continue
+        if mig.ledger_error:
+            print(f"keep   {mig.id}: its ledger cannot be read ({mig.ledger_error})")
+            continue
+        if _lock_held(mig.path):
+            print(f"keep   {mig.id}: a backup or restore of one of its nodes is running")
+            continue
+        remote = [f"{m.node}:{m.archive}" for _p, m in mig.manifests.values()
+                  if isinstance(m, Manifest) and m.mode == "on-node"]
+        print(f"{verb} {mig.path} (state {mig.state}, created {_when(mig.created)}, {mig.bytes_on_disk()} bytes)")
+        if remote:
+            print(f"  on-node archives are not deleted, remove them on the nodes: {', '.join(remote)}")
+        if not args.dry_run:
+            shutil.rmtree(mig.path)
+        deleted += 1
+    if not migs:
+        print(f"no backups of cluster {inv.cluster} under {_cluster_dir(inv)}")
+    elif not deleted:
+        print("nothing to prune")
+    return 0
+
+
+def _backups(args) -> int:
+    from .inventory import load_inventory
+
+    inv = load_inventory(args.inventory)
+    if args.backups_cmd == "list":
+        return _backups_list(args, inv)
+    if args.backups_cmd == "verify":
+        return asyncio.run(_backups_verify(args, inv))
+    return _backups_prune(args, inv)
+
+
 def _answer_pauses(flow_run_box: dict, auto_approve: bool, stop: threading.Event) -> None:
     """Watch the flow run; when it pauses for input, ask at the terminal and resume it."""
     from prefect.client.orchestration import get_client
@@ -104,7 +373,6 @@ def _answer_pauses(flow_run_box: dict, auto_approve: bool, stop: threading.Event
 
 def _run(args) -> int:
     _prefect_env()
-    from prefect.context import FlowRunContext  # noqa: F401  (imports Prefect settings early)
 
     from flows.migration import minimal_downtime_migration, simple_migration
     from garage_migrate.plan import MigrationOptions
@@ -150,6 +418,19 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--inventory", required=True)
     s.add_argument("--migration-id")
     s.add_argument("--live", action="store_true")
+    b = sub.add_parser("backups", help="list, verify or prune this cluster's metadata backups")
+    bsub = b.add_subparsers(dest="backups_cmd", required=True)
+    bl = bsub.add_parser("list", help="per node: archive, size, sha256, time, source version")
+    bl.add_argument("--inventory", required=True)
+    bl.add_argument("--migration-id", help="one migration (default: every migration of the cluster)")
+    bl.add_argument("--json", action="store_true")
+    bv = bsub.add_parser("verify", help="read every archive back against its manifest; exit 1 on any problem")
+    bv.add_argument("--inventory", required=True)
+    bv.add_argument("--migration-id", help="one migration (default: every migration of the cluster)")
+    bp = bsub.add_parser("prune", help="delete the migration dirs older than the N newest (never a running one)")
+    bp.add_argument("--inventory", required=True)
+    bp.add_argument("--keep", type=int, required=True, metavar="N")
+    bp.add_argument("--dry-run", action="store_true", help="print what would be deleted")
     args = ap.parse_args(argv)
     from .errors import GarageMigrateError
 
@@ -158,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_plan(args))
         if args.cmd == "status":
             return asyncio.run(_status(args))
+        if args.cmd == "backups":
+            return _backups(args)
         return _run(args)
     except GarageMigrateError as exc:
         print(f"garage-migrate: {exc}", file=sys.stderr)

@@ -295,7 +295,8 @@ def make_plan(inv: Inventory, facts: ClusterFacts, procedure: Procedure, migrati
     if procedure == "simple":
         par = opts.fanout.zones_in_parallel
         P += [
-            Phase("disable-api", "Disable API and web access", per_zone("disable-api", "disable-api", True)),
+            Phase("disable-api", "Disable API and web access (nodes restart for the moved ports)",
+                  per_zone("disable-api", "disable-api", True) + (Wave("healthy", (b.step("wait-healthy", scope="all"),)),)),
             Phase("repair", "Repair tables and blocks on all nodes",
                   (Wave("repair", tuple(b.step("repair", what=w) for w in repairs), parallel=False),)),
             Phase("sync-gate", "Wait until every queue is empty",
@@ -318,7 +319,8 @@ def make_plan(inv: Inventory, facts: ClusterFacts, procedure: Procedure, migrati
             Phase("counters", "Check bucket counters", (Wave("counters", (b.step("check-counters"),)),)),
             Phase("approve-reopen", "Approval: re-open the cluster to clients",
                   (Wave("approve", (b.step("approval", gate="reopen"),)),), risky=True),
-            Phase("enable-api", "Re-enable API and web access", per_zone("enable-api", "enable-api", True)),
+            Phase("enable-api", "Re-enable API and web access (nodes restart)",
+                  per_zone("enable-api", "enable-api", True) + (Wave("healthy", (b.step("wait-healthy", scope="all"),)),)),
             Phase("watch", "Watch the cluster", (Wave("watch", (b.step("watch"),)),)),
         ]
     else:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from . import render, rpc
-from .cluster import Layout, node_keypair, partition_of  # noqa: F401  (node_keypair re-exported for tools)
+from .cluster import Layout, partition_of
 from .config import NodeConfig
 from .knobs import Faults, Knobs, Watched, consume_fault
 from .personality import Personality

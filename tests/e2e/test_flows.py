@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
-import pytest
 
 from garage_lab import traffic
 from garage_migrate.plan import MigrationOptions

@@ -144,7 +144,7 @@ def test_ref13_05_errored_blocks_keep_the_resync_queue_above_zero(make_lab):
     n = lab.nodes[0]["name"]
     lab.fault(n, "errored-blocks", blocks=2)
     garage(lab, n, "repair", "--yes", "blocks")
-    out = wait_for(lambda: (o := garage(lab, n, "stats").stdout) and "blocks with resync errors: 2" in o and o,
+    wait_for(lambda: (o := garage(lab, n, "stats").stdout) and "blocks with resync errors: 2" in o and o,
                    what="errored blocks")
     time.sleep(3)
     assert resync_queue(lab, n) >= 2  # errored blocks are re-queued with backoff, never dropped

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 
 from garage_migrate import commands as C
 from garage_migrate.errors import ErrorCode
