@@ -277,7 +277,8 @@ class Runner:
 async def _migrate(procedure: str, inventory: str, migration_id: str | None, options: MigrationOptions,
                    dry_run: bool, auto_approve: bool, pause_timeout: int) -> dict:
     log = get_run_logger()
-    async with R.open_runtime(inventory, procedure, migration_id, dry_run=dry_run, log=log) as rt:
+    # a dry run writes no ledger either: it must not pin the migration to a procedure
+    async with R.open_runtime(inventory, procedure, migration_id, dry_run=dry_run, log=log, persist=not dry_run) as rt:
         plan = R.plan_for(rt, procedure, options)
         log.info("plan %s (%s):\n%s", plan.migration_id, plan.digest(), plan.to_text())
         if dry_run:

@@ -389,8 +389,9 @@ def _run(args) -> int:
     fl = fl.with_options(on_running=[on_start])
     watcher.start()
     try:
-        result = fl(inventory=args.inventory, migration_id=args.migration_id, options=opts,
-                    dry_run=args.dry_run, auto_approve=args.auto_approve, pause_timeout=args.pause_timeout)
+        result = asyncio.run(fl(inventory=args.inventory, migration_id=args.migration_id, options=opts,
+                                dry_run=args.dry_run, auto_approve=args.auto_approve,
+                                pause_timeout=args.pause_timeout))
     finally:
         stop.set()
     print(json.dumps(result, indent=1, default=str))
