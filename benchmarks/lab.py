@@ -36,7 +36,7 @@ def measure(nodes: int, subnet: str) -> dict:
             daemons = [n["pid"] for n in st["nodes"]]
             rss = sum(_rss_kib(p) for p in daemons)
             prom = _rss_kib(lab.info["pids"]["prometheus"])
-            sshd = _rss_kib(lab.info["pids"]["sshd"])
+            sshd = sum(_rss_kib(p) for p in lab.info["pids"]["sshd_shards"])
         finally:
             lab.down()
     return {"nodes": 3 * per_zone, "up_s": up, "daemons_rss_mib": rss / 1024, "per_daemon_mib": rss / 1024 / len(daemons),

@@ -289,6 +289,10 @@ async def _migrate(procedure: str, inventory: str, migration_id: str | None, opt
             return {"migration_id": plan.migration_id, "dry_run": True, "plan_digest": plan.digest()}
         if rt.ledger.data.get("state") in ("done", "rolled-back"):
             msg = f"migration {plan.migration_id} is already {rt.ledger.data['state']}: nothing to do"
+            if rt.ledger.data["state"] == "rolled-back":
+                # its backups, steps and decisions belong to the attempt that was rolled back:
+                # reusing them would restore stale backups and lose every write since
+                msg += " (start a new attempt with a new migration_id)"
             log.info(msg)
             await rt.ledger.event("rerun", msg)
             await create_markdown_artifact(f"**{msg}** (ledger `{rt.ledger.path}`)",
@@ -299,7 +303,9 @@ async def _migrate(procedure: str, inventory: str, migration_id: str | None, opt
         try:
             await runner.run()
         except BaseException as exc:
-            await rt.ledger.set(state="failed", error=f"{type(exc).__name__}: {exc}")
+            # a rollback already set its own final state: keep it, record the error beside it
+            state = "rolled-back" if rt.ledger.data.get("state") == "rolled-back" else "failed"
+            await rt.ledger.set(state=state, error=f"{type(exc).__name__}: {exc}")
             raise
         return {"migration_id": plan.migration_id, "ledger": str(rt.ledger.path), "state": "done", "changed": True}
 

@@ -21,10 +21,11 @@ from garage_migrate.plan import MigrationOptions
 from garage_migrate.steps import Runtime
 
 
-@task(name="restore-metadata", task_run_name="restore-{node}", retries=0)
+@task(name="restore-metadata", task_run_name="restore-{node}", **T.ONCE)
 async def restore_node(rt: Runtime, node: str):
-    """Restore one stopped node's metadata from its verified backup."""
-    return await backup_step.restore_node(rt, node)
+    """Restore one stopped node's metadata from its verified backup (never cached: a restore
+    must run every time it is asked for)."""
+    return await backup_step.restore_node(T._rt(rt), node)
 
 
 async def rollback_nodes(rt: Runtime, nodes: list[str]) -> None:
@@ -43,10 +44,24 @@ async def rollback_nodes(rt: Runtime, nodes: list[str]) -> None:
     await T.wait_healthy(rt, [n.name for n in rt.facts.nodes], "all")
 
 
-async def rollback_all(rt: Runtime) -> None:
-    """Roll every node back (the minimal-downtime flow's "roll back every node" decision)."""
+async def sync_gate_after_rollback(rt: Runtime, gate_deadline_s: float):
+    """The sync gate that ends a rollback, recorded in the ledger (``sync-rollback``).
+
+    It reports; it does not fail the rollback, which is done by then.
+    """
+    outcome = await R.run_sync_gate(rt, MigrationOptions(gate_deadline_s=gate_deadline_s), "rollback")
+    await rt.ledger.record_gate("sync-rollback", status=outcome.status, reasons=list(outcome.reasons))
+    if outcome.status != "passed":
+        rt.log.warning("sync gate after the rollback: %s (%s)", outcome.status, "; ".join(outcome.reasons))
+    return outcome
+
+
+async def rollback_all(rt: Runtime, gate_deadline_s: float = 300.0) -> None:
+    """Roll every node back (the minimal-downtime flow's "roll back every node" decision),
+    ending with the sync gate, as :func:`rollback_migration` does."""
     await rt.ledger.event("rollback", "rolling back every node")
     await rollback_nodes(rt, [n.name for n in rt.facts.nodes])
+    await sync_gate_after_rollback(rt, gate_deadline_s)
     await rt.ledger.set(state="rolled-back")
 
 
@@ -66,7 +81,7 @@ async def rollback_migration(inventory: str, migration_id: str | None = None, no
     async with R.open_runtime(inventory, procedure, migration_id, log=log) as rt:
         targets = nodes or [n.name for n in rt.facts.nodes]
         await rollback_nodes(rt, targets)
-        outcome = await R.run_sync_gate(rt, MigrationOptions(gate_deadline_s=gate_deadline_s), "rollback")
+        outcome = await sync_gate_after_rollback(rt, gate_deadline_s)
         await rt.ledger.set(state="rolled-back")
         md = (f"## Rollback of {rt.ledger.data['migration_id']}\n\nNodes: {', '.join(targets)}\n\n"
               f"Sync gate after rollback: **{outcome.status}**\n")

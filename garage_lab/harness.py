@@ -41,6 +41,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SSHD = "/usr/sbin/sshd"
 ZONE_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 PORT_S3, PORT_RPC, PORT_WEB, PORT_ADMIN = 3900, 3901, 3902, 3903
+SSHD_MAX_LISTEN = 16  # OpenSSH's MAX_LISTEN_SOCKS
 
 
 class LabError(Exception):
@@ -350,59 +351,77 @@ class Lab:
         (self.dir / "known_hosts").write_text("\n".join(lines) + "\n")
         self.write_sshd_config()
 
+    def _sshd_shards(self) -> list[list[dict]]:
+        # OpenSSH binds at most 16 listen sockets (MAX_LISTEN_SOCKS): one sshd per 16 nodes,
+        # all with the same host key and settings, so clients see one SSH service
+        return [self.nodes[i:i + SSHD_MAX_LISTEN] for i in range(0, len(self.nodes), SSHD_MAX_LISTEN)]
+
+    def _sshd_config_path(self, k: int) -> Path:
+        return self.dir / "ssh" / ("sshd_config" if k == 0 else f"sshd_config.{k}")
+
     def write_sshd_config(self) -> None:
-        """(Re)write the sshd config; nodes with an ``ssh-refuse`` fault get no listener."""
+        """(Re)write the sshd configs; nodes with an ``ssh-refuse`` fault get no listener."""
         ssh = self.dir / "ssh"
-        refused = {n["name"] for n in self.nodes if Faults.load(self.node_dir(n["name"]) / "faults.json").find("ssh-refuse")}
-        listen = [n for n in self.nodes if n["name"] not in refused]
         path = f"{self.dir}/shim:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
-        cfg = [
-            "# garage-lab sshd: one sshd serving every node address (lab-environment.md)",
-            f"Port {self.spec.ssh_port}",
-            *[f"ListenAddress {n['addr']}" for n in listen],
-            # a node whose every address is refused still needs one listener for sshd to start
-            *([] if listen else [f"ListenAddress {self.spec.subnet}.253"]),
-            f"HostKey {ssh / 'host_ed25519'}",
-            f"PidFile {ssh / 'sshd.pid'}",
-            f"AuthorizedKeysFile {ssh / 'authorized_keys'}",
-            "PermitRootLogin prohibit-password",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "UsePAM no",
-            # the lab directory may live under /tmp (mode 1777), which StrictModes refuses
-            "StrictModes no",
-            "MaxSessions 200",
-            "MaxStartups 200:30:300",
-            "PrintMotd no",
-            "LogLevel ERROR",
-            "ClientAliveInterval 30",
-            # real Debian servers have it: staging a binary goes through SFTP
-            "Subsystem sftp internal-sftp",
-        ]
-        for n in self.nodes:
-            # SetEnv does not merge with a global one: everything goes on the Match line (trap 1)
-            cfg += [f"Match LocalAddress {n['addr']}",
-                    f"  SetEnv GARAGE_LAB_NODE={n['name']} GARAGE_LAB_DIR={self.dir} HOME={ssh / 'home'} PATH={path}"]
-        (ssh / "sshd_config").write_text("\n".join(cfg) + "\n")
+        for k, shard in enumerate(self._sshd_shards()):
+            listen = [n for n in shard
+                      if not Faults.load(self.node_dir(n["name"]) / "faults.json").find("ssh-refuse")]
+            cfg = [
+                "# garage-lab sshd: one sshd serving up to 16 node addresses (lab-environment.md)",
+                f"Port {self.spec.ssh_port}",
+                *[f"ListenAddress {n['addr']}" for n in listen],
+                # a shard whose every address is refused still needs one listener to start
+                *([] if listen else [f"ListenAddress {self.spec.subnet}.{253 - k}"]),
+                f"HostKey {ssh / 'host_ed25519'}",
+                f"PidFile {ssh / ('sshd.pid' if k == 0 else f'sshd.{k}.pid')}",
+                f"AuthorizedKeysFile {ssh / 'authorized_keys'}",
+                "PermitRootLogin prohibit-password",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                # the lab directory may live under /tmp (mode 1777), which StrictModes refuses
+                "StrictModes no",
+                "MaxSessions 200",
+                "MaxStartups 200:30:300",
+                "PrintMotd no",
+                "LogLevel ERROR",
+                "ClientAliveInterval 30",
+                # real Debian servers have it: staging a binary goes through SFTP
+                "Subsystem sftp internal-sftp",
+            ]
+            for n in shard:
+                # SetEnv does not merge with a global one: everything goes on the Match line (trap 1)
+                cfg += [f"Match LocalAddress {n['addr']}",
+                        f"  SetEnv GARAGE_LAB_NODE={n['name']} GARAGE_LAB_DIR={self.dir} HOME={ssh / 'home'} PATH={path}"]
+            self._sshd_config_path(k).write_text("\n".join(cfg) + "\n")
 
     def _start_sshd(self) -> None:
-        cfg = self.dir / "ssh" / "sshd_config"
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        check = subprocess.run([SSHD, "-t", "-f", str(cfg)], capture_output=True, text=True)
-        if check.returncode != 0:
-            raise LabError(f"sshd config rejected: {check.stderr.strip()}")
-        log = open(self.dir / "ssh" / "sshd.log", "ab")
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        self.info["pids"]["sshd"] = proc.pid
+        pids = []
+        for k in range(len(self._sshd_shards())):
+            cfg = self._sshd_config_path(k)
+            check = subprocess.run([SSHD, "-t", "-f", str(cfg)], capture_output=True, text=True)
+            if check.returncode != 0:
+                raise LabError(f"sshd config rejected: {check.stderr.strip()}")
+            log = open(self.dir / "ssh" / "sshd.log", "ab")
+            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True)
+            pids.append(proc.pid)
+        self.info["pids"]["sshd"] = pids[0]
+        self.info["pids"]["sshd_shards"] = pids
         self._save()
 
+    def _sshd_pids(self) -> list[int]:
+        pids = self.info["pids"]
+        return pids.get("sshd_shards") or ([pids["sshd"]] if pids.get("sshd") else [])
+
     def reload_sshd(self) -> None:
-        """Apply a changed sshd config (SIGHUP re-execs sshd; open sessions stay)."""
+        """Apply changed sshd configs (SIGHUP re-execs sshd; open sessions stay)."""
         self.write_sshd_config()
-        pid = self.info["pids"].get("sshd")
-        if pid and service.proc_alive(pid):
-            os.kill(pid, signal.SIGHUP)
-            time.sleep(0.3)
+        for pid in self._sshd_pids():
+            if service.proc_alive(pid):
+                os.kill(pid, signal.SIGHUP)
+        time.sleep(0.3)
 
     # ------------------------------------------------------------------ prometheus
     def _write_prometheus(self) -> None:
@@ -571,7 +590,7 @@ class Lab:
             out.append(row)
         pids = self.info["pids"]
         return {"dir": str(self.dir), "nodes": out,
-                "sshd": bool(pids.get("sshd") and service.proc_alive(pids["sshd"])),
+                "sshd": bool(self._sshd_pids()) and all(service.proc_alive(p) for p in self._sshd_pids()),
                 "prometheus": bool(pids.get("prometheus") and service.proc_alive(pids["prometheus"])),
                 "prometheus_url": self.prometheus_url}
 
@@ -703,8 +722,7 @@ class Lab:
             pid = service.main_pid(self.node_dir(n["name"]))
             if pid:
                 targets.append(pid)
-        for key in ("sshd", "prometheus"):
-            pid = self.info["pids"].get(key)
+        for pid in self._sshd_pids() + [self.info["pids"].get("prometheus")]:
             if pid and service.proc_alive(pid):
                 targets.append(pid)
         # sweep: anything else started from this lab (offline repairs, traffic, ssh sessions)

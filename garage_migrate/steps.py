@@ -249,9 +249,18 @@ async def start_node(rt: Runtime, node: str, expect_version: str) -> StepResult:
     if rt.dry_run:
         return await _record(rt, StepResult("start", node, "done", "dry run"), key)
 
+    gave_up = []
+
     async def answers():
-        return await daemon_version(rt, node) == expect_version
-    if not await poll(rt, "start", node, answers, START_TIMEOUT):
+        if await daemon_version(rt, node) == expect_version:
+            return True
+        # a unit that already failed (refused start, crash) will not answer: do not wait it out
+        if rt.clock.monotonic() - t0 > 2.0 and not await service_active(rt, node):
+            gave_up.append(True)
+            return True
+        return False
+    t0 = rt.clock.monotonic()
+    if not await poll(rt, "start", node, answers, START_TIMEOUT) or gave_up:
         active = await service_active(rt, node)
         raise StepError(f"daemon did not answer as {expect_version} within {START_TIMEOUT:.0f}s "
                         f"(service {'active' if active else 'not active'})", node=node)
