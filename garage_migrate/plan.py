@@ -231,10 +231,8 @@ class _Builder:
             n = self.inv.node(node)
             meta = self.facts.node(node).config.metadata_dir
             staged = f"{ctx.binary_path.rsplit('/', 1)[0]}/garage-v{self.target}"
-            version = args.get("version", "")
             cmds = {
-                "stop": lambda: _cmds(C.service_signal(ctx, n.stop_signal), C.service_stop(ctx)) if not version.startswith("0.8")
-                else _cmds(C.service_stop(ctx)),
+                "stop": lambda: _cmds(C.service_signal(ctx, n.stop_signal), C.service_stop(ctx)),
                 "start": lambda: _cmds(C.service_start(ctx)),
                 "backup": lambda: _cmds(C.tar_stream(meta, timeout=3600)) if self.inv.backup.mode == "controller"
                 else _cmds(C.tar_archive(meta, f"{meta.rsplit('/', 1)[0]}/meta-v{self.source(node)}.tar.zst", timeout=3600)),

@@ -205,25 +205,25 @@ async def launch_repair(rt: Runtime, what: str, via: str | None = None) -> StepR
 async def stop_node(rt: Runtime, node: str) -> StepResult:
     """Stop the daemon gracefully and verify it is gone and the DB lock is free.
 
-    0.7.3 shuts down gracefully only on SIGINT (SIGTERM, systemd's default, kills it at once),
-    so a 0.7 daemon gets the configured stop signal first; 0.8 is stopped by the service.
+    0.7.3 shuts down gracefully only on SIGINT (SIGTERM, systemd's default, kills it at once);
+    0.8 is graceful on SIGINT too. So every node gets the configured stop signal (SIGINT)
+    first, whatever it runs: no round trip to ask its version, which keeps the simultaneous
+    restart short, and no chance of killing a 0.7 daemon that was thought to be 0.8. The
+    service's own stop then settles the unit state.
     """
     ctx = rt.node(node).ctx
     if not await service_active(rt, node) and await lock_free(rt, node):
         return await _record(rt, _skip(rt, "stop", node, "already stopped and the DB lock is free"))
-    version = await daemon_version(rt, node)
-    if version is not None and version.startswith("0.7."):
-        await rt.act(node, C.service_signal(ctx, rt.node(node).stop_signal))
-        if not rt.dry_run:
-            stopped = await poll(rt, "stop", node, lambda: _inactive(rt, node), STOP_TIMEOUT)
-            if not stopped:
-                raise StepError(f"0.7 daemon still running {STOP_TIMEOUT:.0f}s after {rt.node(node).stop_signal}", node=node)
+    await rt.act(node, C.service_signal(ctx, rt.node(node).stop_signal))
+    if not rt.dry_run:
+        if not await poll(rt, "stop", node, lambda: _inactive(rt, node), STOP_TIMEOUT):
+            raise StepError(f"daemon still running {STOP_TIMEOUT:.0f}s after {rt.node(node).stop_signal}", node=node)
     await rt.act(node, C.service_stop(ctx, timeout=STOP_TIMEOUT + 30))  # idempotent; settles the unit state
     if rt.dry_run:
         return await _record(rt, StepResult("stop", node, "done", "dry run"))
     if not await poll(rt, "lock", node, lambda: lock_free(rt, node), 10.0):
         raise LockHeldError("the service is stopped but the DB lock is still held", node=node)
-    return await _record(rt, StepResult("stop", node, "done", f"stopped (was {version or 'unknown'})"))
+    return await _record(rt, StepResult("stop", node, "done", f"stopped with {rt.node(node).stop_signal}"))
 
 
 async def _inactive(rt: Runtime, node: str) -> bool:
