@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from garage_lab.harness import PORT_S3
 from garage_migrate.facts import parse_bucket_info, parse_bucket_list, parse_status
 from garage_migrate.ledger import Ledger
 from garage_migrate.plan import MigrationOptions
+from tests.conftest import garage as _garage
 
 FAST = MigrationOptions(watch_s=2.0, gate_deadline_s=90.0, gate_consecutive=2)
 ZONES, PER_ZONE = 3, 2
@@ -37,13 +36,6 @@ NOTE = "e2e"
 
 
 # ---------------------------------------------------------------------------- lab helpers
-def _garage(lab, node: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    """Run the node's current ``garage`` binary locally, in the node's context (as tests/conftest.py)."""
-    nd = lab.node_dir(node)
-    env = dict(os.environ, GARAGE_LAB_NODE=node)
-    env.pop("RUST_LOG", None)
-    return subprocess.run([str(nd / "usr/local/bin/garage"), "-c", str(nd / "etc/garage.toml"), *args],
-                          capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def _retarget(lab, version: str) -> None:

@@ -40,8 +40,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
-import subprocess
 import tarfile
 import threading
 import time
@@ -55,6 +53,7 @@ from garage_migrate.facts import parse_status
 from garage_migrate.inventory import load_inventory
 from garage_migrate.ledger import Ledger
 from garage_migrate.plan import MigrationOptions
+from tests.conftest import garage as _garage
 from garage_migrate.runtime import default_migration_id
 
 FAST = MigrationOptions(watch_s=2.0, gate_deadline_s=90.0, gate_consecutive=2)
@@ -64,12 +63,6 @@ NOTE = "e2e"
 
 
 # ---------------------------------------------------------------------------- helpers
-def _garage(lab, node: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    nd = lab.node_dir(node)
-    env = dict(os.environ, GARAGE_LAB_NODE=node)
-    env.pop("RUST_LOG", None)
-    return subprocess.run([str(nd / "usr/local/bin/garage"), "-c", str(nd / "etc/garage.toml"), *args],
-                          capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def _tree_digest(root: Path) -> tuple[str, dict[str, str]]:
