@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from collections import OrderedDict
-from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -29,40 +29,20 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
+from prefect.exceptions import Abort
+from prefect.states import Cancelled
 
 import tasks as T
+from flows.approvals import Approval, Asker, CountersDecision, GateDecision, NodeFailureDecision
 from garage_migrate import runtime as R
-from garage_migrate.errors import GarageMigrateError
+from flows.holding import hold_cluster, refused
+from garage_migrate.errors import ClusterLockedError, MigrationAborted, SupersededError
 from garage_migrate.plan import MigrationOptions, MigrationPlan, Phase, Step, Wave
 
 DEFAULT_PAUSE_TIMEOUT = 3600
 
-
-class Approval(RunInput):
-    """Approve or abort the next risky phase."""
-
-    action: Literal["approve", "abort"] = "approve"
-    note: str = ""
-
-
-class GateDecision(RunInput):
-    """A gate did not pass: wait more, proceed anyway (recorded), or abort."""
-
-    action: Literal["wait_more", "proceed_anyway", "abort"] = "wait_more"
-    note: str = ""
-
-
-class NodeFailureDecision(RunInput):
-    """A node failed to come up on 0.8 after the simultaneous restart."""
-
-    action: Literal["retry", "rollback"] = "retry"
-    note: str = ""
-
-
-class MigrationAborted(GarageMigrateError):
-    """A person chose to abort at a gate (recorded in the ledger)."""
+__all__ = ["Approval", "CountersDecision", "GateDecision", "MigrationAborted", "NodeFailureDecision",
+           "Runner", "minimal_downtime_migration", "simple_migration"]
 
 
 def _key(*parts: str) -> str:
@@ -74,12 +54,13 @@ class Runner:
     """Executes a plan phase by phase; one instance per flow run."""
 
     def __init__(self, rt: R.Runtime, plan: MigrationPlan, opts: MigrationOptions, auto_approve: bool,
-                 pause_timeout: int):
+                 pause_timeout: int, asker: Asker | None = None):
         self.rt = rt
         self.plan = plan
         self.opts = opts
         self.auto_approve = auto_approve
         self.pause_timeout = pause_timeout
+        self.asker = asker or Asker(uuid.uuid4().hex)
         self.log = get_run_logger()
         self.progress_id = None
         self.step_kinds = list(OrderedDict.fromkeys(f"{ph.name}:{s.kind}" for ph in plan.phases for w in ph.waves
@@ -97,21 +78,36 @@ class Runner:
                                     description=f"Ledger after phase {phase}")
 
     # ------------------------------------------------------------------ decisions
-    async def decide(self, key: str, description: str, input_cls, clean: bool):
-        """Ask a person (or auto-approve a clean gate); remember the answer in the ledger."""
-        rec = self.rt.ledger.gate(key)
-        if rec and rec.get("decision"):
-            self.log.info("gate %s: already decided %r by %s", key, rec["decision"], rec.get("by"))
-            return rec["decision"]
-        default = input_cls.model_fields["action"].default
-        if self.auto_approve and clean:
-            await self.rt.ledger.record_gate(key, decision=default, by="auto-approve", note="gate passed cleanly")
-            return default
-        await self.rt.ledger.record_gate(key, status="waiting")
-        answer = await pause_flow_run(wait_for_input=input_cls.with_initial_data(description=description, action=default),
-                                      key=_key(key), timeout=self.pause_timeout, poll_interval=1)
-        await self.rt.ledger.record_gate(key, decision=answer.action, by="person", note=answer.note)
-        await self.rt.ledger.event("decision", f"{key}: {answer.action}", note=answer.note)
+    async def decide(self, key: str, description: str, form, clean: bool) -> str:
+        """A person's decision at ``key`` (or the auto-approve rule's, for a clean approval).
+
+        A person's approval recorded in the ledger for the same plan digest is reused (a retry
+        does not ask the same question twice); one given for another plan is not. Decisions
+        on a gate, the counters or a failed flip answer what was observed at that moment, so a
+        new attempt that observes the problem again asks again. Nothing else is a decision:
+        no default, no empty resume, no retry.
+        """
+        digest = self.plan.digest()
+        rec = self.rt.ledger.gate(key) or {}
+        if form is Approval and rec.get("by") == "person" and rec.get("decision"):
+            if rec.get("plan_digest") == digest:
+                self.log.info("gate %s: %r decided by a person earlier for this plan (%s): reused",
+                              key, rec["decision"], digest)
+                return rec["decision"]
+            self.log.warning("gate %s: the recorded %r was given for plan %s, this run's plan is %s: asking again",
+                             key, rec["decision"], rec.get("plan_digest"), digest)
+        if self.auto_approve and clean and form is Approval:
+            await self.rt.ledger.record_gate(key, decision="approve", by="auto-approve", plan_digest=digest,
+                                             note="auto_approve: the gates before it passed cleanly")
+            await self.rt.ledger.event("auto-approve", f"{key}: approve (rule: auto_approve, clean gate)")
+            return "approve"
+        await self.rt.ledger.record_gate(key, status="waiting", decision=None, by=None, plan_digest=digest)
+        answer = await self.asker.ask(form, key, description, self.pause_timeout)
+        await self.rt.ledger.record_gate(key, status="decided", decision=answer.action, by="person",
+                                         note=answer.note, plan_digest=digest, flow_run_id=answer.flow_run_id,
+                                         pause_key=answer.pause_key, decided_at=time.time())
+        await self.rt.ledger.event("decision", f"{key}: {answer.action}", note=answer.note, by="person",
+                                   pause_key=answer.pause_key)
         return answer.action
 
     # ------------------------------------------------------------------ execution
@@ -121,7 +117,9 @@ class Runner:
             # a resumed run re-plans from what the nodes are now (some already on 0.8); the steps
             # the ledger records as done are skipped, so the new plan only fills the gaps
             await self.rt.ledger.event("replan", f"plan changed since the last run ({previous} -> {self.plan.digest()})")
-        await self.rt.ledger.set(plan_digest=self.plan.digest(), state="running")
+        if self.rt.ledger.data.get("error"):
+            await self.rt.ledger.event("previous-error", f"the previous attempt failed: {self.rt.ledger.data['error']}")
+        await self.rt.ledger.set(plan_digest=self.plan.digest(), state="running", error=None)
         await create_markdown_artifact(self.plan.to_markdown(), key=_key("plan", self.plan.migration_id),
                                        description="The migration plan")
         for phase in self.plan.phases:
@@ -130,7 +128,6 @@ class Runner:
                 await self.run_wave(phase, wave)
             await self.rt.ledger.event("phase", f"end {phase.name}")
             await self.report(phase.name)
-        await self.rt.ledger.set(state="done")
 
     async def run_wave(self, phase: Phase, wave: Wave) -> None:
         cluster_steps = [s for s in wave.steps if s.node is None]
@@ -161,6 +158,9 @@ class Runner:
                     await self.rt.ledger.record_step(node, key, res.status, res.detail)
         results = await asyncio.gather(*(node_sequence(n, seq) for n, seq in by_node.items()), return_exceptions=True)
         failed = {n: r for n, r in zip(by_node, results) if isinstance(r, BaseException)}
+        for r in failed.values():
+            if isinstance(r, SupersededError):
+                raise r  # taken over: never ask about a failure, never act again
         if failed and phase.name == "flip" and wave.name == "start":
             await self.flip_failed(failed)
         elif failed:
@@ -191,6 +191,7 @@ class Runner:
 
     async def run_cluster_step(self, phase: Phase, s: Step):
         rt = self.rt
+        rt.ledger.check_holder()  # a superseded run never launches anything on the cluster
         match s.kind:
             case "repair":
                 return await T.launch_repair(rt, s.arg("what"))
@@ -211,7 +212,7 @@ class Runner:
                 res = await T.check_counters(rt)
                 if res.status != "done":
                     md = f"**Bucket counters look wrong**\n\n{res.detail}\n\nProceed anyway (recorded) or abort."
-                    if await self.decide("counters", md, GateDecision, clean=False) == "abort":
+                    if await self.decide("counters", md, CountersDecision, clean=False) == "abort":
                         raise MigrationAborted("aborted at the counters check")
                 return res
             case "watch":
@@ -275,8 +276,21 @@ class Runner:
 
 
 async def _migrate(procedure: str, inventory: str, migration_id: str | None, options: MigrationOptions,
-                   dry_run: bool, auto_approve: bool, pause_timeout: int) -> dict:
+                   dry_run: bool, auto_approve: bool, pause_timeout: int):
     log = get_run_logger()
+    try:
+        return await _migrate_held(procedure, inventory, migration_id, options, dry_run, auto_approve,
+                                   pause_timeout, log)
+    except ClusterLockedError as exc:
+        return refused(exc, log)
+    except SupersededError as exc:
+        # another attempt owns this flow run now: propose no state (it would overwrite the new
+        # attempt's), write nothing, touch nothing
+        log.warning("%s", exc)
+        raise Abort(str(exc)) from None
+
+
+async def _migrate_held(procedure, inventory, migration_id, options, dry_run, auto_approve, pause_timeout, log):
     # a dry run writes no ledger either: it must not pin the migration to a procedure
     async with R.open_runtime(inventory, procedure, migration_id, dry_run=dry_run, log=log, persist=not dry_run) as rt:
         plan = R.plan_for(rt, procedure, options)
@@ -299,14 +313,29 @@ async def _migrate(procedure: str, inventory: str, migration_id: str | None, opt
                                            key=_key("report", plan.migration_id), description="Nothing to do")
             return {"migration_id": plan.migration_id, "ledger": str(rt.ledger.path),
                     "state": rt.ledger.data["state"], "changed": False}
-        runner = Runner(rt, plan, options, auto_approve, pause_timeout)
+        # the cluster lock, before any command that changes anything
+        lock = await hold_cluster(rt, procedure, "migration", log)
+        runner = Runner(rt, plan, options, auto_approve, pause_timeout,
+                        asker=Asker(lock.identity.token, lock.superseded, log))
         try:
             await runner.run()
-        except BaseException as exc:
-            # a rollback already set its own final state: keep it, record the error beside it
-            state = "rolled-back" if rt.ledger.data.get("state") == "rolled-back" else "failed"
-            await rt.ledger.set(state=state, error=f"{type(exc).__name__}: {exc}")
+        except SupersededError:
+            await lock.stop_heartbeats()
             raise
+        except BaseException as exc:
+            await lock.stop_heartbeats()
+            # a rollback already set its own final state: keep it, record the error beside it
+            rolled_back = rt.ledger.refresh().get("state") == "rolled-back"
+            try:
+                await rt.ledger.set(state="rolled-back" if rolled_back else "failed",
+                                    error=f"{type(exc).__name__}: {exc}")
+                if rolled_back:
+                    await lock.release()
+            except SupersededError:
+                pass  # taken over meanwhile: the new run owns the ledger
+            raise
+        await rt.ledger.set(state="done", error=None)
+        await lock.release()
         return {"migration_id": plan.migration_id, "ledger": str(rt.ledger.path), "state": "done", "changed": True}
 
 

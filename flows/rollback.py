@@ -13,10 +13,13 @@ import asyncio
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import Abort
 
 import tasks as T
 from garage_migrate import backup_step
+from flows.holding import hold_cluster, refused
 from garage_migrate import runtime as R
+from garage_migrate.errors import ClusterLockedError, SupersededError
 from garage_migrate.plan import MigrationOptions
 from garage_migrate.steps import Runtime
 
@@ -78,12 +81,29 @@ async def rollback_migration(inventory: str, migration_id: str | None = None, no
         gate_deadline_s: deadline of the final sync gate.
     """
     log = get_run_logger()
-    async with R.open_runtime(inventory, procedure, migration_id, log=log) as rt:
-        targets = nodes or [n.name for n in rt.facts.nodes]
-        await rollback_nodes(rt, targets)
-        outcome = await sync_gate_after_rollback(rt, gate_deadline_s)
-        await rt.ledger.set(state="rolled-back")
-        md = (f"## Rollback of {rt.ledger.data['migration_id']}\n\nNodes: {', '.join(targets)}\n\n"
-              f"Sync gate after rollback: **{outcome.status}**\n")
-        await create_markdown_artifact(md, key=f"rollback-{rt.ledger.data['migration_id']}".lower())
-        return {"rolled_back": targets, "gate": outcome.status}
+    try:
+        async with R.open_runtime(inventory, procedure, migration_id, log=log) as rt:
+            # the migration's own lock: refused while the migration's run is alive, taken over
+            # when it is gone; another migration's lock refuses the rollback
+            lock = await hold_cluster(rt, procedure, "rollback", log)
+            targets = nodes or [n.name for n in rt.facts.nodes]
+            try:
+                await rollback_nodes(rt, targets)
+                outcome = await sync_gate_after_rollback(rt, gate_deadline_s)
+            except BaseException:
+                await lock.stop_heartbeats()
+                raise
+            if set(targets) == {n.name for n in rt.facts.nodes}:
+                await rt.ledger.set(state="rolled-back")
+                await lock.release()  # every node is back on 0.7: the migration is over
+            else:
+                await lock.stop_heartbeats()  # some nodes still migrated: the cluster stays held
+            md = (f"## Rollback of {rt.ledger.data['migration_id']}\n\nNodes: {', '.join(targets)}\n\n"
+                  f"Sync gate after rollback: **{outcome.status}**\n")
+            await create_markdown_artifact(md, key=f"rollback-{rt.ledger.data['migration_id']}".lower())
+            return {"rolled_back": targets, "gate": outcome.status}
+    except ClusterLockedError as exc:
+        return refused(exc, log)
+    except SupersededError as exc:
+        log.warning("%s", exc)
+        raise Abort(str(exc)) from None

@@ -3,6 +3,7 @@
     garage-migrate plan   --inventory inv.yaml [--procedure simple|minimal-downtime]
     garage-migrate run    simple|minimal-downtime --inventory inv.yaml [--auto-approve] [--dry-run]
     garage-migrate status --inventory inv.yaml [--migration-id ID]
+    garage-migrate unlock --inventory inv.yaml --migration-id ID
     garage-migrate backups list   --inventory inv.yaml [--migration-id ID] [--json]
     garage-migrate backups verify --inventory inv.yaml [--migration-id ID]
     garage-migrate backups prune  --inventory inv.yaml --keep N [--dry-run]
@@ -58,6 +59,10 @@ async def _status(args) -> int:
         steps = ", ".join(f"{k}={v['status']}" for k, v in rec["steps"].items())
         print(f"  {name} [{rec.get('zone', '?')}] {rec.get('version_before', '?')} -> "
               f"{rec.get('running_version', '-')}: {steps}")
+    if d.get("holder"):
+        from .cluster_lock import describe_holder
+
+        print(f"  held by {describe_holder(d['holder'])}")
     for key, g in sorted(d["gates"].items()):
         print(f"  gate {key}: {g.get('decision') or g.get('status')} {g.get('note', '')}".rstrip())
     if args.live:
@@ -336,65 +341,241 @@ def _backups(args) -> int:
     return _backups_prune(args, inv)
 
 
-def _answer_pauses(flow_run_box: dict, auto_approve: bool, stop: threading.Event) -> None:
-    """Watch the flow run; when it pauses for input, ask at the terminal and resume it."""
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _TemporaryServer:
+    """One ``prefect server start`` for one terminal run, stopped by PID whatever happens.
+
+    Prefect's ephemeral mode is not used: the flow and the prompt thread each started one
+    (lab-environment trap 4) and a server could outlive the command. This one has its own
+    SQLite database in a temporary directory, serves the UI (so that the run's page, where a
+    person can approve, is a real URL while the command runs) and is killed with its process
+    group on exit, on failure and on interruption.
+    """
+
+    def __init__(self):
+        import tempfile
+
+        self.home = tempfile.mkdtemp(prefix="garage-migrate-prefect-")
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 120.0) -> str:
+        import subprocess
+        import time
+        import urllib.request
+
+        env = dict(os.environ, PREFECT_HOME=self.home, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                   PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.home}/prefect.db",
+                   PREFECT_UI_API_URL=f"{self.url}/api", PREFECT_LOGGING_LEVEL="WARNING")
+        env.pop("PREFECT_API_URL", None)
+        exe = Path(sys.executable).with_name("prefect")
+        log = open(Path(self.home) / "server.log", "wb")
+        self.proc = subprocess.Popen([str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the temporary Prefect server exited ({self.proc.returncode}); "
+                                   f"see {self.home}/server.log")
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self.url
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"the temporary Prefect server did not answer within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        import shutil
+        import signal
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _answer_pauses(box: dict, ui: str | None, no_input: bool, stop: threading.Event) -> None:
+    """Watch the flow run; when it pauses for a decision, ask at the terminal and resume it.
+
+    Without a terminal on stdin (cron, CI) nothing is asked: the run's URL is printed and the
+    run waits for an answer there (or, with ``--no-input``, the run is stopped: not approved).
+    """
     from prefect.client.orchestration import get_client
-    from prefect.flow_runs import resume_flow_run
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled
+
+    interactive = sys.stdin is not None and sys.stdin.isatty() and not no_input
 
     async def loop():
         seen = set()
         async with get_client() as client:
             while not stop.is_set():
-                fr_id = flow_run_box.get("id")
+                fr_id = box.get("id")
                 if fr_id is None:
                     await asyncio.sleep(0.3)
                     continue
                 fr = await client.read_flow_run(fr_id)
                 st = fr.state
-                if st is not None and st.is_paused():
-                    key = (st.state_details.pause_key if st.state_details else None) or str(st.timestamp)
-                    if key not in seen:
-                        seen.add(key)
-                        schema_key = st.state_details.run_input_keyset
-                        description = ""
-                        if schema_key:
-                            try:
-                                desc = await client.read_flow_run_input(fr_id, schema_key["description"])
-                                description = json.loads(desc)
-                            except Exception:  # noqa: BLE001 - the prompt still works without it
-                                description = ""
-                        print("\n" + "=" * 72 + f"\nPAUSED at {key}\n" + (description or "") + "\n" + "=" * 72)
-                        answer = input("action [approve/abort/wait_more/proceed_anyway/retry/rollback]: ").strip()
-                        note = input("note: ").strip()
-                        await resume_flow_run(fr_id, run_input={"action": answer, "note": note})
-                await asyncio.sleep(0.5)
-    asyncio.run(loop())
+                if st is None or not st.is_paused() or st.state_details.pause_key in seen:
+                    await asyncio.sleep(0.5)
+                    continue
+                key = st.state_details.pause_key
+                seen.add(key)
+                keyset = st.state_details.run_input_keyset or {}
+                description, choices = "", []
+                try:
+                    if keyset:
+                        description = json.loads(await client.read_flow_run_input(fr_id, keyset["description"]))
+                        schema = json.loads(await client.read_flow_run_input(fr_id, keyset["schema"]))
+                        choices = _choices(schema)
+                except Exception:  # noqa: BLE001 - the prompt still works without them
+                    pass
+                where = f"{ui}/runs/flow-run/{fr_id}" if ui else f"flow run {fr_id}"
+                print("\n" + "=" * 72 + f"\nPAUSED for a decision at {key}\n{description}\n" + "=" * 72, flush=True)
+                if no_input:
+                    print(f"garage-migrate: --no-input: nobody can answer {key}; stopping the run (not approved, "
+                          f"nothing done)", file=sys.stderr, flush=True)
+                    box["stopped"] = key
+                    await client.set_flow_run_state(fr_id, Cancelled(message=f"--no-input: not approved at {key}"),
+                                                    force=True)
+                    return
+                if not interactive:
+                    print(f"No terminal to ask on: answer at {where} (Resume), or POST "
+                          f"/api/flow_runs/{fr_id}/resume with {{\"run_input\": {{\"action\": ...}}}}; waiting.",
+                          flush=True)
+                    continue
+                while True:
+                    answer = (await asyncio.to_thread(input, f"decision {choices or ''}: ")).strip()
+                    if answer not in choices:
+                        print(f"not a decision: choose one of {choices} (nothing is decided by default)")
+                        continue
+                    note = (await asyncio.to_thread(input, "note: ")).strip()
+                    resp = await client.resume_flow_run(fr_id, run_input={"action": answer, "note": note})
+                    if getattr(resp.status, "value", resp.status) in ("ACCEPT", StateType.RUNNING.value):
+                        break
+                    print(f"refused by Prefect: {getattr(resp.details, 'reason', resp)}")
+                    break
+    try:
+        asyncio.run(loop())
+    except EOFError:
+        print("garage-migrate: stdin closed: answer the pause in the Prefect UI", file=sys.stderr)
+
+
+def _choices(schema: dict) -> list[str]:
+    """The ``action`` enum of a decision form's JSON schema."""
+    prop = (schema.get("properties") or {}).get("action") or {}
+    if "enum" in prop:
+        return list(prop["enum"])
+    ref = prop.get("$ref") or next((a.get("$ref") for a in prop.get("allOf", []) if "$ref" in a), None)
+    if ref:
+        return list(((schema.get("definitions") or schema.get("$defs") or {}).get(ref.rsplit("/", 1)[-1]) or {})
+                    .get("enum", []))
+    return []
+
+
+def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _run(args) -> int:
+    import signal
+
     _prefect_env()
-
-    from flows.migration import minimal_downtime_migration, simple_migration
-    from garage_migrate.plan import MigrationOptions
-
-    fl = simple_migration if args.procedure == "simple" else minimal_downtime_migration
-    opts = MigrationOptions(watch_s=args.watch, gate_deadline_s=args.gate_deadline)
-    box: dict = {}
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        server = _TemporaryServer()
+    # a SIGTERM (a CI timeout, a kill) must still stop the server: make it an exception
+    signal.signal(signal.SIGTERM, _interrupt)
     stop = threading.Event()
-
-    def on_start(flow, flow_run, state):  # noqa: ARG001 - Prefect hook signature
-        box["id"] = flow_run.id
-
-    watcher = threading.Thread(target=_answer_pauses, args=(box, args.auto_approve, stop), daemon=True)
-    fl = fl.with_options(on_running=[on_start])
-    watcher.start()
     try:
-        result = asyncio.run(fl(inventory=args.inventory, migration_id=args.migration_id, options=opts,
-                                dry_run=args.dry_run, auto_approve=args.auto_approve,
-                                pause_timeout=args.pause_timeout))
+        ui = None
+        if server is not None:
+            os.environ["PREFECT_API_URL"] = server.start() + "/api"
+            ui = server.url
+        else:
+            ui = os.environ["PREFECT_API_URL"].removesuffix("/api")
+        # prefect reads its settings at import: import it only once PREFECT_API_URL is set
+        from flows.migration import minimal_downtime_migration, simple_migration
+        from garage_migrate.plan import MigrationOptions
+
+        fl = simple_migration if args.procedure == "simple" else minimal_downtime_migration
+        opts = MigrationOptions(watch_s=args.watch, gate_deadline_s=args.gate_deadline)
+        box: dict = {}
+
+        def on_start(flow, flow_run, state):  # noqa: ARG001 - Prefect hook signature
+            box["id"] = flow_run.id
+            print(f"flow run {flow_run.name}: {ui}/runs/flow-run/{flow_run.id}", flush=True)
+
+        watcher = threading.Thread(target=_answer_pauses, args=(box, ui, args.no_input, stop), daemon=True)
+        fl = fl.with_options(on_running=[on_start])
+        watcher.start()
+        state = asyncio.run(fl(inventory=args.inventory, migration_id=args.migration_id, options=opts,
+                               dry_run=args.dry_run, auto_approve=args.auto_approve,
+                               pause_timeout=args.pause_timeout, return_state=True))
+        stop.set()
+        if box.get("stopped"):
+            print(f"garage-migrate: stopped at {box['stopped']} (--no-input): not approved", file=sys.stderr)
+            return 1
+        if state.is_cancelled():
+            print(f"garage-migrate: {state.message}", file=sys.stderr)
+            return 3
+        if not state.is_completed():
+            exc = state.result(raise_on_failure=False)
+            print(f"garage-migrate: the migration {state.type.value.lower()}: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(state.result(), indent=1, default=str))
+        return 0
+    except KeyboardInterrupt:
+        print("garage-migrate: interrupted", file=sys.stderr)
+        return 130
     finally:
         stop.set()
-    print(json.dumps(result, indent=1, default=str))
+        if server is not None:
+            server.stop()
+
+
+async def _unlock(args) -> int:
+    import getpass
+    import socket
+
+    from .cluster_lock import break_lock, lock_nodes
+    from .discovery import discover
+    from .inventory import load_inventory
+    from .ledger import Ledger
+    from .ssh import SshPool
+
+    inv = load_inventory(args.inventory)
+    path = Path(inv.backup.root) / inv.cluster / args.migration_id / "ledger.json"
+    ledger = Ledger.load(path) if path.exists() else None
+    async with SshPool.from_inventory(inv) as pool:
+        facts = await discover(inv, pool.shell, resuming=True)
+        removed = await break_lock(pool.shell, lock_nodes(inv, facts), args.migration_id, ledger,
+                                   by=f"{getpass.getuser()}@{socket.gethostname()} (garage-migrate unlock)")
+    if not removed:
+        print(f"no node holds a lock record of migration {args.migration_id}: nothing to unlock")
+        return 0
+    print(f"cluster lock of migration {args.migration_id} broken on {', '.join(removed)}"
+          + (f" (recorded in {path})" if ledger is not None else " (no ledger to record it in)"))
     return 0
 
 
@@ -415,6 +596,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--pause-timeout", type=int, default=3600)
     r.add_argument("--watch", type=float, default=60.0, help="post-upgrade watch window, seconds")
     r.add_argument("--gate-deadline", type=float, default=600.0)
+    r.add_argument("--no-input", action="store_true",
+                   help="never wait for a person: a pause for a decision stops the run (not approved)")
+    u = sub.add_parser("unlock", help="break the cluster lock of a migration whose run is gone (recorded)")
+    u.add_argument("--inventory", required=True)
+    u.add_argument("--migration-id", required=True, help="the migration that holds the lock (see status)")
     s = sub.add_parser("status", help="the ledger of a migration (and live facts with --live)")
     s.add_argument("--inventory", required=True)
     s.add_argument("--migration-id")
@@ -442,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_status(args))
         if args.cmd == "backups":
             return _backups(args)
+        if args.cmd == "unlock":
+            return asyncio.run(_unlock(args))
         return _run(args)
     except GarageMigrateError as exc:
         print(f"garage-migrate: {exc}", file=sys.stderr)

@@ -50,6 +50,9 @@ __all__ = [
     "is_allowed",
     "kill",
     "list_files",
+    "lock_record_read",
+    "lock_record_remove",
+    "lock_record_take",
     "mkdir_p",
     "offline_repair",
     "readlink_f",
@@ -449,6 +452,34 @@ def switch_symlink(target: str, link: str, *, sudo: bool = False,
     _split(link, "link")
     tmp = _abs(link).rstrip("/") + ".garage-migrate.tmp"
     return symlink(target, tmp, sudo=sudo, timeout=timeout), rename(tmp, link, sudo=sudo, timeout=timeout)
+
+
+#: What a cluster-lock record on a node may hold: one line of printable ASCII, no NUL.
+_LOCK_RECORD = re.compile(r"[ -~]{1,2000}")
+
+
+def lock_record_take(record: str, path: str, *, sudo: bool = False,
+                     timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``ln -sT -- <record> <path>``: create the cluster-lock record, only if there is none.
+
+    A symlink whose target is the record: ``symlink(2)`` creates it atomically or fails with
+    ``EEXIST``, so two controllers can never both take the same node (the compare-and-set of
+    the cluster lock). ``-T`` never creates the link *inside* an existing directory, and
+    there is no ``-f``: an existing record is never replaced.
+    """
+    if not _LOCK_RECORD.fullmatch(record):
+        raise CommandRefused("a lock record must be one line of printable ASCII (at most 2000 characters)")
+    return _cmd(("ln", "-sT", "--", record, _abs(path, "lock path")), timeout=timeout, sudo=sudo)
+
+
+def lock_record_read(path: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``readlink -- <path>``: the record (the link's target, not followed); exit 1 if none."""
+    return _cmd(("readlink", "--", _abs(path, "lock path")), timeout=timeout, sudo=sudo)
+
+
+def lock_record_remove(path: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``rm -f -- <path>``: drop the record (the caller checked it is the one to drop)."""
+    return _cmd(("rm", "-f", "--", _abs(path, "lock path")), timeout=timeout, sudo=sudo)
 
 
 def sync(*, sudo: bool = False, timeout: float = 120.0) -> RemoteCommand:

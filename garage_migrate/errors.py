@@ -17,6 +17,9 @@ persisted in the migration state and shown to an operator::
     ├── CommandError                   COMMAND_FAILED                       no
     │   └── CommandTimeout             COMMAND_TIMEOUT                      yes
     ├── GateError                      SYNC_GATE_TIMEOUT | SYNC_GATE_ERRORS no
+    ├── MigrationAborted               ABORTED                              no
+    ├── ClusterLockedError             CLUSTER_LOCKED                       no
+    ├── SupersededError                SUPERSEDED                           no
     └── StepError                      STEP_FAILED                          no
         ├── LockHeldError              LOCK_HELD                            no
         └── BackupError                BACKUP_FAILED                        no
@@ -39,6 +42,7 @@ from typing import Any, ClassVar
 __all__ = [
     "AuthenticationError",
     "BackupError",
+    "ClusterLockedError",
     "CommandError",
     "CommandRefused",
     "CommandTimeout",
@@ -49,8 +53,10 @@ __all__ = [
     "HostKeyError",
     "InventoryError",
     "LockHeldError",
+    "MigrationAborted",
     "PlanError",
     "StepError",
+    "SupersededError",
     "TransportError",
     "is_transient",
     "tail_text",
@@ -79,6 +85,9 @@ class ErrorCode(StrEnum):
     STEP_FAILED = "STEP_FAILED"
     LOCK_HELD = "LOCK_HELD"
     BACKUP_FAILED = "BACKUP_FAILED"
+    ABORTED = "ABORTED"
+    CLUSTER_LOCKED = "CLUSTER_LOCKED"
+    SUPERSEDED = "SUPERSEDED"
 
 
 def tail_text(text: str | bytes | None, max_lines: int = STDERR_TAIL_LINES,
@@ -276,6 +285,32 @@ class GateError(GarageMigrateError):
 
     code = ErrorCode.SYNC_GATE_TIMEOUT
     codes = frozenset({ErrorCode.SYNC_GATE_ERRORS})
+
+
+class MigrationAborted(GarageMigrateError):
+    """A person chose to abort at a gate, or a rule refused to go on (recorded in the ledger)."""
+
+    code = ErrorCode.ABORTED
+
+
+class ClusterLockedError(GarageMigrateError):
+    """Another migration (or a live run of this one) holds the cluster lock.
+
+    Attributes:
+        holder: the lock record that refused us (migration id, run, controller, since).
+    """
+
+    code = ErrorCode.CLUSTER_LOCKED
+
+    def __init__(self, message: str, *, holder: dict | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.holder = dict(holder or {})
+
+
+class SupersededError(GarageMigrateError):
+    """This run's hold on the migration was taken over by a newer attempt: stop, touch nothing."""
+
+    code = ErrorCode.SUPERSEDED
 
 
 class StepError(GarageMigrateError):

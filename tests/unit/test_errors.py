@@ -10,6 +10,7 @@ from garage_migrate import errors as E
 from garage_migrate.errors import (
     AuthenticationError,
     BackupError,
+    ClusterLockedError,
     CommandError,
     CommandRefused,
     CommandTimeout,
@@ -20,8 +21,10 @@ from garage_migrate.errors import (
     HostKeyError,
     InventoryError,
     LockHeldError,
+    MigrationAborted,
     PlanError,
     StepError,
+    SupersededError,
     TransportError,
     is_transient,
     tail_text,
@@ -40,6 +43,9 @@ TREE = {
     CommandError: (GarageMigrateError, "COMMAND_FAILED", False),
     CommandTimeout: (CommandError, "COMMAND_TIMEOUT", True),
     GateError: (GarageMigrateError, "SYNC_GATE_TIMEOUT", False),
+    MigrationAborted: (GarageMigrateError, "ABORTED", False),
+    ClusterLockedError: (GarageMigrateError, "CLUSTER_LOCKED", False),
+    SupersededError: (GarageMigrateError, "SUPERSEDED", False),
     StepError: (GarageMigrateError, "STEP_FAILED", False),
     LockHeldError: (StepError, "LOCK_HELD", False),
     BackupError: (StepError, "BACKUP_FAILED", False),
@@ -67,7 +73,7 @@ def test_error_codes_are_stable():
         "FAILED", "INVENTORY_INVALID", "DISCOVERY_MISMATCH", "UNSAFE_PLAN", "COMMAND_REFUSED",
         "NODE_UNREACHABLE", "HOST_KEY_UNKNOWN", "HOST_KEY_CHANGED", "AUTH_FAILED", "COMMAND_FAILED",
         "COMMAND_TIMEOUT", "SYNC_GATE_TIMEOUT", "SYNC_GATE_ERRORS", "STEP_FAILED", "LOCK_HELD",
-        "BACKUP_FAILED",
+        "BACKUP_FAILED", "ABORTED", "CLUSTER_LOCKED", "SUPERSEDED",
     }
     assert all(c.name == c.value for c in ErrorCode)
 
