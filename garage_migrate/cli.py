@@ -529,9 +529,17 @@ def _run(args) -> int:
         watcher = threading.Thread(target=_answer_pauses, args=(box, ui, args.no_input, stop), daemon=True)
         fl = fl.with_options(on_running=[on_start])
         watcher.start()
-        state = asyncio.run(fl(inventory=args.inventory, migration_id=args.migration_id, options=opts,
-                               dry_run=args.dry_run, auto_approve=args.auto_approve,
-                               pause_timeout=args.pause_timeout, return_state=True))
+        from prefect.exceptions import Abort
+
+        try:
+            state = asyncio.run(fl(inventory=args.inventory, migration_id=args.migration_id, options=opts,
+                                   dry_run=args.dry_run, auto_approve=args.auto_approve,
+                                   pause_timeout=args.pause_timeout, return_state=True))
+        except Abort as exc:  # the run stopped without a state: cancelled, or taken over elsewhere
+            state = None
+            if not box.get("stopped"):
+                print(f"garage-migrate: the run stopped: {exc}", file=sys.stderr)
+                return 1
         stop.set()
         if box.get("stopped"):
             print(f"garage-migrate: stopped at {box['stopped']} (--no-input): not approved", file=sys.stderr)

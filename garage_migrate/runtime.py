@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from .discovery import discover
+from .errors import ClusterLockedError, PlanError
 from .gates import Gate, GateOutcome, PrometheusSource, SystemClock, auto_source, synced
 from .inventory import Inventory, load_inventory
 from .ledger import Ledger
@@ -40,7 +41,16 @@ async def open_runtime(inventory: str | Path | Inventory, procedure: str, migrat
     mid = migration_id or default_migration_id(inv)
     ledger = ledger_for(inv, mid, procedure, persist)
     if ledger.data.get("procedure") != procedure:
-        raise ValueError(f"migration {mid} was started with the {ledger.data.get('procedure')} procedure")
+        other = ledger.data.get("procedure")
+        if ledger.data.get("state") in ("done", "rolled-back"):
+            raise PlanError(f"migration {mid} was a {other} migration and is {ledger.data['state']}: "
+                            f"a {procedure} run needs a new migration_id")
+        # a migration of another procedure is under way with this id: as the cluster lock would,
+        # refuse before anything is discovered or changed
+        raise ClusterLockedError(
+            f"migration {mid} is a {other} migration (state {ledger.data.get('state')}): a {procedure} run "
+            f"was refused and touched nothing; finish or roll back that migration first",
+            holder=ledger.data.get("holder") or {})
     resuming = bool(ledger.data["nodes"])
     async with SshPool.from_inventory(inv) as pool:
         facts = await discover(inv, pool.shell, procedure=procedure, resuming=resuming)

@@ -27,6 +27,7 @@ from garage_migrate.facts import parse_bucket_info, parse_bucket_list, parse_sta
 from garage_migrate.ledger import Ledger
 from garage_migrate.plan import MigrationOptions
 from tests.conftest import garage as _garage
+from tests.e2e.stack import gate_of
 
 FAST = MigrationOptions(watch_s=2.0, gate_deadline_s=90.0, gate_consecutive=2)
 ZONES, PER_ZONE = 3, 2
@@ -319,7 +320,7 @@ def test_minimal_downtime_to_087_with_every_gate_resumed_through_the_api(make_la
 
     assert not answerer.unexpected and not answerer.errors, (answerer.unexpected, answerer.errors)
     # each gate paused, and was resumed through the API exactly once
-    assert [k for k, _ in answerer.resumed] == APPROVAL_GATES["minimal-downtime"]
+    assert [gate_of(k) for k, _ in answerer.resumed] == APPROVAL_GATES["minimal-downtime"]
     led = _assert_end_state(lab, res, "minimal-downtime", "0.8.7", tr)
     _assert_gates(led, "minimal-downtime", by="person", note=NOTE)
     decisions = [e for e in led.data["events"] if e["kind"] == "decision"]
@@ -347,7 +348,7 @@ def test_simple_to_080_with_approvals_through_the_api(make_lab, prefect_server):
     print(f"simple 0.7.3 -> 0.8.0 with API approvals: {secs:.0f}s; acks {tr.acknowledged}, "
           f"refused {tr.refused}; resumed {[k for k, _ in answerer.resumed]}")
     assert not answerer.unexpected and not answerer.errors, (answerer.unexpected, answerer.errors)
-    assert [k for k, _ in answerer.resumed] == APPROVAL_GATES["simple"]
+    assert [gate_of(k) for k, _ in answerer.resumed] == APPROVAL_GATES["simple"]
     led = Ledger.load(res["ledger"])
     _assert_gates(led, "simple", by="person", note=NOTE)
 

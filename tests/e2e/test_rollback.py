@@ -55,6 +55,7 @@ from garage_migrate.ledger import Ledger
 from garage_migrate.plan import MigrationOptions
 from tests.conftest import garage as _garage
 from garage_migrate.runtime import default_migration_id
+from tests.e2e.stack import gate_of
 
 FAST = MigrationOptions(watch_s=2.0, gate_deadline_s=90.0, gate_consecutive=2)
 SOURCE = "0.7.3"
@@ -248,7 +249,7 @@ def test_rollback_after_a_failed_08_start_restores_073_everywhere(make_lab, pref
     # -- the flow: paused once for the node failure, resumed with "rollback", ended failed
     assert op.fault_at is not None, "the flip was never reached: the fault was not injected"
     assert not op.unexpected, f"unexpected pauses (answered abort): {op.unexpected}"
-    assert [k for k, _ in op.resumed] == ["flip-failure-1"], op.resumed
+    assert [gate_of(k) for k, _ in op.resumed] == ["flip-failure-1"], op.resumed
     assert state.is_failed(), f"the flow ended {state.type}: {state.message}"
     exc = state.result(raise_on_failure=False)
     assert isinstance(exc, MigrationAborted) and "rolled back" in str(exc), repr(exc)

@@ -1,0 +1,192 @@
+"""A real Prefect stack for operator tests: ``prefect server start``, a process work pool, a
+worker and ``prefect deploy --all`` of ``deployments/prefect.yaml``, as an operator sets it up.
+
+Everything is started in its own process group and stopped by PID (the worker ignores its
+first SIGTERM: lab-environment trap 3, so it gets a second, then SIGKILL), even after a failed
+test. The server runs with a short concurrency lease (30 s, renewed at three quarters of it)
+so that a pause longer than a minute would be killed if any deployment carried a limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+POOL = "garage-migrate"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen | None, signals=(signal.SIGTERM, signal.SIGTERM, signal.SIGKILL)) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    for sig in signals:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(8)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class PrefectStack:
+    """Server + work pool + worker + deployments; ``api`` is the API URL."""
+
+    def __init__(self, lease_s: int = 30):
+        self.home = Path(tempfile.mkdtemp(prefix="gm-prefect-stack-"))
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api = f"{self.url}/api"
+        self.lease_s = lease_s
+        self.server: subprocess.Popen | None = None
+        self.worker: subprocess.Popen | None = None
+        self.flow_pids: set[int] = set()
+
+    def env(self, **extra) -> dict:
+        e = dict(os.environ, PREFECT_HOME=str(self.home), PREFECT_API_URL=self.api,
+                 PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_CLI_PROMPT="false",
+                 GARAGE_MIGRATE_HOME=str(ROOT), **extra)
+        return e
+
+    def _cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        res = subprocess.run([PREFECT, *args], cwd=ROOT, env=self.env(), capture_output=True, text=True,
+                             timeout=timeout, stdin=subprocess.DEVNULL)
+        if res.returncode != 0:
+            raise RuntimeError(f"prefect {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+        return res
+
+    def start(self) -> "PrefectStack":
+        env = self.env(PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.home}/prefect.db",
+                       PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION=str(self.lease_s))
+        env.pop("PREFECT_API_URL")
+        self.server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+                                       env=env, stdout=open(self.home / "server.log", "wb"), stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while True:
+            if self.server.poll() is not None:
+                raise RuntimeError(f"prefect server exited: {(self.home / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.api}/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("prefect server did not become healthy in 120 s") from None
+                time.sleep(0.5)
+        self._cli("work-pool", "create", POOL, "--type", "process")
+        self._cli("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all", timeout=300)
+        self.worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", POOL, "--type", "process"], cwd=ROOT,
+            env=self.env(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1"),
+            stdout=open(self.home / "worker.log", "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.worker)
+        for pid in self.flow_pids:  # flow-run processes the worker started (if any outlived it)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        _stop(self.server, (signal.SIGTERM, signal.SIGKILL))
+
+    def logs(self) -> str:
+        return "".join((self.home / f).read_text(errors="replace")[-6000:] for f in ("worker.log",)
+                       if (self.home / f).exists())
+
+    # ------------------------------------------------------------------ API helpers
+    def client(self):
+        from prefect.client.orchestration import SyncPrefectClient
+
+        return SyncPrefectClient(self.api)
+
+    def deployments(self) -> list:
+        with self.client() as c:
+            return c.read_deployments()
+
+    def run_deployment(self, name: str, **parameters):
+        """Create a flow run of deployment ``flow/deployment``; returns its id."""
+        with self.client() as c:
+            dep = c.read_deployment_by_name(name)
+            return c.create_flow_run_from_deployment(dep.id, parameters=parameters).id
+
+    def flow_run(self, frid):
+        with self.client() as c:
+            return c.read_flow_run(frid)
+
+    def wait_state(self, frid, pred, timeout: float = 240, what: str = "state"):
+        deadline = time.monotonic() + timeout
+        fr = None
+        while time.monotonic() < deadline:
+            fr = self.flow_run(frid)
+            if fr.state is not None and pred(fr.state):
+                return fr
+            time.sleep(0.5)
+        raise AssertionError(f"flow run {frid} never reached {what}; last {fr.state if fr else None}\n{self.logs()}")
+
+    def wait_paused(self, frid, not_key: set[str] = frozenset(), timeout: float = 240):
+        return self.wait_state(frid, lambda s: s.is_paused() and s.state_details.pause_key not in not_key,
+                               timeout, f"a pause other than {sorted(not_key)}")
+
+    def wait_final(self, frid, timeout: float = 600):
+        return self.wait_state(frid, lambda s: s.is_final(), timeout, "a final state")
+
+    def set_state(self, frid, state) -> None:
+        with self.client() as c:
+            c.set_flow_run_state(frid, state, force=True)
+
+    def retry(self, frid) -> None:
+        """``prefect flow-run retry <id>``, as an operator types it."""
+        self._cli("flow-run", "retry", str(frid))
+
+    def resume(self, frid, run_input: dict | None):
+        with self.client() as c:
+            return c.resume_flow_run(frid, run_input=run_input)
+
+
+def gate_of(pause_key: str) -> str:
+    """The gate of a pause key (``approve-flip-1a2b3c4d-2`` -> ``approve-flip``): the suffix is
+    new for every attempt, so that no pause key is ever used twice."""
+    import re
+
+    return re.sub(r"-[0-9a-f]{8}-\d+$", "", pause_key)
+
+
+def service_events(lab, since: float) -> list[dict]:
+    """The lab's service events (stop/start/kill of a node) after ``since``."""
+    path = lab.dir / "events.jsonl"
+    if not path.exists():
+        return []
+    return [e for e in (json.loads(x) for x in path.read_text().splitlines() if x.strip()) if e["t"] > since]
+
+
+def process_gone(pid: int, timeout: float = 30) -> bool:
+    """Whether ``pid`` exits (or is a zombie) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return True
+        if "\nState:\tZ" in state:
+            return True
+        time.sleep(0.3)
+    return False

@@ -1,0 +1,335 @@
+"""Issue 8, tried as an operator does: a real ``prefect server start``, a process worker,
+``prefect deploy --all``, runs of the deployments, and the Prefect actions that used to
+approve the risky steps with nobody involved (a retry, a crash, a Resume without input).
+
+Every test asserts from the lab's service events (the ground truth of every stop and start)
+that no node was touched by what must not act, and from the ledger that no decision was
+recorded that no person gave.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from garage_migrate.ledger import Ledger
+from garage_migrate.plan import MigrationOptions
+from tests.e2e.stack import ROOT, PrefectStack, process_gone, service_events
+
+FAST = MigrationOptions(watch_s=2.0, gate_deadline_s=90.0, gate_consecutive=2).model_dump(mode="json")
+SIMPLE = "simple-migration/simple"
+MD = "minimal-downtime-migration/minimal-downtime"
+ROLLBACK = "rollback-migration/rollback"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    s = PrefectStack(lease_s=30)
+    try:
+        yield s.start()
+    finally:
+        s.stop()
+
+
+def _params(lab, **kw) -> dict:
+    return dict({"inventory": str(lab.dir / "inventory.yaml"), "options": FAST, "auto_approve": False,
+                 "pause_timeout": 900}, **kw)
+
+
+def _ledger(lab, mid: str | None = None) -> Ledger:
+    inv = yaml.safe_load((lab.dir / "inventory.yaml").read_text())
+    mid = mid or f"{inv['cluster']}-to-v0.8.7".lower()
+    return Ledger.load(Path(inv["backup"]["root"]) / inv["cluster"] / mid / "ledger.json")
+
+
+def _abort(stack, frid) -> None:
+    """End a paused test run the way a person would: abort (touches nothing)."""
+    fr = stack.flow_run(frid)
+    if fr.state.is_paused():
+        stack.resume(frid, {"action": "abort", "note": "test over"})
+    stack.wait_final(frid)
+
+
+def _no_decision(led: Ledger, gate: str) -> None:
+    g = led.gate(gate) or {}
+    assert not g.get("decision") and g.get("by") in (None, ""), g
+    assert not [e for e in led.data["events"] if e["kind"] == "decision"], led.data["events"]
+
+
+def test_no_deployment_carries_a_concurrency_limit(stack):
+    deps = stack.deployments()
+    assert {d.name for d in deps} >= {"simple", "minimal-downtime", "minimal-downtime-maintenance-window", "rollback"}
+    for d in deps:
+        assert d.concurrency_limit is None and d.global_concurrency_limit is None, (d.name, d.concurrency_limit)
+    for d in yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["deployments"]:
+        assert "concurrency_limit" not in d, d["name"]
+
+
+@pytest.mark.timeout(600)
+def test_retry_of_a_run_crashed_through_the_api_while_its_process_lives_asks_again(stack, make_lab):
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    frid = stack.run_deployment(SIMPLE, **_params(lab))
+    first = stack.wait_paused(frid).state.state_details.pause_key
+    assert first.startswith("approve-shutdown-"), first
+    old = _ledger(lab).data["holder"]
+    stack.flow_pids.add(old["pid"])
+    t0 = time.time()
+    from prefect.states import Crashed
+
+    stack.set_state(frid, Crashed(message="test: set Crashed through the API"))
+    stack.retry(frid)
+    again = stack.wait_paused(frid, not_key={first}).state.state_details.pause_key
+    assert again.startswith("approve-shutdown-") and again != first, again
+    # the paused process saw its run leave Paused through a retry: it stopped, touching nothing
+    assert process_gone(old["pid"]), f"the superseded process {old['pid']} is still running"
+    assert service_events(lab, t0) == [], "a node was stopped or started after the crash"
+    led = _ledger(lab)
+    _no_decision(led, "approve-shutdown")
+    assert led.data["holder"]["token"] != old["token"] and led.data["holder"]["flow_run_id"] == str(frid)
+    assert [e for e in led.data["events"] if e["kind"] == "takeover"], led.data["events"][-5:]
+    _abort(stack, frid)
+    assert service_events(lab, t0) == []
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_paused_run_is_asked_again_by_its_retry_and_by_a_new_run(stack, make_lab):
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    frid = stack.run_deployment(SIMPLE, **_params(lab))
+    first = stack.wait_paused(frid).state.state_details.pause_key
+    pid = _ledger(lab).data["holder"]["pid"]
+    t0 = time.time()
+    os.kill(pid, signal.SIGKILL)  # what the lease renewal did to a paused run
+    assert process_gone(pid)
+    stack.wait_state(frid, lambda s: s.is_crashed() or s.is_failed(), 60, "Crashed (the worker saw its process die)")
+    stack.retry(frid)
+    again = stack.wait_paused(frid, not_key={first}).state.state_details.pause_key
+    assert again.startswith("approve-shutdown-") and again != first
+    assert service_events(lab, t0) == []
+    _no_decision(_ledger(lab), "approve-shutdown")
+    # the process of the retry dies too; a new run of the same migration takes it over
+    pid2 = _ledger(lab).data["holder"]["pid"]
+    os.kill(pid2, signal.SIGKILL)
+    assert process_gone(pid2)
+    stack.wait_state(frid, lambda s: s.is_crashed() or s.is_failed(), 60, "Crashed")
+    rerun = stack.run_deployment(SIMPLE, **_params(lab))
+    key = stack.wait_paused(rerun).state.state_details.pause_key
+    assert key.startswith("approve-shutdown-")
+    assert service_events(lab, t0) == []
+    led = _ledger(lab)
+    _no_decision(led, "approve-shutdown")
+    assert led.data["holder"]["flow_run_id"] == str(rerun)
+    _abort(stack, rerun)
+
+
+@pytest.mark.timeout(600)
+def test_a_resume_without_input_is_refused_and_a_forced_running_state_asks_again(stack, make_lab):
+    from prefect.states import Running
+
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    frid = stack.run_deployment(SIMPLE, **_params(lab))
+    first = stack.wait_paused(frid).state.state_details.pause_key
+    t0 = time.time()
+    res = stack.resume(frid, None)  # the API call behind a Resume with an empty form
+    assert res.status.value == "REJECT", res
+    for bad in ({"action": ""}, {"note": "no action"}, {"action": "approved"}):
+        assert stack.resume(frid, bad).status.value == "REJECT", bad
+    assert stack.flow_run(frid).state.state_details.pause_key == first
+    stack.set_state(frid, Running(message="test: set Running through the API"))
+    again = stack.wait_paused(frid, not_key={first}).state.state_details.pause_key
+    assert again.startswith("approve-shutdown-") and again != first
+    assert service_events(lab, t0) == []
+    _no_decision(_ledger(lab), "approve-shutdown")
+    _abort(stack, frid)
+    assert service_events(lab, t0) == []
+
+
+@pytest.mark.timeout(600)
+def test_a_sync_gate_decision_is_never_taken_from_a_retry(stack, make_lab):
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    lab.fault("node-b1", "errored-blocks", blocks=2)
+    opts = dict(FAST, gate_deadline_s=8.0)
+    frid = stack.run_deployment(SIMPLE, **_params(lab, options=opts))
+    first = stack.wait_paused(frid).state.state_details.pause_key
+    assert first.startswith("sync-before-1-"), first
+    pid = _ledger(lab).data["holder"]["pid"]
+    t0 = time.time()
+    from prefect.states import Crashed
+
+    stack.set_state(frid, Crashed(message="test"))
+    stack.retry(frid)
+    again = stack.wait_paused(frid, not_key={first}).state.state_details.pause_key
+    assert again.startswith("sync-before-1-") and again != first
+    assert process_gone(pid)
+    assert service_events(lab, t0) == []
+    led = _ledger(lab)
+    assert not (led.gate("sync-before-1") or {}).get("decision"), led.gate("sync-before-1")
+    assert not [e for e in led.data["events"] if e["kind"] in ("decision", "proceed-anyway")]
+    # an answer that is not a choice of this form is refused by the server
+    assert stack.resume(frid, {"action": "approve"}).status.value == "REJECT"
+    _abort(stack, frid)
+    assert service_events(lab, t0) == []
+
+
+@pytest.mark.timeout(900)
+def test_a_paused_run_outlives_the_lease_while_every_other_run_on_the_cluster_is_refused(stack, make_lab):
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    frid = stack.run_deployment(SIMPLE, **_params(lab))
+    fr = stack.wait_paused(frid)
+    paused_at = time.monotonic()
+    key = fr.state.state_details.pause_key
+    holder = _ledger(lab).data["holder"]
+    stack.flow_pids.add(holder["pid"])
+    t0 = time.time()
+    others = {
+        "a second run of the same deployment": stack.run_deployment(SIMPLE, **_params(lab)),
+        "a minimal-downtime run": stack.run_deployment(MD, **_params(lab)),
+        "a rollback while the migration's run is alive": stack.run_deployment(
+            ROLLBACK, inventory=str(lab.dir / "inventory.yaml"), procedure="simple"),
+        "another migration": stack.run_deployment(SIMPLE, **_params(lab, migration_id="another-one")),
+    }
+    for what, rid in others.items():
+        fr2 = stack.wait_final(rid, timeout=180)
+        assert fr2.state.is_cancelled(), f"{what}: {fr2.state.type} {fr2.state.message}"
+        assert "refused" in (fr2.state.message or ""), (what, fr2.state.message)
+    assert service_events(lab, t0) == [], "a refused run touched a node"
+    # longer than two lease renewals of a 30 s lease (renewed at 22.5 s): still paused, still alive
+    while time.monotonic() - paused_at < 65:
+        time.sleep(1)
+    fr = stack.flow_run(frid)
+    assert fr.state.is_paused() and fr.state.state_details.pause_key == key, fr.state
+    assert not process_gone(holder["pid"], timeout=0.5), "the paused run's process died"
+    stack.resume(frid, {"action": "approve", "note": "after the lease"})
+    reopen = stack.wait_paused(frid, not_key={key}, timeout=400).state.state_details.pause_key
+    assert reopen.startswith("approve-reopen-"), reopen
+    stack.resume(frid, {"action": "approve", "note": "reopen"})
+    fr = stack.wait_final(frid, timeout=400)
+    assert fr.state.is_completed(), (fr.state, stack.logs())
+    led = _ledger(lab)
+    assert led.data["state"] == "done" and led.data["holder"] is None
+    assert (led.gate("approve-shutdown")["by"], led.gate("approve-shutdown")["note"]) == ("person", "after the lease")
+    assert {n["running_version"] for n in lab.inspect(checksums=False)["nodes"].values()} == {"0.8.7"}
+    assert not any(os.path.lexists(str(lab.node_dir(n["name"]) / "meta") + ".garage-migrate.lock")
+                   for n in lab.nodes), "the lock records were not released"
+
+
+# ---------------------------------------------------------------------------- the terminal
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.Popen([sys.executable, "-m", "garage_migrate.cli", *args], cwd=ROOT, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kw)
+
+
+def _servers_of(pids_before: set[int]) -> list[str]:
+    """Prefect server processes started by a CLI run (temporary homes) that are still running."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and int(p.name) not in pids_before:
+            try:
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                env = (p / "environ").read_bytes()
+            except OSError:
+                continue
+            if "server start" in cmd and b"garage-migrate-prefect-" in env:
+                out.append(f"{p.name}: {cmd}")
+    return out
+
+
+@pytest.mark.timeout(900)
+def test_two_terminal_runs_one_cluster_unlock_and_nothing_left_running(make_lab):
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    inv = str(lab.dir / "inventory.yaml")
+    before = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    a = _cli("run", "simple", "--inventory", inv, "--watch", "2", "--gate-deadline", "90")
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if (_ledger(lab).gate("approve-shutdown") or {}).get("status") == "waiting":
+                    break
+            except (OSError, ValueError):
+                pass
+            assert a.poll() is None, a.communicate()
+            assert time.monotonic() < deadline, "the first run never paused"
+            time.sleep(1)
+        t0 = time.time()
+        b = _cli("run", "simple", "--inventory", inv)
+        out, err = b.communicate(timeout=240)
+        assert b.returncode == 3, (b.returncode, out, err)
+        assert "still running" in err and "refused" in err, err
+        assert "Traceback" not in out + err
+        c = _cli("run", "simple", "--inventory", inv, "--migration-id", "other-migration", "--no-input")
+        out, err = c.communicate(timeout=240)
+        assert c.returncode == 3 and "cluster is locked by migration" in err, (c.returncode, err)
+        assert service_events(lab, t0) == [], "a refused terminal run touched a node"
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGTERM)
+        out_a, err_a = a.communicate(timeout=60)
+    assert "No terminal to ask on: answer at http://127.0.0.1:" in out_a, out_a[-2000:]
+    assert out_a.count("Starting temporary server") == 0 and "Errno 98" not in out_a + err_a
+    time.sleep(1)
+    assert _servers_of(before) == [], "a Prefect server outlived its garage-migrate run"
+    # the interrupted migration still holds the cluster: another one stays refused until unlock
+    c = _cli("run", "simple", "--inventory", inv, "--migration-id", "other-migration", "--no-input")
+    out, err = c.communicate(timeout=240)
+    assert c.returncode == 3 and "cluster is locked by migration" in err, (c.returncode, err)
+    mid = _ledger(lab).data["migration_id"]
+    u = subprocess.run([sys.executable, "-m", "garage_migrate.cli", "unlock", "--inventory", inv,
+                        "--migration-id", mid], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert u.returncode == 0 and "broken on" in u.stdout, (u.stdout, u.stderr)
+    assert [e for e in _ledger(lab).data["events"] if e["kind"] == "unlock"]
+    d = _cli("run", "simple", "--inventory", inv, "--migration-id", "other-migration", "--no-input",
+             "--gate-deadline", "90")
+    out, err = d.communicate(timeout=400)
+    assert d.returncode == 1 and "not approved" in err, (d.returncode, out[-2000:], err[-2000:])
+    assert "Traceback" not in err, err[-3000:]
+    time.sleep(1)
+    assert _servers_of(before) == []
+
+
+@pytest.mark.timeout(900)
+def test_a_flip_failure_decision_is_never_taken_from_a_retry(stack, make_lab):
+    """The flip-failure form offers "retry" (starts nodes) and "rollback": a retry of the
+    paused run must neither, and must ask again."""
+    from prefect.states import Cancelled, Crashed
+
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    victim = "node-b1"
+    frid = stack.run_deployment(MD, **_params(lab, auto_approve=True))
+    deadline = time.monotonic() + 400
+    while True:  # the operator's fault: the victim refuses to start on 0.8 during the flip
+        try:
+            led = _ledger(lab)
+            if (led.gate("approve-flip") or {}).get("decision"):
+                lab.fault(victim, "refuse-start", count=50)
+                break
+        except (OSError, ValueError):
+            pass
+        assert time.monotonic() < deadline and not stack.flow_run(frid).state.is_final(), stack.logs()
+        time.sleep(0.1)
+    first = stack.wait_paused(frid, timeout=400).state.state_details.pause_key
+    assert first.startswith("flip-failure-1-"), first
+    pid = _ledger(lab).data["holder"]["pid"]
+    t0 = time.time()
+    stack.set_state(frid, Crashed(message="test"))
+    stack.retry(frid)
+    again = stack.wait_paused(frid, not_key={first}, timeout=300).state.state_details.pause_key
+    assert again.startswith("flip-failure-1-") and again != first, again
+    assert process_gone(pid)
+    touched = [e for e in service_events(lab, t0) if e["event"] in ("stop", "kill") or e["node"] != victim]
+    assert touched == [], touched  # the retry re-ran only the victim's failed start; nobody was stopped
+    led = _ledger(lab)
+    assert not (led.gate("flip-failure-1") or {}).get("decision"), led.gate("flip-failure-1")
+    assert not [e for e in led.data["events"] if e["kind"] == "decision"]
+    assert not [e for e in led.data["events"] if e["kind"] == "rollback"]
+    stack.set_state(frid, Cancelled(message="test over"))
+    stack.wait_final(frid)
