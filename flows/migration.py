@@ -30,7 +30,6 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.exceptions import Abort
-from prefect.states import Cancelled
 
 import tasks as T
 from flows.approvals import Approval, Asker, CountersDecision, GateDecision, NodeFailureDecision

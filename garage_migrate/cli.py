@@ -559,7 +559,22 @@ def _run(args) -> int:
     finally:
         stop.set()
         if server is not None:
+            _drain_prefect()
             server.stop()
+
+
+def _drain_prefect(timeout: float = 10.0) -> None:
+    """Send the logs and events still queued to the server before it stops (bounded)."""
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+    except ImportError:
+        return
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=timeout)
+        except Exception:  # noqa: BLE001 - a drain that fails must not keep the server alive
+            pass
 
 
 async def _unlock(args) -> int:
@@ -638,7 +653,13 @@ def main(argv: list[str] | None = None) -> int:
             return _backups(args)
         if args.cmd == "unlock":
             return asyncio.run(_unlock(args))
-        return _run(args)
+        code = _run(args)
+        # Prefect's log and event workers would try, at interpreter exit, to reach the
+        # temporary server that is gone by now, and hang: the run is over, its server stopped,
+        # so leave now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     except GarageMigrateError as exc:
         print(f"garage-migrate: {exc}", file=sys.stderr)
         return 1

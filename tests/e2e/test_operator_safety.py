@@ -320,6 +320,10 @@ def test_a_flip_failure_decision_is_never_taken_from_a_retry(stack, make_lab):
     assert first.startswith("flip-failure-1-"), first
     pid = _ledger(lab).data["holder"]["pid"]
     t0 = time.time()
+    # a simple run while this minimal-downtime run is paused is refused, touching nothing
+    simple = stack.wait_final(stack.run_deployment(SIMPLE, **_params(lab)), timeout=180)
+    assert simple.state.is_cancelled() and "refused" in simple.state.message, simple.state
+    assert service_events(lab, t0) == []
     stack.set_state(frid, Crashed(message="test"))
     stack.retry(frid)
     again = stack.wait_paused(frid, not_key={first}, timeout=300).state.state_details.pause_key
