@@ -33,6 +33,7 @@ class Knobs:
     resync_backoff_base_s: float = 60.0  # 60 s x 2^min(errors-1, 6)
     peer_retry_s: float = 1.0  # reconnection attempts to a down peer
     disk_stats_interval_s: float = 10.0  # 0.8.2+ disk figures refresh
+    s3_anonymous: float = 1.0  # serve S3 requests without Authorization (0: refuse them like Garage)
 
     @classmethod
     def load(cls, path: Path) -> "Knobs":

@@ -158,7 +158,7 @@ def _offline_repair(p: Personality, parsed: clap.Command, config_path: Path, nod
     try:
         store.acquire_lock()
     except LockHeld as exc:
-        from .daemon import fail_lock
+        from .lifecycle import fail_lock
 
         fail_lock(p, exc, "src/model/garage.rs:98:13")
     store.load()
