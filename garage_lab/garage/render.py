@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 from .personality import Personality
+from .workers import Worker
 
 # ---------------------------------------------------------------------------------------------
 # Building blocks
@@ -479,37 +480,8 @@ def render_stats_all(
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WorkerRow:
-    """One background worker.
-
-    Attributes:
-        tid: task ID.
-        name: worker name.
-        state: ``Busy``, ``Idle``, ``Done`` or ``Throttled``.
-        throttle_secs: the pause of a Throttled worker (``Thr:1.500`` in 0.8.0).
-        tranq: tranquility, if the worker has one (0.8.1+ Tranq column).
-        progress: progress string (0.8.1+ Done column), e.g. ``12.34%``.
-        queue: queue length (0.8.1+ Queue column).
-        errors: total errors.
-        consecutive_errors: consecutive errors.
-        last_error_secs_ago: seconds since the last error.
-        last_error: the last error message.
-        info: 0.8.0 free-text info lines, printed under the Name column.
-    """
-
-    tid: int
-    name: str
-    state: str
-    throttle_secs: float = 0.0
-    tranq: int | None = None
-    progress: str | None = None
-    queue: int | None = None
-    errors: int = 0
-    consecutive_errors: int = 0
-    last_error_secs_ago: float | None = None
-    last_error: str | None = None
-    info: tuple[str, ...] = ()
+# The record the worker renderers format is the daemon's own (one worker record in the lab).
+WorkerRow = Worker
 
 
 _STATE_RANK = {"Busy": 0, "Throttled": 0, "Idle": 1, "Done": 2}

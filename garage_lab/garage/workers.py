@@ -37,7 +37,28 @@ def tables_for(p: Personality) -> tuple[str, ...]:
 
 @dataclass
 class Worker:
-    """One background worker as the CLI shows it."""
+    """One background worker: what the daemon tracks and what ``worker list`` / ``info`` print.
+
+    The same record serves both sides: the daemon updates it and sends ``to_dict()`` over RPC,
+    the CLI rebuilds it with ``from_dict()`` and :mod:`.render` formats it.
+
+    Attributes:
+        tid: task ID (spawn order, see :class:`WorkerSet`).
+        name: worker name.
+        state: ``Busy``, ``Idle``, ``Done`` or ``Throttled``.
+        throttle_secs: the pause of a Throttled worker (``Thr:1.500`` in 0.8.0).
+        tranq: tranquility, if the worker has one (0.8.1+ Tranq column).
+        progress: progress string (0.8.1+ Done column), e.g. ``12.34%``.
+        queue: queue length (0.8.1+ Queue column).
+        errors: total errors.
+        consecutive_errors: consecutive errors.
+        last_error_secs_ago: seconds since the last error (as the CLI received it).
+        last_error: the last error message.
+        info: 0.8.0 free-text info lines, printed under the Name column.
+        message: ``worker info`` free-text lines.
+        persistent_errors: errored blocks (resync) or corruptions found (scrub), late 1.2.
+        last_error_time: when the last error happened (daemon side; ``time.time()``).
+    """
 
     tid: int
     name: str
@@ -48,11 +69,12 @@ class Worker:
     queue: int | None = None
     errors: int = 0
     consecutive_errors: int = 0
+    last_error_secs_ago: float | None = None
     last_error: str | None = None
-    last_error_time: float | None = None
-    info: list[str] = field(default_factory=list)
-    message: list[str] = field(default_factory=list)
+    info: tuple[str, ...] | list[str] = ()
+    message: tuple[str, ...] | list[str] = ()
     persistent_errors: int | None = None
+    last_error_time: float | None = field(default=None, compare=False)
 
     def record_error(self, msg: str) -> None:
         """Count an error, as Garage's worker runner does."""
@@ -66,7 +88,7 @@ class Worker:
         self.consecutive_errors = 0
 
     def to_dict(self) -> dict:
-        """JSON form sent to the CLI."""
+        """JSON form sent to the CLI (the error time becomes seconds ago)."""
         now = time.time()
         return {
             "tid": self.tid, "name": self.name, "state": self.state,
@@ -77,6 +99,14 @@ class Worker:
             "info": list(self.info), "message": list(self.message),
             "persistent_errors": self.persistent_errors,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Worker":
+        """The record the CLI received (inverse of :meth:`to_dict`)."""
+        names = ("tid", "name", "state", "throttle_secs", "tranq", "progress", "queue", "errors",
+                 "consecutive_errors", "last_error_secs_ago", "last_error", "persistent_errors")
+        return cls(**{k: d[k] for k in names if k in d}, info=tuple(d.get("info", ())),
+                   message=tuple(d.get("message", ())))
 
 
 class WorkerSet:
