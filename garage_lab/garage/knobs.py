@@ -27,6 +27,9 @@ class Knobs:
     scrub_rate_pct: float = 0.25  # scrub progress in %/s
     counter_queue_rate: float = 40.0  # insert-queue entries/s (0.8.2+)
     offline_repair_rate: float = 2000.0  # object entries/s counted by offline-repair
+    # 0.8.0's offline-repair runs a full background runner; how long it lives after the repair
+    # (the real one logs RPC errors after ~20 s and may take the 9 s drain to shut down)
+    offline_repair_runner_s: float = 1.5
     anti_entropy_startup_s: float = 20.0  # first periodic full sync after start (src: 20 s)
     anti_entropy_interval_s: float = 600.0  # then every 10 min (ANTI_ENTROPY_INTERVAL)
     gc_delay_s: float = 86400.0  # TABLE_GC_DELAY

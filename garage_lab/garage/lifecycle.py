@@ -23,11 +23,16 @@ from .store import COUNTER_TREES, INSERT_QUEUE_TREE, LockHeld
 from .workers import tables_for
 
 
-def fail_lock(p: Personality, exc: LockHeld, location: str) -> None:
-    """Exit the way the version does when the sled lock is held (ref 2.12; late 3.2)."""
+def fail_lock(p: Personality, exc: LockHeld, location: str, log_state: dict | None = None) -> None:
+    """Exit the way the version does when the sled lock is held (ref 2.12; late 3.2).
+
+    0.8.0 and 0.7.3 panic and abort (SIGABRT). 0.7.3's panic hook is the server's own: it logs
+    the panic with ``error!`` in the daemon's log format (``log_state``: the logger's, for the
+    target padding), where 0.8.0 prints its PANIC banner (source-audit). 0.8.2+ exits 1.
+    """
     if p.offline_repair_lock_panics:
         msg = f'Unable to open sled DB: Io(Custom {{ kind: Other, error: "{exc.text.replace(chr(34), chr(92) + chr(34))}" }})'
-        sys.stderr.write(render.panic_banner(p, msg, location))
+        sys.stderr.write(render.panic_banner(p, msg, location, server=log_state is not None, log_state=log_state))
         sys.stderr.flush()
         os.abort()
     sys.stderr.write(f"Error: Unable to open sled DB: IO error: {exc.text}\n")
@@ -51,18 +56,30 @@ class Lifecycle:
 
     def open(self) -> None:
         """Open the metadata: key, layout, DB lock and trees (exits like Garage on failure)."""
-        self.node.log("INFO", "garage::server", "Loading configuration...")
-        if self.node.p.major_minor == (0, 8) and not self.node.p.queue_workers:
-            self.node.log("INFO", "garage::server", "Initializing background runner...")
-        self.node.log("INFO", "garage::server", "Initializing Garage main data store...")
-        self.node.log("INFO", "garage_model::garage", "Opening database...")
-        self.node.log("INFO", "garage_model::garage", f"Opening Sled database at: {self.node.cfg.metadata_dir / 'db'}")
+        log = self.node.log
+        log("INFO", "garage::server", "Loading configuration...")
         meta = self.node.cfg.metadata_dir
         meta.mkdir(parents=True, exist_ok=True)
-        try:
-            self.node.store.acquire_lock()
-        except LockHeld as exc:
-            fail_lock(self.node.p, exc, "src/model/garage.rs:98:13" if self.node.p.major_minor == (0, 8) else "src/garage/server.rs:40:10")
+        if self.node.p.major_minor == (0, 7):
+            # 0.7.3's server.rs opens sled itself, before the runner and the data store
+            # (source-audit: a second server on a locked DB logs these two lines, then panics)
+            log("INFO", "garage::server", "Opening database...")
+            try:
+                self.node.store.acquire_lock()
+            except LockHeld as exc:
+                fail_lock(self.node.p, exc, "src/garage/server.rs:40:10", log_state=log.state)
+            log("INFO", "garage::server", "Initialize background runner...")
+            log("INFO", "garage::server", "Initializing Garage main data store...")
+        else:
+            if not self.node.p.queue_workers:
+                log("INFO", "garage::server", "Initializing background runner...")
+            log("INFO", "garage::server", "Initializing Garage main data store...")
+            log("INFO", "garage_model::garage", "Opening database...")
+            log("INFO", "garage_model::garage", f"Opening Sled database at: {meta / 'db'}")
+            try:
+                self.node.store.acquire_lock()
+            except LockHeld as exc:
+                fail_lock(self.node.p, exc, "src/model/garage.rs:98:13")
         self.node.store.load()
         key_pub = meta / "node_key.pub"
         if not key_pub.exists():
@@ -142,7 +159,12 @@ class Lifecycle:
             return
         if self.node.stop_signal is None:
             self.node.stop_signal = name
-            self.node.log("INFO", "garage::server", f"Received {name}, shutting down.")
+            if self.node.p.major_minor == (0, 7):
+                # 0.7.3 waits with netapp's watch_ctrl_c() (tokio ctrl_c): SIGINT only, and this
+                # text (source-audit); the module path under netapp is [inf]
+                self.node.log("INFO", "netapp::util", "Received CTRL+C, shutting down.")
+            else:
+                self.node.log("INFO", "garage::server", f"Received {name}, shutting down.")
             self.node.stopping.set()
 
     async def shutdown(self, tasks) -> int:

@@ -23,6 +23,7 @@ TABLES_08 = ("bucket_v2", "bucket_alias", "key", "object", "bucket_object_counte
 TABLES_07 = ("bucket_v2", "bucket_alias", "key", "object", "version", "block_ref")
 REPAIR_TABLES = ("bucket_v2", "object", "version", "block_ref", "key")  # ref 3.1
 STATS_TABLES = ("bucket_v2", "key", "object", "version", "block_ref")  # ref 2.10
+COUNTER_TABLES = ("bucket_object_counter", "k2v_index_counter_v2")  # IndexCounter tables
 
 
 def rfc3339_ms(t: float) -> str:
@@ -110,7 +111,12 @@ class Worker:
 
 
 class WorkerSet:
-    """All workers of a daemon, created in Garage's spawn order so TIDs match."""
+    """All workers of a daemon, created in the version's spawn order so TIDs match.
+
+    The order differs between versions (source-audit: 0.8.0's ``model/garage.rs`` opens the
+    tables in another order than 0.8.7's ``spawn_workers``): nothing may rely on a TID, the
+    orchestrator matches workers by name.
+    """
 
     def __init__(self, p: Personality, n_resync_workers: int = 4):
         self.p = p
@@ -122,15 +128,15 @@ class WorkerSet:
         for i in range(1, n_resync_workers + 1):
             self.add(f"Block resync worker #{i}")
         self.add("Block scrub worker")
-        for table in tables_for(p):
+        for table in p.table_spawn_order or tables_for(p):
             self.add(f"{table} {p.merkle_worker_suffix}")
             self.add(f"{table} sync")
             self.add(f"{table} GC")
             if p.queue_workers:
                 self.add(f"{table} queue")
-        if p.has_counters and not p.queue_workers:
-            for counter in ("bucket_object_counter", "k2v_index_counter_v2"):
-                self.add(f"{counter} index counter propagator")
+            if table in COUNTER_TABLES and p.has_counters and not p.queue_workers:
+                # 0.8.0's IndexCounter spawns its propagator right after its table (index_counter.rs)
+                self.add(f"{table} index counter propagator")
 
     def add(self, name: str) -> Worker:
         """Spawn a worker with the next TID (a repair spawned twice replaces its entry)."""
