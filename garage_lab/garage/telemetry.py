@@ -14,6 +14,11 @@ from . import render
 from .personality import Personality
 
 
+def log_once(p: Personality, level: str, target: str, msg: str, state: dict) -> None:
+    """One log line on stderr from a short-lived command (the CLI, ``offline-repair``)."""
+    sys.stderr.write(render.log_line(p, level, target, msg, time.time(), state).rstrip("\n") + "\n")
+
+
 class Logger:
     """Daemon log lines on stderr in the version's format (checklist 16)."""
 
