@@ -104,3 +104,31 @@ def test_traffic_client_acknowledges_writes_that_verify_reads_back(lab):
     acks = lab.inspect(checksums=False)["acknowledged_writes"]
     assert acks and max(a["t"] for a in acks) <= tr.stopped_at
     assert traffic.verify(lab)["ok"]
+
+
+def test_garage_lab_up_prints_the_s3_endpoint_and_a_key_and_traffic_uses_it(tmp_path, capsys):
+    import json
+
+    from garage_lab.cli import main
+    from garage_lab.harness import Lab
+
+    d = tmp_path / "cli-lab"
+    try:
+        assert main(["up", "--dir", str(d), "--zones", "3", "--per-zone", "1", "--version", "0.8.7"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        lab = Lab(d)
+        assert out["s3"]["endpoint"] == f"http://{lab.nodes[0]['addr']}:3900"
+        assert out["s3"]["access_key_id"].startswith("GK") and len(out["s3"]["secret_access_key"]) == 64
+        assert out["s3"]["region"] == "garage" and len(out["s3"]["endpoints"]) == 3
+        # the printed key works with any S3 client
+        s3 = traffic.s3_client(lab, access_key_id=out["s3"]["access_key_id"],
+                               secret_access_key=out["s3"]["secret_access_key"])
+        assert s3.list_objects_v2(Bucket="bucket-00")["KeyCount"] == lab.spec.objects_per_bucket
+        assert main(["traffic", "--dir", str(d), "--duration", "1", "--rate", "5"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["acknowledged"] == report["attempted"] > 0
+        assert main(["traffic", "--dir", str(d), "--verify"]) == 0
+        assert json.loads(capsys.readouterr().out)["checked"] == report["acknowledged"]
+    finally:
+        if (d / "lab.json").exists():
+            Lab(d).down()
