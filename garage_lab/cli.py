@@ -5,7 +5,7 @@
     garage-lab inspect --dir DIR [--no-checksums]
     garage-lab fault --dir DIR NODE KIND [--count N] [--seconds S] [--match TEXT] [--blocks N] [--path P] [--bytes N]
     garage-lab fault --dir DIR NODE clear
-    garage-lab traffic --dir DIR [--duration 10] [--rate 20] [--verify]
+    garage-lab traffic --dir DIR [--duration 10] [--rate 20] [--verify]   (boto3, with the lab's key)
     garage-lab down --dir DIR
 """
 
@@ -17,7 +17,8 @@ import sys
 from dataclasses import asdict
 
 from .garage.knobs import FAULT_KINDS
-from .harness import Lab, LabError, LabSpec, parse_size
+from .garage.units import parse_size
+from .harness import Lab, LabError, LabSpec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--blocks", type=int)
     f.add_argument("--path")
     f.add_argument("--bytes", type=int)
-    t = sub.add_parser("traffic", help="write objects and record acknowledged writes")
+    t = sub.add_parser("traffic", help="write objects with boto3 and record acknowledged writes")
     t.add_argument("--dir", required=True)
     t.add_argument("--duration", type=float, default=10.0)
     t.add_argument("--rate", type=float, default=20.0)
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             lab = Lab.up(spec, timeout=args.timeout)
             print(json.dumps({"dir": str(lab.dir), "up_seconds": lab.info["up_seconds"],
                               "inventory": str(lab.dir / "inventory.yaml"), "prometheus": lab.prometheus_url,
+                              "s3": dict(lab.s3_credentials, endpoint=lab.s3_endpoint(),
+                                         endpoints=[lab.s3_endpoint(n["name"]) for n in lab.nodes]),
                               "nodes": lab.nodes}, indent=1))
             return 0
         if args.cmd == "traffic":

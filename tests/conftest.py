@@ -1,8 +1,13 @@
-"""Shared fixtures: labs that are always torn down, even after a failed test."""
+"""Shared fixtures and helpers: labs that are always torn down (even after a failed test),
+the one ``run`` helper for coroutines, and the node-local ``garage`` / ``service`` runners.
+
+Labs get their subnet from the harness's one allocator (``garage_lab.spec.SUBNETS``): the spec
+leaves ``subnet`` empty and ``Lab.up`` picks the next free ``127.42.C``.
+"""
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 import os
 import subprocess
 import sys
@@ -14,32 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Each lab gets its own 127.42.C.0/24 so labs of one test run (and other runs on the machine)
-# never collide: a per-process starting point, then the next C whose RPC address is free.
-_subnet_counter = itertools.count(os.getpid() % 230)
-
-
-class _Subnets:
-    """Yields third octets ``C`` (for ``127.42.C``) not in use by another lab."""
-
-    def __next__(self) -> int:
-        import socket
-
-        for _ in range(460):
-            c = 20 + next(_subnet_counter) % 230
-            s = socket.socket()
-            try:
-                s.bind((f"127.42.{c}.1", 3901))
-                return c
-            except OSError:
-                continue
-            finally:
-                s.close()
-        raise RuntimeError("no free 127.42.C.0/24 subnet for a lab")
-
-
-_subnets = _Subnets()
-
 
 def pytest_collection_modifyitems(config, items):
     """Tests under tests/lab are lab tests; CI runs them, never skips them."""
@@ -48,26 +27,51 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.lab)
 
 
-@pytest.fixture
-def make_lab(tmp_path_factory):
-    """Factory: ``make_lab(version="0.7.3", zones=3, per_zone=2, **spec)`` returns an up lab."""
-    from garage_lab.harness import Lab, LabSpec
+def run(coro, limit: float | None = 120):
+    """Run a coroutine to completion in a fresh event loop, within ``limit`` seconds (None: no limit)."""
+    return asyncio.run(coro if limit is None else asyncio.wait_for(coro, limit))
 
-    labs: list[Lab] = []
 
-    def factory(timeout: float = 60, wait_prometheus: bool = True, **kw) -> Lab:
-        d = tmp_path_factory.mktemp("lab")
-        spec = LabSpec(dir=str(d), subnet=f"127.42.{next(_subnets)}", ssh_port=2222, **kw)
-        lab = Lab.up(spec, timeout=timeout, wait_prometheus=wait_prometheus)
-        labs.append(lab)
+class _Labs:
+    """Brings labs up on demand and takes every one of them down at the end of its scope."""
+
+    def __init__(self, tmp_path_factory, prefix: str):
+        self.tmp_path_factory = tmp_path_factory
+        self.prefix = prefix
+        self.labs: list = []
+
+    def __call__(self, timeout: float = 60, wait_prometheus: bool = True, **kw):
+        from garage_lab.harness import Lab, LabSpec
+
+        d = self.tmp_path_factory.mktemp(self.prefix)
+        kw.setdefault("ssh_port", 2222)
+        lab = Lab.up(LabSpec(dir=str(d), **kw), timeout=timeout, wait_prometheus=wait_prometheus)
+        self.labs.append(lab)
         return lab
 
-    yield factory
-    for lab in labs:
-        try:
-            lab.down()
-        except Exception as exc:  # noqa: BLE001 - report, and keep tearing down the others
-            print(f"lab teardown failed for {lab.dir}: {exc}", file=sys.stderr)
+    def down_all(self) -> None:
+        for lab in self.labs:
+            try:
+                lab.down()
+            except Exception as exc:  # noqa: BLE001 - report, and keep tearing down the others
+                print(f"lab teardown failed for {lab.dir}: {exc}", file=sys.stderr)
+
+
+@pytest.fixture
+def make_lab(tmp_path_factory):
+    """Factory: ``make_lab(version="0.7.3", zones=3, per_zone=2, **spec)`` returns an up lab,
+    taken down after the test."""
+    labs = _Labs(tmp_path_factory, "lab")
+    yield labs
+    labs.down_all()
+
+
+@pytest.fixture(scope="module")
+def module_lab(tmp_path_factory):
+    """Like ``make_lab``, but the labs live until the end of the test module."""
+    labs = _Labs(tmp_path_factory, "lab")
+    yield labs
+    labs.down_all()
 
 
 def garage(lab, node: str, *args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:

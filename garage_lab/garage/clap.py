@@ -1,5 +1,11 @@
 """A strict command-line parser that behaves like Garage's structopt 0.3 / clap 2.34 CLI.
 
+Why it is one module of ~670 lines: the grammar tables (which commands, options and
+positionals each version has) and the clap engine that parses against them and words its
+errors are read together; every error text depends on both (the usage line printed under an
+error is built from the grammar of the innermost command). Splitting them would put one
+behaviour in two places.
+
 Standard library only (it runs in every simulated ``garage`` invocation). :func:`parse` returns
 either a :class:`Command` or a :class:`ClapExit` carrying what clap would print and the exit
 code: ``--help``/``--version`` on stdout with 0, every parse error on stderr with 1 (ref 2.2).
@@ -40,6 +46,11 @@ DEFAULT_CONFIG = "/etc/garage.toml"
 _TERM_WIDTH = 120  # clap 2 without a terminal
 _TAB = "    "
 _MORE = "\n\nFor more information try --help"
+
+
+class CliError(Exception):
+    """A handled error of a command: printed as ``Error: <message>`` with exit code 1."""
+
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,16 @@ class Knobs:
     scrub_rate_pct: float = 0.25  # scrub progress in %/s
     counter_queue_rate: float = 40.0  # insert-queue entries/s (0.8.2+)
     offline_repair_rate: float = 2000.0  # object entries/s counted by offline-repair
+    # 0.8.0's offline-repair runs a full background runner; how long it lives after the repair
+    # (the real one logs RPC errors after ~20 s and may take the 9 s drain to shut down)
+    offline_repair_runner_s: float = 1.5
     anti_entropy_startup_s: float = 20.0  # first periodic full sync after start (src: 20 s)
     anti_entropy_interval_s: float = 600.0  # then every 10 min (ANTI_ENTROPY_INTERVAL)
     gc_delay_s: float = 86400.0  # TABLE_GC_DELAY
     resync_backoff_base_s: float = 60.0  # 60 s x 2^min(errors-1, 6)
     peer_retry_s: float = 1.0  # reconnection attempts to a down peer
     disk_stats_interval_s: float = 10.0  # 0.8.2+ disk figures refresh
+    s3_anonymous: float = 1.0  # serve S3 requests without Authorization (0: refuse them like Garage)
 
     @classmethod
     def load(cls, path: Path) -> "Knobs":

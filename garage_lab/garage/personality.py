@@ -61,6 +61,11 @@ class Personality:
             (0.8); 0.7.3 takes an optional positional ``[tranquility]`` instead.
         has_block_cmd: ``garage block ...`` exists (0.8.1+).
         stats_db_engine: ``stats`` prints ``Database engine: ...`` (0.8, which has several engines).
+        offline_repair_runs_workers: ``offline-repair`` builds a full ``Garage`` with a
+            ``BackgroundRunner::new(16)``: syncs, scrub and resync run inside it (0.8.0,
+            source-audit); 0.8.2+ runs the repair without workers.
+        table_spawn_order: the order the tables spawn their workers in, when it differs from
+            the order they are listed in (0.8.0, source-audit); empty: the listing order.
     """
 
     version: str
@@ -96,6 +101,8 @@ class Personality:
     scrub_subcommands: bool = False
     has_block_cmd: bool = False
     stats_db_engine: bool = False
+    offline_repair_runs_workers: bool = False
+    table_spawn_order: tuple[str, ...] = ()
 
     @property
     def tag(self) -> str:
@@ -197,6 +204,10 @@ V080 = Personality(
     scrub_subcommands=True,
     has_block_cmd=False,
     stats_db_engine=True,
+    offline_repair_runs_workers=True,
+    # model/garage.rs of v0.8.0 (source-audit); the k2v tables' inner order is [inf]
+    table_spawn_order=("bucket_v2", "bucket_alias", "key", "block_ref", "version", "bucket_object_counter",
+                       "object", "k2v_index_counter_v2", "k2v_item"),
 )
 
 V087 = Personality(

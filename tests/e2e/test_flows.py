@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 
 from garage_lab import traffic
@@ -38,24 +37,13 @@ def test_minimal_downtime_migration_keeps_every_acknowledged_write(make_lab, pre
     from flows.migration import minimal_downtime_migration
 
     lab = make_lab(version="0.7.3", zones=3, per_zone=1)
-    stop = threading.Event()
-    reports = []
-
-    def client():
-        while not stop.is_set():
-            reports.append(traffic.write(lab, duration=1.0, rate=10))
-    t = threading.Thread(target=client, daemon=True)
-    t.start()
-    try:
+    with traffic.Traffic(lab, rate=10) as tr:
         res = _run(minimal_downtime_migration, inventory=str(lab.dir / "inventory.yaml"), options=FAST,
                    auto_approve=True)
-    finally:
-        stop.set()
-        t.join(10)
     assert res["state"] == "done"
     truth = _truth(lab)
     assert {n["running_version"] for n in truth.values()} == {"0.8.7"}
-    assert sum(r.acknowledged for r in reports) > 0
+    assert tr.acknowledged > 0
     check = traffic.verify(lab)
     assert check["ok"], check
     from garage_migrate.ledger import Ledger

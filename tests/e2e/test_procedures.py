@@ -57,36 +57,6 @@ def _s3_reachable(addr: str) -> bool:
     return True
 
 
-class _Traffic:
-    """Client writes in a background thread for as long as the block runs."""
-
-    def __init__(self, lab):
-        self.lab = lab
-        self.stop = threading.Event()
-        self.reports: list[traffic.TrafficReport] = []
-        self.thread = threading.Thread(target=self._loop, daemon=True, name="e2e-traffic")
-
-    def _loop(self):
-        while not self.stop.is_set():
-            self.reports.append(traffic.write(self.lab, duration=1.0, rate=10))
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(15)
-
-    @property
-    def acknowledged(self) -> int:
-        return sum(r.acknowledged for r in self.reports)
-
-    @property
-    def refused(self) -> int:
-        return sum(r.refused for r in self.reports)
-
-
 # ---------------------------------------------------------------------------- Prefect helpers
 def _flow_runs(procedure: str, inventory: str) -> list:
     """This lab's flow runs of ``procedure`` (oldest first), read from the Prefect API."""
@@ -235,7 +205,7 @@ def _assert_buckets_match_ground_truth(lab, via: str, settle_s: float = 60.0) ->
         time.sleep(2.0)
 
 
-def _assert_end_state(lab, res: dict, procedure: str, target: str, tr: _Traffic) -> Ledger:
+def _assert_end_state(lab, res: dict, procedure: str, target: str, tr: traffic.Traffic) -> Ledger:
     """What issue 4's "Done when" asks of every finished migration."""
     assert res["state"] == "done", res
     led = Ledger.load(res["ledger"])
@@ -313,7 +283,7 @@ def _assert_one_zone_down_at_a_time(lab, led: Ledger) -> dict:
 @pytest.mark.timeout(600)
 def test_minimal_downtime_to_087_with_every_gate_resumed_through_the_api(make_lab, prefect_server):
     lab = make_lab(version="0.7.3", zones=ZONES, per_zone=PER_ZONE)
-    with _Traffic(lab) as tr:
+    with traffic.Traffic(lab) as tr:
         res, answerer, secs = _run_flow("minimal-downtime", lab, auto_approve=False)
     print(f"minimal-downtime 0.7.3 -> 0.8.7 with API approvals: {secs:.0f}s; acks {tr.acknowledged}, "
           f"refused {tr.refused}; resumed {[k for k, _ in answerer.resumed]}")
@@ -343,7 +313,7 @@ def _acks_between(lab, t0: float, t1: float) -> int:
 def test_simple_to_080_with_approvals_through_the_api(make_lab, prefect_server):
     lab = make_lab(version="0.7.3", zones=ZONES, per_zone=PER_ZONE)
     _retarget(lab, "0.8.0")
-    with _Traffic(lab) as tr:
+    with traffic.Traffic(lab) as tr:
         res, answerer, secs = _run_flow("simple", lab, auto_approve=False)
     print(f"simple 0.7.3 -> 0.8.0 with API approvals: {secs:.0f}s; acks {tr.acknowledged}, "
           f"refused {tr.refused}; resumed {[k for k, _ in answerer.resumed]}")
@@ -375,7 +345,7 @@ def test_simple_to_080_with_approvals_through_the_api(make_lab, prefect_server):
 @pytest.mark.timeout(600)
 def test_simple_to_087_auto_approve(make_lab, prefect_server):
     lab = make_lab(version="0.7.3", zones=ZONES, per_zone=PER_ZONE)
-    with _Traffic(lab) as tr:
+    with traffic.Traffic(lab) as tr:
         res, answerer, secs = _run_flow("simple", lab, auto_approve=True)
     print(f"simple 0.7.3 -> 0.8.7 auto-approve: {secs:.0f}s; acks {tr.acknowledged}, refused {tr.refused}")
     assert answerer.resumed == [] and not answerer.errors, "an auto-approved run paused"
@@ -386,34 +356,10 @@ def test_simple_to_087_auto_approve(make_lab, prefect_server):
 # The minimal-downtime 0.8.0 auto-approve migration is shared by two tests: its end state, and
 # a second run over the finished lab (so the second test does not need a lab of its own).
 @pytest.fixture(scope="module")
-def _module_labs(request, tmp_path_factory):
-    """Like tests/conftest.py's ``make_lab``, but the labs live for the whole module."""
-    from garage_lab.harness import Lab, LabSpec
-
-    conftest = next(p for p in request.config.pluginmanager.get_plugins()
-                    if getattr(p, "__file__", "") and Path(p.__file__) == Path(__file__).parents[1] / "conftest.py")
-    labs = []
-
-    def factory(**kw):
-        d = tmp_path_factory.mktemp("lab")
-        spec = LabSpec(dir=str(d), subnet=f"127.42.{next(conftest._subnets)}", ssh_port=2222, **kw)
-        lab = Lab.up(spec, timeout=60)
-        labs.append(lab)
-        return lab
-
-    yield factory
-    for lab in labs:
-        try:
-            lab.down()
-        except Exception as exc:  # noqa: BLE001
-            print(f"lab teardown failed for {lab.dir}: {exc}")
-
-
-@pytest.fixture(scope="module")
-def minimal_080_done(_module_labs, prefect_server):
-    lab = _module_labs(version="0.7.3", zones=ZONES, per_zone=PER_ZONE)
+def minimal_080_done(module_lab, prefect_server):
+    lab = module_lab(version="0.7.3", zones=ZONES, per_zone=PER_ZONE)
     _retarget(lab, "0.8.0")
-    with _Traffic(lab) as tr:
+    with traffic.Traffic(lab) as tr:
         res, answerer, secs = _run_flow("minimal-downtime", lab, auto_approve=True)
     print(f"minimal-downtime 0.7.3 -> 0.8.0 auto-approve: {secs:.0f}s; acks {tr.acknowledged}, refused {tr.refused}")
     return {"lab": lab, "res": res, "traffic": tr, "seconds": secs, "answerer": answerer}

@@ -111,37 +111,11 @@ def _traffic_entries(trees: dict) -> dict[str, str]:
     return out
 
 
-class _Traffic:
-    """Client writes (10/s, through the nodes in turn) in a background thread until stopped."""
-
-    def __init__(self, lab):
-        self.lab = lab
-        self.stop_event = threading.Event()
-        self.reports: list[traffic.TrafficReport] = []
-        self.thread = threading.Thread(target=self._loop, daemon=True, name="e2e-traffic")
-        self.stopped_at: float | None = None
-
-    def _loop(self):
-        while not self.stop_event.is_set():
-            self.reports.append(traffic.write(self.lab, duration=1.0, rate=10))
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def stop(self):
-        if self.stopped_at is None:
-            self.stop_event.set()
-            self.thread.join(30)
-            assert not self.thread.is_alive(), "the traffic thread did not stop"
-            self.stopped_at = time.time()
-
-
 class _Operator:
     """Plays the operator: injects the 0.8 start failure at the right moment, and answers the
     node-failure pause with ``rollback`` through the Prefect API."""
 
-    def __init__(self, lab, inventory: str, ledger_path: Path, tr: _Traffic):
+    def __init__(self, lab, inventory: str, ledger_path: Path, tr: traffic.Traffic):
         self.lab, self.inventory, self.ledger_path, self.tr = lab, inventory, ledger_path, tr
         self.fault_at: float | None = None
         self.resumed: list[tuple[str, float]] = []
@@ -198,7 +172,7 @@ class _Operator:
             finished.wait(0.1 if self.fault_at is None else 0.5)
 
 
-def _run_until_rolled_back(lab, tr: _Traffic):
+def _run_until_rolled_back(lab, tr: traffic.Traffic):
     """Run the flow (auto-approved) in a worker thread, play the operator in this one.
     Returns (final Prefect state, operator, seconds)."""
     from flows.migration import minimal_downtime_migration
@@ -238,7 +212,7 @@ def test_rollback_after_a_failed_08_start_restores_073_everywhere(make_lab, pref
     lab = make_lab(version=SOURCE, zones=3, per_zone=per_zone)
     names = [n["name"] for n in lab.nodes]
     zone_of = {n["name"]: n["zone"] for n in lab.nodes}
-    tr = _Traffic(lab).start()
+    tr = traffic.Traffic(lab).start()
     try:
         state, op, secs, led = _run_until_rolled_back(lab, tr)
     finally:

@@ -19,23 +19,17 @@ from garage_migrate.backup import engine
 from garage_migrate.errors import BackupError, LockHeldError
 from garage_migrate.inventory import load_inventory
 from garage_migrate.ssh import SshPool
-from tests.conftest import _subnets, service
+from tests.conftest import run, service
 
 MIGRATION = "m-test"
 CLUSTER = "lab"
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    from garage_lab.harness import Lab, LabSpec
-
-    spec = LabSpec(dir=str(tmp_path_factory.mktemp("backup-lab")), subnet=f"127.42.{next(_subnets)}",
-                   ssh_port=2222, version="0.7.3", zones=3, per_zone=1, meta_size=16 << 20)
-    lab = Lab.up(spec, timeout=90)
-    # until Lab.up installs them itself
-    shims.install(lab.dir)
-    yield lab
-    lab.down()
+def lab(module_lab):
+    lab = module_lab(version="0.7.3", zones=3, per_zone=1, meta_size=16 << 20, timeout=90)
+    shims.install(lab.dir)  # Lab.up installs them too; installing again is harmless
+    return lab
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +54,6 @@ def stopped(lab):
         service(lab, name, "start")
     if names:
         lab.wait_ready(60, prometheus=False)
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 120))
 
 
 class Node:

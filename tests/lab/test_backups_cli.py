@@ -23,7 +23,6 @@ from garage_migrate.cli import main
 from garage_migrate.inventory import load_inventory
 from garage_migrate.ledger import Ledger
 from garage_migrate.runtime import open_runtime
-from tests.conftest import _subnets
 
 # oldest first; the state each migration's ledger ends in, and the nodes backed up
 MIGRATIONS = {"m-old": ("done", ["node-a1", "node-b1"]),
@@ -33,14 +32,8 @@ MIGRATIONS = {"m-old": ("done", ["node-a1", "node-b1"]),
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    from garage_lab.harness import Lab, LabSpec
-
-    spec = LabSpec(dir=str(tmp_path_factory.mktemp("backups-cli-lab")), subnet=f"127.42.{next(_subnets)}",
-                   ssh_port=2222, version="0.7.3", zones=3, per_zone=1, meta_size=4 << 20)
-    lab = Lab.up(spec, timeout=90, wait_prometheus=False)
-    yield lab
-    lab.down()
+def lab(module_lab):
+    return module_lab(version="0.7.3", zones=3, per_zone=1, meta_size=4 << 20, timeout=90, wait_prometheus=False)
 
 
 @pytest.fixture(scope="module")

@@ -31,32 +31,23 @@ from garage_migrate.errors import (
 )
 from garage_migrate.inventory import Inventory, load_inventory
 from garage_migrate.ssh import NodeShell, Result, SshPool
-from tests.conftest import _subnets
+from tests.conftest import run
 
 # Test-only helpers allowed on top of the allow-list; migration code never gets these.
 TEST_EXTRAS = {"sh", "bash", "pgrep"}
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    from garage_lab.harness import Lab, LabSpec
-
-    spec = LabSpec(dir=str(tmp_path_factory.mktemp("ssh-lab")), subnet=f"127.42.{next(_subnets)}",
-                   ssh_port=2222, version="0.7.3")
-    lab = Lab.up(spec, timeout=60)
+def lab(module_lab):
+    lab = module_lab(version="0.7.3", timeout=60)
     (lab.dir / "tmp").mkdir()
-    yield lab
-    lab.down()
+    return lab
 
 
 @pytest.fixture(scope="module")
 def inv(lab) -> Inventory:
     # the inventory exactly as the lab wrote it: the loader must take the lab's format as is
     return load_inventory(lab.dir / "inventory.yaml")
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 120))
 
 
 def pool_for(inv: Inventory, **kw) -> SshPool:

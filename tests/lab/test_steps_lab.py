@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 
 import pytest
 
 from garage_migrate import backup_step, steps
 from garage_migrate.runtime import open_runtime
+from tests.conftest import run
 
 
 @pytest.fixture
 def make_lab(make_lab):
     return functools.partial(make_lab, wait_prometheus=False)
-
-
-def _run(coro_fn):
-    return asyncio.run(coro_fn())
 
 
 def _truth(lab, name):
@@ -49,7 +45,7 @@ def test_node_steps_are_idempotent_on_073_to_087(make_lab):
             out["start"].append(await steps.start_node(rt, node, "0.8.7"))
             out["final_truth"] = _truth(lab, node)
         return out
-    out = _run(scenario)
+    out = run(scenario(), limit=None)
     assert [r.status for r in out["stop"]] == ["done", "skipped"]
     assert out["stopped_truth"]["running_version"] is None and out["stopped_truth"]["lock_holder"] is None
     assert [r.status for r in out["backup"]] == ["done", "skipped"]  # the second one is reused
@@ -76,7 +72,7 @@ def test_start_refuses_08_without_a_backup_of_this_migration(make_lab):
             await steps.switch_binary(rt, node)
             with pytest.raises(steps.StepError, match="without a verified backup"):
                 await steps.start_node(rt, node, "0.8.7")
-    _run(scenario)
+    run(scenario(), limit=None)
     assert _truth(lab, node)["running_version"] is None
 
 
@@ -95,7 +91,7 @@ def test_offline_repair_with_the_daemon_running_is_lock_held_not_retried(make_la
             with pytest.raises(LockHeldError) as exc:
                 await steps.offline_repair(rt, node)
             return exc.value
-    err = _run(scenario)
+    err = run(scenario(), limit=None)
     assert err.code == "LOCK_HELD" and not is_transient(err)
 
 
@@ -119,7 +115,7 @@ def test_api_gate_port_cuts_and_restores_clients_idempotently(make_lab):
             closed = not s3_open()
             b = [await steps.set_api(rt, node["name"], True) for _ in range(2)]
             return a, closed, b
-    a, closed, b = _run(scenario)
+    a, closed, b = run(scenario(), limit=None)
     assert [r.status for r in a] == ["done", "skipped"] and closed
     assert [r.status for r in b] == ["done", "skipped"] and s3_open()
     assert _truth(lab, node["name"])["running_version"] == "0.7.3"

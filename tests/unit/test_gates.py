@@ -8,7 +8,6 @@ CLI sources get the recorded ``stats`` / ``worker list`` outputs through a fake
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import pickle
@@ -47,6 +46,7 @@ from garage_migrate.gates import (
     version_family,
 )
 from garage_migrate.ssh import Result
+from tests.conftest import run
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "garage"
 NODES = ("node-a1", "node-b1", "node-c1")
@@ -54,10 +54,6 @@ NODES = ("node-a1", "node-b1", "node-c1")
 
 def fixture(version: str, name: str) -> str:
     return (FIXTURES / version / f"{name}.txt").read_text()
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 def ok(node: str, **kw) -> NodeQueues:

@@ -1,0 +1,186 @@
+"""Running a lab's processes: the node daemons, sshd, Prometheus; readiness; teardown.
+
+Every process is started in its own session and recorded by PID (daemons by the service
+stand-in in ``run/``, sshd and Prometheus in ``lab.json``), so ``down`` kills exactly what the
+lab started, and then sweeps any process whose command line points into the lab directory
+(offline repairs, traffic, ssh sessions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from . import build, service
+from .garage.knobs import Faults
+from .garage.personality import PERSONALITIES
+from .spec import SSHD, LabError
+
+
+def start(lab, wait: bool, timeout: float, wait_prometheus: bool, t0: float) -> None:
+    """Start sshd, Prometheus and every node; with ``wait``, wait until the lab is ready.
+
+    On any failure everything started so far is taken down before the error propagates.
+    """
+    try:
+        start_sshd(lab)
+        start_prometheus(lab)
+        for node in lab.nodes:
+            service.start(lab.node_dir(node["name"]))
+        if wait:
+            wait_ready(lab, timeout=max(5.0, timeout - (time.monotonic() - t0)), prometheus=wait_prometheus)
+    except BaseException:
+        down(lab)
+        raise
+
+
+def start_sshd(lab) -> None:
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    pids = []
+    for k in range(len(build.sshd_shards(lab))):
+        cfg = build.sshd_config_path(lab, k)
+        check = subprocess.run([SSHD, "-t", "-f", str(cfg)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise LabError(f"sshd config rejected: {check.stderr.strip()}")
+        log = open(lab.dir / "ssh" / "sshd.log", "ab")
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+        pids.append(proc.pid)
+    lab.info["pids"]["sshd"] = pids[0]
+    lab.info["pids"]["sshd_shards"] = pids
+    lab.save()
+
+
+def sshd_pids(lab) -> list[int]:
+    pids = lab.info["pids"]
+    return pids.get("sshd_shards") or ([pids["sshd"]] if pids.get("sshd") else [])
+
+
+def reload_sshd(lab) -> None:
+    """Apply changed sshd configs (SIGHUP re-execs sshd; open sessions stay)."""
+    lab.write_sshd_config()
+    for pid in sshd_pids(lab):
+        if service.proc_alive(pid):
+            os.kill(pid, signal.SIGHUP)
+    time.sleep(0.3)
+
+
+def start_prometheus(lab) -> None:
+    prom = lab.dir / "prometheus"
+    log = open(prom / "prometheus.log", "ab")
+    proc = subprocess.Popen(
+        [shutil.which("prometheus") or "prometheus", f"--config.file={prom / 'prometheus.yml'}",
+         f"--storage.tsdb.path={prom / 'data'}", f"--web.listen-address={lab.spec.subnet}.254:{lab.spec.prometheus_port}",
+         "--storage.tsdb.retention.time=1d"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=str(prom))
+    lab.info["pids"]["prometheus"] = proc.pid
+    lab.save()
+
+
+def wait_ready(lab, timeout: float = 60.0, prometheus: bool = True) -> None:
+    """Wait until every node sees its same-version peers and Prometheus scrapes all nodes.
+
+    Raises:
+        LabError: not ready before ``timeout`` (the message says what is missing).
+    """
+    deadline = time.monotonic() + timeout
+    missing = "nothing checked yet"
+    while time.monotonic() < deadline:
+        missing = not_ready(lab, prometheus)
+        if not missing:
+            return
+        time.sleep(0.25)
+    raise LabError(f"lab not ready after {timeout:.0f}s: {missing}")
+
+
+def not_ready(lab, prometheus: bool = True) -> str:
+    st = lab.status()
+    for n in st["nodes"]:
+        if not n["running"]:
+            return f"{n['name']} is not running"
+        if n.get("peers_up") is None:
+            return f"{n['name']} does not answer RPC yet"
+        # nodes with the same RPC tag connect (all 0.8.x interoperate); 0.7 and 0.8 never do
+        same = [m for m in st["nodes"] if m["running"] and m["name"] != n["name"] and m["version"]
+                and PERSONALITIES[m["version"]].rpc_tag == PERSONALITIES[n["version"]].rpc_tag]
+        if n["peers_up"] < len(same):
+            return f"{n['name']} sees {n['peers_up']} of {len(same)} peers"
+    if not sshd_ready(lab):
+        return "sshd is not listening yet"
+    if not prometheus:
+        return ""
+    up = prometheus_up(lab)
+    want = sum(1 for n in st["nodes"] if n["running"])
+    if up != want:
+        return f"Prometheus reports {up} of {want} targets up"
+    return ""
+
+
+def sshd_ready(lab) -> bool:
+    """Whether sshd accepts connections on every non-refused node address."""
+    for n in lab.nodes:
+        if Faults.load(lab.node_dir(n["name"]) / "faults.json").find("ssh-refuse"):
+            continue
+        try:
+            socket.create_connection((n["addr"], lab.spec.ssh_port), timeout=0.5).close()
+        except OSError:
+            return False
+    return True
+
+
+def prometheus_up(lab) -> int:
+    """How many garage targets Prometheus reports as up (-1 if it does not answer)."""
+    import urllib.parse
+    import urllib.request
+
+    q = urllib.parse.quote('count(up{job="garage"} == 1)')
+    try:
+        with urllib.request.urlopen(f"{lab.prometheus_url}/api/v1/query?query={q}", timeout=2) as r:
+            res = json.loads(r.read())["data"]["result"]
+    except (OSError, ValueError, KeyError):
+        return -1
+    return int(float(res[0]["value"][1])) if res else 0
+
+
+def down(lab) -> list[int]:
+    """Kill every process of this lab; return the PIDs that were killed."""
+    killed = []
+    targets = []
+    for n in lab.nodes:
+        pid = service.main_pid(lab.node_dir(n["name"]))
+        if pid:
+            targets.append(pid)
+    for pid in sshd_pids(lab) + [lab.info["pids"].get("prometheus")]:
+        if pid and service.proc_alive(pid):
+            targets.append(pid)
+    # sweep: anything else started from this lab (offline repairs, traffic, ssh sessions)
+    marker = str(lab.dir) + "/"
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in (me,) or int(entry.name) in targets:
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd and service.proc_alive(int(entry.name)):
+            targets.append(int(entry.name))
+    for pid in targets:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            pass
+    for pid in killed:
+        service.wait_exit(pid, 5)
+    lab.info["pids"] = {}
+    lab.info["down"] = time.time()
+    lab.save()
+    (lab.dir / "lab.json").rename(lab.dir / "lab.down.json")
+    return killed

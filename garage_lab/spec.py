@@ -1,0 +1,81 @@
+"""What a lab is made of: its spec, its conventional ports, and the subnets labs live on.
+
+Every node of a lab listens on its own loopback address ``127.42.C.<n>`` with Garage's
+conventional ports (S3 3900, RPC 3901, web 3902, admin 3903); Prometheus listens on
+``127.42.C.254``. :data:`SUBNETS` is the one place that picks ``C``: the harness uses it when a
+spec leaves ``subnet`` empty, and so do the tests (through ``Lab.up``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SSHD = "/usr/sbin/sshd"
+ZONE_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+PORT_S3, PORT_RPC, PORT_WEB, PORT_ADMIN = 3900, 3901, 3902, 3903
+SSHD_MAX_LISTEN = 16  # OpenSSH's MAX_LISTEN_SOCKS
+
+
+class LabError(Exception):
+    """The lab could not be brought up, inspected or torn down."""
+
+
+@dataclass
+class LabSpec:
+    """What ``garage-lab up`` builds."""
+
+    dir: str
+    zones: int = 3
+    per_zone: int = 2
+    version: str = "0.7.3"
+    meta_size: int = 0
+    subnet: str = ""  # "127.42.C"; empty: the next free one from SUBNETS
+    ssh_port: int = 2222
+    seed: str = "garage-lab"
+    buckets: int = 8
+    objects_per_bucket: int = 24
+    unsynced: int = 4  # objects missing from one replica, so `repair tables` has work to do
+    metrics_token: str | None = None  # None: generate one; "": no token
+    admin_token: str | None = None
+    prometheus_port: int = 9090
+    knobs: dict = field(default_factory=dict)
+
+
+class SubnetAllocator:
+    """Hands out ``127.42.C`` subnets whose first node address is free, never one twice.
+
+    Each process starts at its own offset (from its PID) and moves on after every pick, so
+    the labs of one test run, and those of other runs on the same machine, do not collide even
+    before a picked lab has bound its addresses.
+    """
+
+    LOW, HIGH = 20, 250
+
+    def __init__(self, start: int | None = None):
+        span = self.HIGH - self.LOW
+        self._next = (os.getpid() if start is None else start) % span
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        span = self.HIGH - self.LOW
+        for _ in range(span):
+            c = self.LOW + self._next % span
+            self._next += 1
+            s = socket.socket()
+            try:
+                s.bind((f"127.42.{c}.1", PORT_RPC))
+            except OSError:
+                continue
+            finally:
+                s.close()
+            return f"127.42.{c}"
+        raise LabError(f"no free 127.42.C.0/24 subnet for a lab (C in {self.LOW}..{self.HIGH - 1})")
+
+
+SUBNETS = SubnetAllocator()
