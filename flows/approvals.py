@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import Literal
 
 import pydantic
@@ -38,6 +37,7 @@ from prefect.states import Paused
 from prefect.utilities.engine import propose_state
 
 from garage_migrate.errors import MigrationAborted, SupersededError
+from garage_migrate.executor import Answer
 
 NOTE = pydantic.Field("", title="Note", description="Why (kept in the ledger and the report).")
 
@@ -74,17 +74,6 @@ class NodeFailureDecision(RunInput):
         title="Decision", description="retry: start the failed nodes on 0.8 again; rollback: every node back "
                                       "to 0.7 from its verified backup")
     note: str = NOTE
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A person's answer to one pause."""
-
-    action: str
-    note: str
-    pause_key: str
-    flow_run_id: str
-    sender: str | None = None
 
 
 def pause_key(gate: str, token: str, n: int) -> str:
@@ -185,3 +174,21 @@ class Asker:
             names = ", ".join(s.name or s.type.value for s in moved)
             raise SupersededError(f"the flow run left its pause through {names} (a retry, a crash or a cancel): "
                                   f"this process stops and touches nothing")
+
+
+#: the form each kind of executor decision is asked with
+FORMS: dict[str, type[RunInput]] = {"approval": Approval, "gate": GateDecision, "counters": CountersDecision,
+                                    "flip-failure": NodeFailureDecision}
+
+
+class PrefectDecider:
+    """The executor's :class:`~garage_migrate.executor.Decider` in a flow run: pauses through
+    :class:`Asker` with the kind's form, for at most ``pause_timeout`` seconds."""
+
+    def __init__(self, asker: Asker, pause_timeout: float):
+        self.asker = asker
+        self.pause_timeout = pause_timeout
+
+    async def ask(self, kind: str, key: str, description: str) -> Answer:
+        """See :meth:`garage_migrate.executor.Decider.ask`."""
+        return await self.asker.ask(FORMS[kind], key, description, self.pause_timeout)

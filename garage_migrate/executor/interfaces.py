@@ -1,0 +1,171 @@
+"""What the executor is given: the interfaces its callers implement (no Prefect here).
+
+- :class:`StepRunner` runs one engine step (a Prefect task in the flows, so task retries
+  still work; :class:`EngineSteps` calls the engine directly).
+- :class:`Decider` asks a person, or answers by rule (the Prefect pause in the flows, the
+  terminal prompt in the CLI, a script in tests). The *reuse rule* is not the decider's: it
+  lives in :mod:`garage_migrate.executor.decisions`.
+- :class:`Reporter` publishes progress, the ledger table and markdown (Prefect artifacts in
+  the flows; :class:`NullReporter` otherwise).
+- The clock is :class:`garage_migrate.gates.Clock` (monotonic time and sleeping).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from .. import backup_step, runtime, steps
+from ..gates import GateOutcome
+from ..plan import MigrationOptions
+from ..steps import Runtime, StepResult
+
+DecisionKind = Literal["approval", "gate", "counters", "flip-failure"]
+
+#: the answers each kind of decision accepts; none of them is a default
+ACTIONS: dict[str, tuple[str, ...]] = {
+    "approval": ("approve", "abort"),
+    "gate": ("wait_more", "proceed_anyway", "abort"),
+    "counters": ("proceed_anyway", "abort"),
+    "flip-failure": ("retry", "rollback"),
+}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A person's answer to one question.
+
+    Attributes:
+        action: one of :data:`ACTIONS` for the question's kind.
+        note: why (kept in the ledger and the report).
+        pause_key: the key the question was asked under.
+        flow_run_id: the run that asked (empty outside Prefect).
+        sender: who answered, when known.
+    """
+
+    action: str
+    note: str
+    pause_key: str
+    flow_run_id: str
+    sender: str | None = None
+
+
+class Decider(Protocol):
+    """Asks a person one question and returns only a real answer."""
+
+    async def ask(self, kind: DecisionKind, key: str, description: str) -> Answer:
+        """Ask question ``key`` of ``kind`` (``description`` is markdown) and wait for the answer.
+
+        Raises:
+            MigrationAborted: nobody answered in time (not approved, nothing done).
+            SupersededError: the run was taken over while waiting.
+        """
+        ...
+
+
+class Reporter(Protocol):
+    """Publishes what the executor does (artifacts in Prefect)."""
+
+    async def plan(self, migration_id: str, markdown: str, description: str) -> None:
+        """Publish the plan (``markdown``)."""
+        ...
+
+    async def progress(self, migration_id: str, phase: str, percent: float, rows: list[dict]) -> None:
+        """Publish the progress (0-100) and the ledger table after ``phase``."""
+        ...
+
+    async def report(self, migration_id: str, markdown: str, description: str) -> None:
+        """Publish the final report (or why there was nothing to do)."""
+        ...
+
+
+class NullReporter:
+    """A reporter that publishes nothing (the log and the ledger still say everything)."""
+
+    async def plan(self, migration_id: str, markdown: str, description: str) -> None:
+        """See :meth:`Reporter.plan`."""
+
+    async def progress(self, migration_id: str, phase: str, percent: float, rows: list[dict]) -> None:
+        """See :meth:`Reporter.progress`."""
+
+    async def report(self, migration_id: str, markdown: str, description: str) -> None:
+        """See :meth:`Reporter.report`."""
+
+
+class StepRunner(Protocol):
+    """Runs one engine step; the signatures are those of the Prefect tasks in ``tasks``."""
+
+    async def preflight(self, rt: Runtime, node: str) -> StepResult: ...
+    async def set_api(self, rt: Runtime, node: str | None, enabled: bool) -> StepResult: ...
+    async def launch_repair(self, rt: Runtime, what: str) -> StepResult: ...
+    async def stop_node(self, rt: Runtime, node: str) -> StepResult: ...
+    async def start_node(self, rt: Runtime, node: str, version: str) -> StepResult: ...
+    async def wait_healthy(self, rt: Runtime, nodes: list[str], scope: str) -> StepResult: ...
+    async def backup_metadata(self, rt: Runtime, node: str) -> StepResult: ...
+    async def stage_binary(self, rt: Runtime, node: str) -> StepResult: ...
+    async def switch_binary(self, rt: Runtime, node: str, to: str = "target") -> StepResult: ...
+    async def offline_repair(self, rt: Runtime, node: str) -> StepResult: ...
+    async def check_counters(self, rt: Runtime) -> StepResult: ...
+    async def restore_node(self, rt: Runtime, node: str) -> StepResult: ...
+    async def sync_gate(self, rt: Runtime, opts: MigrationOptions, name: str) -> GateOutcome: ...
+    async def observe_once(self, rt: Runtime) -> dict[str, tuple[str, ...]]: ...
+
+
+class EngineSteps:
+    """A :class:`StepRunner` that calls the engine directly (no retries, no Prefect)."""
+
+    async def preflight(self, rt: Runtime, node: str) -> StepResult:
+        """:func:`garage_migrate.steps.preflight`."""
+        return await steps.preflight(rt, node)
+
+    async def set_api(self, rt: Runtime, node: str | None, enabled: bool) -> StepResult:
+        """:func:`garage_migrate.steps.set_api`."""
+        return await steps.set_api(rt, node, enabled)
+
+    async def launch_repair(self, rt: Runtime, what: str) -> StepResult:
+        """:func:`garage_migrate.steps.launch_repair`."""
+        return await steps.launch_repair(rt, what)
+
+    async def stop_node(self, rt: Runtime, node: str) -> StepResult:
+        """:func:`garage_migrate.steps.stop_node`."""
+        return await steps.stop_node(rt, node)
+
+    async def start_node(self, rt: Runtime, node: str, version: str) -> StepResult:
+        """:func:`garage_migrate.steps.start_node`."""
+        return await steps.start_node(rt, node, version)
+
+    async def wait_healthy(self, rt: Runtime, nodes: list[str], scope: str) -> StepResult:
+        """:func:`garage_migrate.steps.wait_healthy`."""
+        return await steps.wait_healthy(rt, nodes)
+
+    async def backup_metadata(self, rt: Runtime, node: str) -> StepResult:
+        """:func:`garage_migrate.backup_step.backup_metadata`."""
+        return await backup_step.backup_metadata(rt, node)
+
+    async def stage_binary(self, rt: Runtime, node: str) -> StepResult:
+        """:func:`garage_migrate.steps.stage_binary`."""
+        return await steps.stage_binary(rt, node)
+
+    async def switch_binary(self, rt: Runtime, node: str, to: str = "target") -> StepResult:
+        """:func:`garage_migrate.steps.switch_binary`."""
+        return await steps.switch_binary(rt, node, to)
+
+    async def offline_repair(self, rt: Runtime, node: str) -> StepResult:
+        """:func:`garage_migrate.steps.offline_repair`."""
+        return await steps.offline_repair(rt, node)
+
+    async def check_counters(self, rt: Runtime) -> StepResult:
+        """:func:`garage_migrate.steps.check_counters`."""
+        return await steps.check_counters(rt)
+
+    async def restore_node(self, rt: Runtime, node: str) -> StepResult:
+        """:func:`garage_migrate.backup_step.restore_node`."""
+        return await backup_step.restore_node(rt, node)
+
+    async def sync_gate(self, rt: Runtime, opts: MigrationOptions, name: str) -> GateOutcome:
+        """:func:`garage_migrate.runtime.run_sync_gate`."""
+        return await runtime.run_sync_gate(rt, opts, name)
+
+    async def observe_once(self, rt: Runtime) -> dict[str, tuple[str, ...]]:
+        """:func:`garage_migrate.runtime.observe_once`."""
+        return await runtime.observe_once(rt)

@@ -1,0 +1,87 @@
+"""One run of a migration, from an open runtime to its final ledger state (no Prefect).
+
+The flows and the CLI supply the cluster lock (how a run identifies itself is theirs), the
+decider (which needs the lock's token and supersession signal), the step runner and the
+reporter; this module decides what a run does:
+
+- a dry run publishes the plan, runs the preflight and writes nothing;
+- a migration already ``done`` or ``rolled-back`` does nothing and says so;
+- otherwise the cluster lock is taken before any command that changes anything, the plan is
+  executed, and the ledger ends ``done`` (lock released), ``failed`` (lock held: the cluster
+  is half-way) or ``rolled-back`` (lock released). A superseded run writes nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from ..cluster_lock import ClusterLock
+from ..errors import SupersededError
+from ..gates import Clock
+from ..plan import MigrationOptions, MigrationPlan
+from ..steps import Runtime
+from .interfaces import Decider, Reporter, StepRunner
+from .run import Executor
+
+
+async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions, *, dry_run: bool,
+                        hold: Callable[[], Awaitable[ClusterLock]], decider_for: Callable[[ClusterLock], Decider],
+                        steps: StepRunner, reporter: Reporter, clock: Clock | None = None,
+                        auto_approve: bool = False, log: logging.Logger | logging.LoggerAdapter | None = None) -> dict:
+    """Run ``plan`` as the module docstring says and return the run's summary.
+
+    Args:
+        rt: the open runtime of this migration.
+        plan: its plan.
+        opts: the options the plan was made with.
+        dry_run: change nothing, write no ledger.
+        hold: takes the cluster lock (raises ``ClusterLockedError`` when refused).
+        decider_for: the decider of this run, given its lock.
+        steps: the step runner.
+        reporter: publishes plan, progress and report.
+        clock: time for the watch window.
+        auto_approve: approve clean approvals by rule.
+        log: the run's logger.
+    """
+    log = log or rt.log
+    led = rt.ledger
+    log.info("plan %s (%s):\n%s", plan.migration_id, plan.digest(), plan.to_text())
+    if dry_run:
+        await reporter.plan(plan.migration_id, plan.to_markdown(), "Dry run: the plan (nothing was changed)")
+        for n in rt.facts.nodes:
+            await steps.preflight(rt, n.name)
+        return {"migration_id": plan.migration_id, "dry_run": True, "plan_digest": plan.digest()}
+    if led.data.get("state") in ("done", "rolled-back"):
+        msg = f"migration {plan.migration_id} is already {led.data['state']}: nothing to do"
+        if led.data["state"] == "rolled-back":
+            # its backups, steps and decisions belong to the attempt that was rolled back:
+            # reusing them would restore stale backups and lose every write since
+            msg += " (start a new attempt with a new migration_id)"
+        log.info(msg)
+        await led.event("rerun", msg)
+        await reporter.report(plan.migration_id, f"**{msg}** (ledger `{led.path}`)", "Nothing to do")
+        return {"migration_id": plan.migration_id, "ledger": str(led.path), "state": led.data["state"],
+                "changed": False}
+    lock = await hold()  # the cluster lock, before any command that changes anything
+    executor = Executor(rt, plan, opts, steps=steps, decider=decider_for(lock), reporter=reporter, clock=clock,
+                        auto_approve=auto_approve, log=log)
+    try:
+        await executor.run()
+    except SupersededError:
+        await lock.stop_heartbeats()
+        raise
+    except BaseException as exc:
+        await lock.stop_heartbeats()
+        # a rollback already set its own final state: keep it, record the error beside it
+        rolled_back = led.refresh().get("state") == "rolled-back"
+        try:
+            await led.set(state="rolled-back" if rolled_back else "failed", error=f"{type(exc).__name__}: {exc}")
+            if rolled_back:
+                await lock.release()
+        except SupersededError:
+            pass  # taken over meanwhile: the new run owns the ledger
+        raise
+    await led.set(state="done", error=None)
+    await lock.release()
+    return {"migration_id": plan.migration_id, "ledger": str(led.path), "state": "done", "changed": True}

@@ -1,0 +1,237 @@
+"""The executor: runs a :class:`~garage_migrate.plan.MigrationPlan` phase by phase, wave by wave.
+
+Prefect-free: every side effect goes through the injected :class:`StepRunner` (Prefect tasks
+in the flows), every question through :class:`Decisions` over an injected :class:`Decider`,
+every publication through a :class:`Reporter`, and the watch window's time through a
+:class:`~garage_migrate.gates.Clock`.
+
+Guarantees (issue 8):
+
+- every node step records ``running`` in the fenced ledger before it runs, and every cluster
+  step checks the ledger holder first: a superseded process raises
+  :class:`~garage_migrate.errors.SupersededError` before it acts, and is never asked about a
+  failure;
+- a step the ledger records as done in this migration is skipped (and the log says why);
+- a run whose plan changed since the last run records a ``replan`` event; approvals given for
+  the old plan are asked again (see :mod:`.decisions`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+
+from ..errors import MigrationAborted, SupersededError
+from ..gates import Clock, SystemClock
+from ..plan import MigrationOptions, MigrationPlan, Phase, Step, Wave
+from ..runtime import watch_report
+from ..steps import Runtime, StepResult
+from .decisions import Decisions
+from .interfaces import Decider, NullReporter, Reporter, StepRunner
+from .rollback import rollback_all
+
+
+class Executor:
+    """Executes one plan for one run.
+
+    Args:
+        rt: the runtime (inventory, shells, ledger, facts).
+        plan: the plan to execute.
+        opts: the options the plan was made with (gate deadlines, watch window, fan-out).
+        steps: runs each engine step (the Prefect tasks in the flows).
+        decider: asks a person.
+        reporter: publishes progress and reports.
+        clock: time for the watch window.
+        auto_approve: approve clean approvals by rule.
+        log: the run's logger (default: the runtime's).
+    """
+
+    def __init__(self, rt: Runtime, plan: MigrationPlan, opts: MigrationOptions, *, steps: StepRunner,
+                 decider: Decider, reporter: Reporter | None = None, clock: Clock | None = None,
+                 auto_approve: bool = False, log: logging.Logger | logging.LoggerAdapter | None = None):
+        self.rt = rt
+        self.plan = plan
+        self.opts = opts
+        self.steps = steps
+        self.reporter = reporter or NullReporter()
+        self.clock = clock or SystemClock()
+        self.log = log or rt.log
+        self.decisions = Decisions(rt.ledger, decider, plan.digest(), auto_approve, self.log)
+        self.step_kinds = list(OrderedDict.fromkeys(f"{ph.name}:{s.kind}" for ph in plan.phases for w in ph.waves
+                                                    for s in w.steps if s.node is not None))
+
+    async def decide(self, kind, key: str, description: str, clean: bool) -> str:
+        """See :meth:`Decisions.decide`."""
+        return await self.decisions.decide(kind, key, description, clean)
+
+    # ------------------------------------------------------------------ execution
+    async def run(self) -> None:
+        """Execute every phase of the plan, recording each step in the ledger."""
+        led, digest = self.rt.ledger, self.plan.digest()
+        previous = led.data.get("plan_digest")
+        if previous and previous != digest:
+            # a resumed run re-plans from what the nodes are now (some already on 0.8); the steps
+            # the ledger records as done are skipped, so the new plan only fills the gaps
+            await led.event("replan", f"plan changed since the last run ({previous} -> {digest})")
+        if led.data.get("error"):
+            await led.event("previous-error", f"the previous attempt failed: {led.data['error']}")
+        await led.set(plan_digest=digest, state="running", error=None)
+        await self.reporter.plan(self.plan.migration_id, self.plan.to_markdown(), "The migration plan")
+        for phase in self.plan.phases:
+            await led.event("phase", f"start {phase.name}")
+            for wave in phase.waves:
+                await self.run_wave(phase, wave)
+            await led.event("phase", f"end {phase.name}")
+            await self.reporter.progress(self.plan.migration_id, phase.name,
+                                         led.progress(self.plan.node_step_count), led.table_rows(self.step_kinds))
+
+    async def run_wave(self, phase: Phase, wave: Wave) -> None:
+        """Cluster steps first, then each node's steps in order, the nodes concurrently."""
+        for s in wave.steps:
+            if s.node is None:
+                await self.run_cluster_step(phase, s)
+        by_node: dict[str, list[Step]] = OrderedDict()
+        for s in wave.steps:
+            if s.node is not None:
+                by_node.setdefault(s.node, []).append(s)
+        if not by_node:
+            return
+        sem = asyncio.Semaphore(self.opts.fanout.max_parallel_nodes)
+
+        async def node_sequence(node: str, seq: list[Step]):
+            async with sem:
+                for s in seq:
+                    await self.run_recorded(phase, s)
+        results = await asyncio.gather(*(node_sequence(n, seq) for n, seq in by_node.items()), return_exceptions=True)
+        failed = {n: r for n, r in zip(by_node, results) if isinstance(r, BaseException)}
+        for r in failed.values():
+            if isinstance(r, SupersededError):
+                raise r  # taken over: never ask about a failure, never act again
+        if failed and phase.name == "flip" and wave.name == "start":
+            await self.flip_failed(failed)
+        elif failed:
+            self.log.error("wave %s failed on %s", wave.name, ", ".join(f"{n}: {e}" for n, e in failed.items()))
+            raise next(iter(failed.values()))
+
+    async def run_recorded(self, phase: Phase, s: Step) -> None:
+        """One node step: skipped when done earlier, else ``running`` (fenced) then its result."""
+        led, node, key = self.rt.ledger, s.node, f"{phase.name}:{s.kind}"
+        if led.step_done(node, key):
+            self.log.info("[%s] %s: skipped: done earlier in this migration (ledger)", node, key)
+            return
+        await led.record_step(node, key, "running")  # raises in a superseded process: it never acts
+        try:
+            res = await self.run_node_step(s)
+        except BaseException as exc:
+            await led.record_step(node, key, "failed", f"{type(exc).__name__}: {exc}",
+                                  code=str(getattr(exc, "code", "FAILED")))
+            raise
+        await led.record_step(node, key, res.status, res.detail)
+
+    async def run_node_step(self, s: Step) -> StepResult:
+        """Dispatch a node step to the step runner."""
+        rt, n, T = self.rt, s.node, self.steps
+        match s.kind:
+            case "preflight":
+                return await T.preflight(rt, n)
+            case "disable-api" | "enable-api":
+                return await T.set_api(rt, n, s.kind == "enable-api")
+            case "stop":
+                return await T.stop_node(rt, n)
+            case "start":
+                return await T.start_node(rt, n, s.arg("version"))
+            case "backup":
+                return await T.backup_metadata(rt, n)
+            case "stage":
+                return await T.stage_binary(rt, n)
+            case "switch":
+                return await T.switch_binary(rt, n, "target")
+            case "offline-repair":
+                return await T.offline_repair(rt, n)
+        raise ValueError(f"no node task for step {s.kind}")
+
+    async def run_cluster_step(self, phase: Phase, s: Step):
+        """Dispatch a cluster step (repair, gates, approvals, health, counters, watch)."""
+        rt = self.rt
+        rt.ledger.check_holder()  # a superseded run never launches anything on the cluster
+        match s.kind:
+            case "repair":
+                return await self.steps.launch_repair(rt, s.arg("what"))
+            case "sync-gate":
+                return await self.sync_gate(s.arg("gate"))
+            case "approval":
+                key = f"approve-{s.arg('gate')}"
+                md = (f"**{phase.title}**\n\n" + self.plan.to_markdown(from_phase=self._next_phase(phase).name)
+                      + "\n\n#### Cluster facts\n" + rt.facts.to_markdown())
+                if await self.decide("approval", key, md, clean=True) == "abort":
+                    raise MigrationAborted(f"aborted at {key}")
+                return None
+            case "wait-healthy":
+                scope = s.arg("scope")
+                nodes = [n.name for n in rt.facts.nodes if scope == "all" or n.zone == scope]
+                return await self.steps.wait_healthy(rt, nodes, scope)
+            case "check-counters":
+                res = await self.steps.check_counters(rt)
+                if res.status != "done":
+                    md = f"**Bucket counters look wrong**\n\n{res.detail}\n\nProceed anyway (recorded) or abort."
+                    if await self.decide("counters", "counters", md, clean=False) == "abort":
+                        raise MigrationAborted("aborted at the counters check")
+                return res
+            case "watch":
+                return await self.watch()
+        raise ValueError(f"no cluster task for step {s.kind}")
+
+    def _next_phase(self, phase: Phase) -> Phase:
+        names = [p.name for p in self.plan.phases]
+        return self.plan.phases[min(names.index(phase.name) + 1, len(names) - 1)]
+
+    async def sync_gate(self, name: str):
+        """Run sync gate ``name`` until it passes or a person decides (wait more / proceed / abort)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome = await self.steps.sync_gate(self.rt, self.opts, f"sync-{name}")
+            await self.rt.ledger.record_gate(f"sync-{name}", status=outcome.status, attempt=attempt,
+                                             reasons=list(outcome.reasons))
+            if outcome.status == "passed":
+                return outcome
+            decision = await self.decide("gate", f"sync-{name}-{attempt}", outcome.render_markdown(), clean=False)
+            if decision == "abort":
+                raise MigrationAborted(f"aborted at sync gate {name}")
+            if decision == "proceed_anyway":
+                await self.rt.ledger.event("proceed-anyway", f"sync gate {name} did not pass",
+                                           reasons=list(outcome.reasons))
+                return outcome
+
+    async def flip_failed(self, failed: dict) -> None:
+        """A node did not come up on 0.8 after the simultaneous restart: retry it or roll back."""
+        attempt = 0
+        while failed:
+            attempt += 1
+            md = ("**Nodes failed to start on 0.8** after the simultaneous restart; the cluster must not stay "
+                  "split across versions.\n\n" + "\n".join(f"- {n}: {e}" for n, e in failed.items()))
+            decision = await self.decide("flip-failure", f"flip-failure-{attempt}", md, clean=False)
+            if decision == "rollback":
+                await rollback_all(self.rt, self.steps)
+                raise MigrationAborted("rolled back every node to 0.7 after a failed 0.8 start")
+            self.rt.ledger.check_holder()
+            results = await asyncio.gather(*(self.steps.start_node(self.rt, n, self.plan.target_version)
+                                             for n in failed), return_exceptions=True)
+            for n, r in zip(list(failed), results):
+                if not isinstance(r, BaseException):
+                    await self.rt.ledger.record_step(n, "flip:start", r.status, r.detail, retried=attempt)
+            failed = {n: r for n, r in zip(list(failed), results) if isinstance(r, BaseException)}
+
+    async def watch(self) -> str:
+        """The post-upgrade watch window (timed by the injected clock), ending in a report."""
+        end = self.clock.monotonic() + self.opts.watch_s
+        samples = []
+        while True:
+            samples.append(await self.steps.observe_once(self.rt))
+            if self.clock.monotonic() >= end:
+                break
+            await self.clock.sleep(min(5.0, max(0.5, self.opts.watch_s / 10)))
+        md = watch_report(self.rt, samples)
+        await self.reporter.report(self.plan.migration_id, md, "Final report")
+        return md
