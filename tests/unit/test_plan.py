@@ -4,38 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from garage_migrate.discovery import ClusterFacts, NodeFacts
 from garage_migrate.errors import PlanError
-from garage_migrate.facts import parse_config, parse_version
-from garage_migrate.inventory import parse_inventory
 from garage_migrate.plan import FanoutPolicy, MigrationOptions, make_plan
 
-SHA = "a" * 64
+from builders import inventory_and_facts
 
 
 def _inventory(zones: dict[str, int], mode: str = "3"):
-    nodes = []
-    i = 0
-    for z, n in zones.items():
-        for k in range(n):
-            i += 1
-            nodes.append(f"  - {{name: n{i}, host: 10.0.0.{i}, zone: {z}}}")
-    text = f"""
-cluster: test
-ssh: {{user: root, known_hosts: /tmp/known_hosts}}
-backup: {{root: /var/backups/garage}}
-target: {{version: 0.8.7, binary: /tmp/garage, sha256: {SHA}}}
-nodes:
-""" + "\n".join(nodes) + "\n"
-    inv = parse_inventory(text)
-    facts = []
-    for node in inv.resolved_nodes():
-        cfg = parse_config(f'metadata_dir = "/var/lib/garage/meta"\ndata_dir = "/var/lib/garage/data"\n'
-                           f'replication_mode = "{mode}"\nrpc_bind_addr = "[::]:3901"\n'
-                           f'rpc_secret = "{"0" * 64}"\n[s3_api]\ns3_region = "garage"\napi_bind_addr = "[::]:3900"\n')
-        facts.append(NodeFacts(node.name, node.host, node.zone, f"{int(node.name[1:]):064x}", cfg, True,
-                               parse_version("garage v0.7.3"), parse_version("garage v0.7.3"), "/usr/local/bin/garage"))
-    return inv, ClusterFacts(tuple(facts), None, None)
+    return inventory_and_facts(zones, mode)
 
 
 def test_simple_plan_follows_the_guide_order():

@@ -14,9 +14,12 @@ FORBIDDEN = ("prefect", "garage_lab", "flows", "tasks")
 PROBE = """
 import importlib.util, json, sys
 sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[2].rsplit('/', 1)[0])  # as pytest's prepend import mode does
 for path in sys.argv[2:]:
-    spec = importlib.util.spec_from_file_location("unit_probe_" + path.rsplit("/", 1)[-1][:-3], path)
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    name = "unit_probe_" + path.rsplit("/", 1)[-1][:-3]
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+    spec.loader.exec_module(mod)
 print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
 """
 

@@ -1,0 +1,339 @@
+"""Every branch of the executor, Prefect-free: a scripted step runner, a scripted decider, a
+fake clock, a real ledger in a temp dir (issue 9 §6).
+
+The step runner records each call instead of touching a node; the decider answers from a
+script and records each question; the clock advances when slept on, so no test waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from garage_migrate.errors import MigrationAborted, StepError, SupersededError
+from garage_migrate.executor import Answer, EngineSteps, Executor
+from garage_migrate.gates import FakeClock, GateOutcome
+from garage_migrate.ledger import Ledger
+from garage_migrate.plan import MigrationOptions, make_plan
+from garage_migrate.steps import Runtime, StepResult
+
+from builders import inventory_and_facts
+
+OPTS = MigrationOptions(watch_s=10.0)
+MID = "m1"
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+class FakeSteps(EngineSteps):
+    """A step runner that records ``(step, node, arg)`` and acts on nothing.
+
+    Args:
+        gates: the statuses the sync gates return, in order (then ``passed``).
+        counters: the status ``check_counters`` returns.
+        start_failures: node -> how many of its 0.8 starts fail first.
+        on_call: called with each call tuple before it is recorded (to script a takeover).
+    """
+
+    def __init__(self, gates=(), counters="done", start_failures=None, on_call=None):
+        self.calls: list[tuple] = []
+        self.gates = list(gates)
+        self.counters = counters
+        self.start_failures = dict(start_failures or {})
+        self.on_call = on_call
+
+    def _rec(self, *call) -> None:
+        if self.on_call is not None:
+            self.on_call(call)
+        self.calls.append(call)
+
+    def acts(self) -> list[tuple]:
+        """The calls that would change a node (everything but observations and gates)."""
+        return [c for c in self.calls if c[0] not in ("preflight", "sync_gate", "observe_once", "wait_healthy",
+                                                      "check_counters")]
+
+    async def _done(self, step: str, node, arg=None) -> StepResult:
+        self._rec(step, node, arg)
+        return StepResult(step, node, "done")
+
+    async def preflight(self, rt, node): return await self._done("preflight", node)
+    async def set_api(self, rt, node, enabled): return await self._done("set_api", node, enabled)
+    async def launch_repair(self, rt, what): return await self._done("launch_repair", None, what)
+    async def stop_node(self, rt, node): return await self._done("stop_node", node)
+    async def wait_healthy(self, rt, nodes, scope): return await self._done("wait_healthy", None, scope)
+    async def backup_metadata(self, rt, node): return await self._done("backup_metadata", node)
+    async def stage_binary(self, rt, node): return await self._done("stage_binary", node)
+    async def switch_binary(self, rt, node, to="target"): return await self._done("switch_binary", node, to)
+    async def offline_repair(self, rt, node): return await self._done("offline_repair", node)
+    async def restore_node(self, rt, node): return await self._done("restore_node", node)
+
+    async def start_node(self, rt, node, version):
+        self._rec("start_node", node, version)
+        if version == "0.8.7" and self.start_failures.get(node, 0) > 0:
+            self.start_failures[node] -= 1
+            raise StepError("did not answer as 0.8.7", node=node)
+        return StepResult("start", node, "done")
+
+    async def check_counters(self, rt):
+        self._rec("check_counters", None, None)
+        return StepResult("check-counters", None, self.counters, "bucket b1: 3 objects counted, 5 in the table")
+
+    async def sync_gate(self, rt, opts, name):
+        self._rec("sync_gate", None, name)
+        status = self.gates.pop(0) if self.gates else "passed"
+        return GateOutcome(gate=name, status=status, passes=0 if status != "passed" else opts.gate_consecutive,
+                           required=opts.gate_consecutive, elapsed=1.0, deadline=opts.gate_deadline_s, last={},
+                           reasons=() if status == "passed" else ("n1: resync queue 12",))
+
+    async def observe_once(self, rt):
+        self._rec("observe_once", None, None)
+        return {n.name: () for n in rt.facts.nodes}
+
+
+class ScriptedDecider:
+    """Answers questions from ``answers`` (gate key prefix -> actions in order) and records them."""
+
+    def __init__(self, **answers: list[str]):
+        self.answers = {k.replace("_", "-"): list(v) for k, v in answers.items()}
+        self.asked: list[tuple[str, str]] = []
+
+    async def ask(self, kind, key, description):
+        self.asked.append((kind, key))
+        for prefix, actions in self.answers.items():
+            if key.startswith(prefix) and actions:
+                return Answer(action=actions.pop(0), note=f"scripted {kind}", pause_key=f"{key}-p", flow_run_id="fr")
+        raise AssertionError(f"unexpected question {kind} {key}")
+
+
+def _setup(tmp_path, procedure="minimal-downtime", versions=None, per_zone=1):
+    inv, facts = inventory_and_facts({"dc1": per_zone, "dc2": per_zone, "dc3": per_zone}, versions=versions,
+                                     backup_root=str(tmp_path))
+    ledger = Ledger.open(tmp_path, inv.cluster, MID, procedure)
+    rt = Runtime(inv=inv, shells={}, ledger=ledger, facts=facts, log=logging.getLogger("test.executor"))
+    return rt, make_plan(inv, facts, procedure, MID, OPTS)
+
+
+def _executor(rt, plan, steps, decider, clock=None, auto_approve=False):
+    return Executor(rt, plan, OPTS, steps=steps, decider=decider, clock=clock or FakeClock(), auto_approve=auto_approve)
+
+
+def _flip_stops(steps: FakeSteps) -> int:
+    # the flip's stops are the ones after the stage step
+    staged = max(i for i, c in enumerate(steps.calls) if c[0] == "stage_binary") if any(
+        c[0] == "stage_binary" for c in steps.calls) else len(steps.calls)
+    return sum(1 for c in steps.calls[staged:] if c[0] == "stop_node")
+
+
+# ---------------------------------------------------------------------------- approvals
+def test_approval_approved_runs_every_phase_and_records_the_person(tmp_path):
+    rt, plan = _setup(tmp_path)
+    steps, decider = FakeSteps(), ScriptedDecider(approve_flip=["approve"])
+    run(_executor(rt, plan, steps, decider).run())
+    assert decider.asked == [("approval", "approve-flip")]
+    rec = rt.ledger.refresh()["gates"]["approve-flip"]
+    assert (rec["decision"], rec["by"], rec["plan_digest"]) == ("approve", "person", plan.digest())
+    assert {c[1] for c in steps.calls if c[0] == "start_node" and c[2] == "0.8.7"} == {"n1", "n2", "n3"}
+
+
+def test_approval_aborted_stops_before_the_flip(tmp_path):
+    rt, plan = _setup(tmp_path)
+    steps, decider = FakeSteps(), ScriptedDecider(approve_flip=["abort"])
+    with pytest.raises(MigrationAborted, match="approve-flip"):
+        run(_executor(rt, plan, steps, decider).run())
+    assert _flip_stops(steps) == 0
+    assert not [c for c in steps.calls if c[0] == "switch_binary"]
+    assert rt.ledger.refresh()["gates"]["approve-flip"]["decision"] == "abort"
+
+
+def test_auto_approve_answers_a_clean_approval_and_nothing_else(tmp_path):
+    rt, plan = _setup(tmp_path)
+    steps, decider = FakeSteps(gates=["timeout"]), ScriptedDecider(sync_before=["proceed_anyway"])
+    run(_executor(rt, plan, steps, decider, auto_approve=True).run())
+    assert decider.asked == [("gate", "sync-before-1")]  # the gate still went to a person
+    assert rt.ledger.refresh()["gates"]["approve-flip"]["by"] == "auto-approve"
+
+
+# ---------------------------------------------------------------------------- sync gates
+def test_sync_gate_that_passes_asks_nobody(tmp_path):
+    rt, plan = _setup(tmp_path)
+    steps, decider = FakeSteps(), ScriptedDecider(approve_flip=["approve"])
+    run(_executor(rt, plan, steps, decider).run())
+    assert [c[2] for c in steps.calls if c[0] == "sync_gate"] == ["sync-before", "sync-after"]
+    assert [k for _, k in decider.asked] == ["approve-flip"]
+    assert rt.ledger.refresh()["gates"]["sync-before"]["status"] == "passed"
+
+
+def test_sync_gate_wait_more_runs_the_gate_again_until_it_passes(tmp_path):
+    rt, plan = _setup(tmp_path)
+    steps = FakeSteps(gates=["timeout", "timeout"])
+    decider = ScriptedDecider(sync_before=["wait_more", "wait_more"], approve_flip=["approve"])
+    run(_executor(rt, plan, steps, decider).run())
+    assert [c[2] for c in steps.calls if c[0] == "sync_gate"] == ["sync-before"] * 3 + ["sync-after"]
+    assert [k for _, k in decider.asked] == ["sync-before-1", "sync-before-2", "approve-flip"]
+    gates = rt.ledger.refresh()["gates"]
+    assert (gates["sync-before"]["status"], gates["sync-before"]["attempt"]) == ("passed", 3)
+    assert gates["sync-before-1"]["decision"] == "wait_more"
+
+
+def test_sync_gate_proceed_anyway_is_recorded_and_goes_on(tmp_path):
+    rt, plan = _setup(tmp_path)
+    steps = FakeSteps(gates=["timeout"])
+    decider = ScriptedDecider(sync_before=["proceed_anyway"], approve_flip=["approve"])
+    run(_executor(rt, plan, steps, decider).run())
+    data = rt.ledger.refresh()
+    assert data["gates"]["sync-before-1"]["decision"] == "proceed_anyway"
+    assert data["gates"]["sync-before-1"]["by"] == "person"
+    pa = [e for e in data["events"] if e["kind"] == "proceed-anyway"]
+    assert len(pa) == 1 and pa[0]["reasons"] == ["n1: resync queue 12"]
+    assert any(c[0] == "backup_metadata" for c in steps.calls)
+
+
+def test_sync_gate_abort_stops_before_any_node_is_stopped(tmp_path):
+    rt, plan = _setup(tmp_path)
+    steps = FakeSteps(gates=["errored_blocks"])
+    decider = ScriptedDecider(sync_before=["abort"])
+    with pytest.raises(MigrationAborted, match="sync gate before"):
+        run(_executor(rt, plan, steps, decider).run())
+    assert not [c for c in steps.calls if c[0] == "stop_node"]
+
+
+# ---------------------------------------------------------------------------- counters
+@pytest.mark.parametrize("action", ["proceed_anyway", "abort"])
+def test_counters_decision_proceeds_or_aborts(tmp_path, action):
+    rt, plan = _setup(tmp_path)
+    steps = FakeSteps(counters="failed")
+    decider = ScriptedDecider(approve_flip=["approve"], counters=[action])
+    ex = _executor(rt, plan, steps, decider)
+    if action == "abort":
+        with pytest.raises(MigrationAborted, match="counters"):
+            run(ex.run())
+        assert not [c for c in steps.calls if c[0] == "observe_once"]  # the watch never ran
+    else:
+        run(ex.run())
+        assert [c for c in steps.calls if c[0] == "observe_once"]
+    assert ("counters", "counters") in decider.asked
+    assert rt.ledger.refresh()["gates"]["counters"]["decision"] == action
+
+
+def test_counters_that_check_out_ask_nobody(tmp_path):
+    rt, plan = _setup(tmp_path)
+    decider = ScriptedDecider(approve_flip=["approve"])
+    run(_executor(rt, plan, FakeSteps(), decider).run())
+    assert ("counters", "counters") not in decider.asked
+
+
+# ---------------------------------------------------------------------------- flip failure
+def test_flip_failure_then_retry_that_succeeds(tmp_path):
+    rt, plan = _setup(tmp_path)
+    steps = FakeSteps(start_failures={"n2": 1})
+    decider = ScriptedDecider(approve_flip=["approve"], flip_failure=["retry"])
+    run(_executor(rt, plan, steps, decider).run())
+    assert ("flip-failure", "flip-failure-1") in decider.asked
+    n2_starts = [c for c in steps.calls if c[:2] == ("start_node", "n2") and c[2] == "0.8.7"]
+    assert len(n2_starts) == 3  # flip start, its retry, the offline-repair round's start
+    rec = rt.ledger.refresh()["nodes"]["n2"]["steps"]["flip:start"]
+    assert (rec["status"], rec["retried"]) == ("done", 1)
+    assert rt.ledger.data["gates"]["flip-failure-1"]["decision"] == "retry"
+
+
+def test_flip_failure_then_rollback_restores_every_node(tmp_path):
+    rt, plan = _setup(tmp_path)
+    steps = FakeSteps(start_failures={"n3": 5})
+    decider = ScriptedDecider(approve_flip=["approve"], flip_failure=["rollback"])
+    with pytest.raises(MigrationAborted, match="rolled back"):
+        run(_executor(rt, plan, steps, decider).run())
+    assert {c[1] for c in steps.calls if c[0] == "restore_node"} == {"n1", "n2", "n3"}
+    assert {c[1] for c in steps.calls if c[0] == "switch_binary" and c[2] == "source"} == {"n1", "n2", "n3"}
+    data = rt.ledger.refresh()
+    assert data["state"] == "rolled-back"
+    assert data["gates"]["sync-rollback"]["status"] == "passed"
+    assert not [c for c in steps.calls if c[0] == "offline_repair"]
+
+
+# ---------------------------------------------------------------------------- resumption
+def test_resumed_run_whose_plan_changed_asks_again_and_records_the_replan(tmp_path):
+    rt, plan = _setup(tmp_path)
+    run(_executor(rt, plan, FakeSteps(), ScriptedDecider(approve_flip=["approve"])).run())
+    # n1 is already on 0.8 when the next run discovers the cluster: another plan, another digest
+    rt2, plan2 = _setup(tmp_path, versions={"n1": "0.8.7"})
+    assert plan2.digest() != plan.digest()
+    decider = ScriptedDecider(approve_flip=["approve"])
+    run(_executor(rt2, plan2, FakeSteps(), decider).run())
+    assert decider.asked == [("approval", "approve-flip")]  # not reused from the old plan
+    data = rt2.ledger.refresh()
+    assert [e for e in data["events"] if e["kind"] == "replan"]
+    assert data["gates"]["approve-flip"]["plan_digest"] == plan2.digest()
+
+
+def test_rerun_of_the_same_plan_reuses_the_approval_and_skips_done_steps(tmp_path):
+    rt, plan = _setup(tmp_path)
+    # the first run fails at the counters check (aborted), after the flip
+    with pytest.raises(MigrationAborted):
+        run(_executor(rt, plan, FakeSteps(counters="failed"),
+                      ScriptedDecider(approve_flip=["approve"], counters=["abort"])).run())
+    rt2, plan2 = _setup(tmp_path)
+    steps, decider = FakeSteps(counters="failed"), ScriptedDecider(counters=["proceed_anyway"])
+    run(_executor(rt2, plan2, steps, decider).run())
+    # the approval was a person's for this very plan: reused; the counters, seen wrong again, are asked again
+    assert decider.asked == [("counters", "counters")]
+    # every node step was done in the first run: none runs again (step-level skip)
+    assert [c for c in steps.calls if c[1] is not None] == []
+
+
+def test_a_step_done_earlier_is_skipped_and_the_rest_runs(tmp_path):
+    rt, plan = _setup(tmp_path)
+    run(rt.ledger.record_step("n1", "rolling-backup:backup", "done", "earlier"))
+    steps = FakeSteps()
+    run(_executor(rt, plan, steps, ScriptedDecider(approve_flip=["approve"])).run())
+    backups = [c[1] for c in steps.calls if c[0] == "backup_metadata"]
+    assert backups == ["n2", "n3"]
+
+
+# ---------------------------------------------------------------------------- supersession
+def _take_over(tmp_path, rt) -> None:
+    """Another attempt claims the migration (through its own handle on the same file)."""
+    other = Ledger.open(tmp_path, rt.inv.cluster, MID, "minimal-downtime")
+    other.mutate(lambda d: d.update(holder={"token": "other", "pid": 2}), fenced=False)
+
+
+def test_a_superseded_ledger_stops_the_executor_before_any_act(tmp_path):
+    rt, plan = _setup(tmp_path)
+    assert run(rt.ledger.claim({"token": "mine", "pid": 1}, lambda cur: None)) is None
+    _take_over(tmp_path, rt)
+    steps = FakeSteps()
+    with pytest.raises(SupersededError):
+        run(_executor(rt, plan, steps, ScriptedDecider(approve_flip=["approve"])).run())
+    assert steps.calls == []
+
+
+def test_a_takeover_mid_run_stops_every_later_step(tmp_path):
+    rt, plan = _setup(tmp_path)
+    assert run(rt.ledger.claim({"token": "mine", "pid": 1}, lambda cur: None)) is None
+    taken = []
+
+    def on_call(call):
+        if call[0] == "stop_node" and not taken:
+            taken.append(call)
+            _take_over(tmp_path, rt)  # another attempt takes the migration over during n1's stop
+    steps = FakeSteps(on_call=on_call)
+    decider = ScriptedDecider(approve_flip=["approve"])
+    with pytest.raises(SupersededError):
+        run(_executor(rt, plan, steps, decider).run())
+    after = steps.calls[steps.calls.index(("stop_node", "n1", None)) + 1:]
+    assert after == []  # not the backup, not another node, not a question
+    assert decider.asked == []
+
+
+# ---------------------------------------------------------------------------- the watch window
+def test_the_watch_window_is_timed_by_the_injected_clock(tmp_path):
+    rt, plan = _setup(tmp_path)
+    clock = FakeClock(100.0)
+    steps = FakeSteps()
+    run(_executor(rt, plan, steps, ScriptedDecider(approve_flip=["approve"]), clock=clock).run())
+    samples = [c for c in steps.calls if c[0] == "observe_once"]
+    assert sum(clock.sleeps) >= OPTS.watch_s and len(samples) == len(clock.sleeps) + 1
+    assert clock.now >= 100.0 + OPTS.watch_s
