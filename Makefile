@@ -12,7 +12,7 @@ deps:
 	@bash scripts/bootstrap.sh
 
 demo: deps
-	@$(PY) -m garage_lab.demo --dir $(DEMO_DIR) $(DEMO_ARGS)
+	@$(PY) -m apps.demo --dir $(DEMO_DIR) $(DEMO_ARGS)
 
 test: deps
 	@$(PY) -m pytest -q -p no:cacheprovider

@@ -10,6 +10,8 @@ persisted in the migration state and shown to an operator::
     ├── InventoryError                 INVENTORY_INVALID                    no
     ├── DiscoveryError                 DISCOVERY_MISMATCH                   no
     ├── PlanError                      UNSAFE_PLAN                          no
+    ├── ParseError                     PARSE_FAILED                         no
+    ├── LedgerFormatError              LEDGER_FORMAT                        no
     ├── CommandRefused                 COMMAND_REFUSED                      no
     ├── TransportError                 NODE_UNREACHABLE                     yes
     │   ├── HostKeyError               HOST_KEY_UNKNOWN | HOST_KEY_CHANGED  no
@@ -53,7 +55,9 @@ __all__ = [
     "HostKeyError",
     "InventoryError",
     "LockHeldError",
+    "LedgerFormatError",
     "MigrationAborted",
+    "ParseError",
     "PlanError",
     "StepError",
     "SupersededError",
@@ -88,6 +92,8 @@ class ErrorCode(StrEnum):
     ABORTED = "ABORTED"
     CLUSTER_LOCKED = "CLUSTER_LOCKED"
     SUPERSEDED = "SUPERSEDED"
+    PARSE_FAILED = "PARSE_FAILED"
+    LEDGER_FORMAT = "LEDGER_FORMAT"
 
 
 def tail_text(text: str | bytes | None, max_lines: int = STDERR_TAIL_LINES,
@@ -227,6 +233,41 @@ class PlanError(GarageMigrateError):
     """The requested plan would be unsafe (e.g. more nodes down than the replication survives)."""
 
     code = ErrorCode.UNSAFE_PLAN
+
+
+class ParseError(GarageMigrateError, ValueError):
+    """Garage output did not have the shape the parser expects.
+
+    Raised instead of guessing: a parser that meets an unknown line, a missing section or a
+    cell it cannot read stops here, naming the command and, when there is one, the line. Also
+    a ``ValueError``, as it always was.
+
+    Attributes:
+        command: what was being parsed (``"status"``, ``"worker list"``, ``"garage.toml"`` ...).
+        line_no: 1-based number of the offending line, or ``None`` when the problem is the
+            input as a whole (e.g. a section that never came because the output was truncated).
+        line: the offending line as received, or ``None``.
+        reason: the bare explanation, without the command/line decoration.
+    """
+
+    code = ErrorCode.PARSE_FAILED
+
+    def __init__(self, reason: str, *, command: str, line_no: int | None = None, line: str | None = None,
+                 **kw: Any) -> None:
+        where = f"{command}: line {line_no}" if line_no is not None else command
+        message = f"{where}: {reason}"
+        if line is not None:
+            message += f": {line!r}"
+        super().__init__(message, command=command, **kw)
+        self.reason = reason
+        self.line_no = line_no
+        self.line = line
+
+
+class LedgerFormatError(GarageMigrateError):
+    """A ledger file has a format this version does not understand: refused, never half-read."""
+
+    code = ErrorCode.LEDGER_FORMAT
 
 
 class CommandRefused(GarageMigrateError, ValueError):

@@ -29,14 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import SupersededError
+from .errors import LedgerFormatError, SupersededError
 
 FORMAT = 1
 STEP_STATES = ("running", "done", "skipped", "failed", "would-run")
-
-
-class LedgerFormatError(Exception):
-    """The ledger file has a format this version does not understand."""
 
 
 class Ledger:

@@ -4,10 +4,8 @@ Every model is a frozen dataclass with slots whose collection fields are tuples,
 hashable and cannot be changed after parsing. Absent information is ``None``, never a made-up
 ``0``: an orchestrator gate must be able to tell "the queue is empty" from "nobody told us".
 
-Error tree of this package (it will be rebased under the project's root error later)::
-
-    ValueError
-     └── ParseError      the text is not what the parser expected for that command
+Parsers raise :class:`~garage_migrate.errors.ParseError` (code ``PARSE_FAILED``, also a
+``ValueError``), part of the project's one error tree in :mod:`garage_migrate.errors`.
 """
 
 from __future__ import annotations
@@ -15,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
+
+from .. import errors as _errors
 
 __all__ = [
     "BucketInfo",
@@ -49,42 +49,7 @@ __all__ = [
 ]
 
 
-class ParseError(ValueError):
-    """Garage output did not have the shape the parser expects.
-
-    Raised instead of guessing: a parser that meets an unknown line, a missing section or a
-    cell it cannot read stops here, naming the command and, when there is one, the line.
-
-    Attributes:
-        command: what was being parsed (``"status"``, ``"worker list"``, ``"garage.toml"`` ...).
-        line_no: 1-based number of the offending line, or ``None`` when the problem is the
-            input as a whole (e.g. a section that never came because the output was truncated).
-        line: the offending line as received, or ``None``.
-        reason: the bare explanation, without the command/line decoration.
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        command: str,
-        line_no: int | None = None,
-        line: str | None = None,
-    ) -> None:
-        self.reason = reason
-        self.command = command
-        self.line_no = line_no
-        self.line = line
-        where = f"{command}: line {line_no}" if line_no is not None else command
-        message = f"{where}: {reason}"
-        if line is not None:
-            message += f": {line!r}"
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only constructor arguments are lost by BaseException's default pickling, and
-        # errors cross process boundaries when flows run tasks elsewhere.
-        return (_rebuild_parse_error, (self.reason, self.command, self.line_no, self.line))
+ParseError = _errors.ParseError  # one error tree: defined in garage_migrate.errors
 
 
 def _rebuild_parse_error(

@@ -20,8 +20,10 @@ from garage_migrate.errors import (
     GateError,
     HostKeyError,
     InventoryError,
+    LedgerFormatError,
     LockHeldError,
     MigrationAborted,
+    ParseError,
     PlanError,
     StepError,
     SupersededError,
@@ -36,6 +38,8 @@ TREE = {
     InventoryError: (GarageMigrateError, "INVENTORY_INVALID", False),
     DiscoveryError: (GarageMigrateError, "DISCOVERY_MISMATCH", False),
     PlanError: (GarageMigrateError, "UNSAFE_PLAN", False),
+    ParseError: (GarageMigrateError, "PARSE_FAILED", False),
+    LedgerFormatError: (GarageMigrateError, "LEDGER_FORMAT", False),
     CommandRefused: (GarageMigrateError, "COMMAND_REFUSED", False),
     TransportError: (GarageMigrateError, "NODE_UNREACHABLE", True),
     HostKeyError: (TransportError, "HOST_KEY_UNKNOWN", False),
@@ -73,13 +77,23 @@ def test_error_codes_are_stable():
         "FAILED", "INVENTORY_INVALID", "DISCOVERY_MISMATCH", "UNSAFE_PLAN", "COMMAND_REFUSED",
         "NODE_UNREACHABLE", "HOST_KEY_UNKNOWN", "HOST_KEY_CHANGED", "AUTH_FAILED", "COMMAND_FAILED",
         "COMMAND_TIMEOUT", "SYNC_GATE_TIMEOUT", "SYNC_GATE_ERRORS", "STEP_FAILED", "LOCK_HELD",
-        "BACKUP_FAILED", "ABORTED", "CLUSTER_LOCKED", "SUPERSEDED",
+        "BACKUP_FAILED", "ABORTED", "CLUSTER_LOCKED", "SUPERSEDED", "PARSE_FAILED", "LEDGER_FORMAT",
     }
     assert all(c.name == c.value for c in ErrorCode)
 
 
 def test_command_refused_is_also_a_value_error():
     assert issubclass(CommandRefused, ValueError)
+
+
+def test_parse_error_is_still_a_value_error_and_the_facts_one():
+    from garage_migrate.facts import ParseError as FactsParseError
+
+    assert issubclass(ParseError, ValueError) and FactsParseError is ParseError
+    exc = ParseError("bad cell", command="status", line_no=3, line="x y")
+    assert str(exc) == "status: line 3: bad cell: 'x y'"
+    back = pickle.loads(pickle.dumps(exc))
+    assert (back.reason, back.line_no, back.line, back.code) == ("bad cell", 3, "x y", "PARSE_FAILED")
 
 
 def test_context_is_carried_and_rendered():

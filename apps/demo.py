@@ -25,7 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .harness import Lab, LabSpec
+from garage_lab.harness import Lab, LabSpec
 
 
 def _start_prefect(home: Path, port: int) -> subprocess.Popen:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         from flows.migration import minimal_downtime_migration
         from garage_migrate.plan import MigrationOptions
 
-        from . import traffic
+        from garage_lab import traffic
 
         creds = lab.s3_credentials
         print(f"== S3 endpoint: {lab.s3_endpoint()} (region {creds['region']}, key {creds['access_key_id']})")
