@@ -91,12 +91,6 @@ class Step:
         """Value of argument ``name``."""
         return dict(self.args).get(name, default)
 
-    @property
-    def key(self) -> str:
-        """Stable key (ledger, pause keys): kind plus distinguishing arguments."""
-        extra = "-".join(v for _k, v in self.args)
-        return f"{self.kind}-{extra}" if extra else self.kind
-
 
 @dataclass(frozen=True)
 class Wave:
@@ -155,8 +149,8 @@ class MigrationPlan:
         blob = json.dumps(asdict(self), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def to_markdown(self, upto_phase: str | None = None, from_phase: str | None = None) -> str:
-        """Markdown for approval forms and artifacts (optionally a slice of the phases)."""
+    def to_markdown(self, from_phase: str | None = None) -> str:
+        """Markdown for approval forms and artifacts (optionally from ``from_phase`` on)."""
         out = [f"### Migration plan `{self.migration_id}`: {self.procedure} procedure, "
                f"{self.cluster} to Garage v{self.target_version}",
                f"Replication mode `{self.replication_mode}`; zones: " +
@@ -178,8 +172,6 @@ class MigrationPlan:
                 for s in w.steps[:1]:
                     for c in s.commands:
                         out.append(f"  - `{c}`")
-            if upto_phase is not None and ph.name == upto_phase:
-                break
         return "\n".join(out)
 
     def to_text(self) -> str:

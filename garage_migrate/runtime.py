@@ -56,7 +56,6 @@ async def open_runtime(inventory: str | Path | Inventory, procedure: str, migrat
         facts = await discover(inv, pool.shell, procedure=procedure, resuming=resuming)
         rt = Runtime(inv=inv, shells=pool.shell, ledger=ledger, facts=facts, dry_run=dry_run,
                      log=log or logging.getLogger("garage_migrate"))
-        rt.pool = pool  # noqa: the gates need it to build their sources
         yield rt
 
 

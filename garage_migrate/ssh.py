@@ -45,6 +45,7 @@ from .errors import (
     TransportError,
 )
 from .inventory import SshTarget
+from .nodelog import node_log
 
 if TYPE_CHECKING:
     from .inventory import Inventory
@@ -130,12 +131,6 @@ class _SinkFailed(Exception):
     def __init__(self, exc: Exception) -> None:
         super().__init__(exc)
         self.exc = exc
-
-
-class _NodeLog(logging.LoggerAdapter):
-    def process(self, msg, kwargs):
-        kwargs.setdefault("extra", {})["node"] = self.extra["node"]
-        return f"[{self.extra['node']}] {msg}", kwargs
 
 
 class _Slot:
@@ -337,7 +332,7 @@ class SshNodeShell:
         self.pool = pool
         self.target = target
         self.name = target.name
-        self.log = _NodeLog(logger, {"node": target.name})
+        self.log = node_log(logger, target.name)
 
     # ------------------------------------------------------------------ helpers
     def _deadline(self, cmd: RemoteCommand) -> float | None:

@@ -18,13 +18,14 @@ import hashlib
 import logging
 import re
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import commands as C
+from . import probes
 from .discovery import ClusterFacts, NodeFacts
 from .errors import CommandError, GarageMigrateError, LockHeldError, StepError, TransportError
+from .gates.clock import Clock, SystemClock
 from .facts import parse_bucket_info, parse_bucket_list, parse_offline_repair, parse_stats, parse_status, parse_version
 from .inventory import Inventory, ResolvedNode
 from .ledger import Ledger
@@ -34,16 +35,6 @@ log = logging.getLogger("garage_migrate.steps")
 STOP_TIMEOUT = 120.0
 START_TIMEOUT = 60.0
 OFFLINE_REPAIR_TIMEOUT = 6 * 3600.0
-
-
-class Clock:
-    """Wall-clock time and sleeping, injectable so tests never wait for time to pass."""
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
 
 
 @dataclass
@@ -76,7 +67,7 @@ class Runtime:
     ledger: Ledger
     facts: ClusterFacts
     dry_run: bool = False
-    clock: Clock = field(default_factory=Clock)
+    clock: Clock = field(default_factory=SystemClock)
     log: logging.Logger | logging.LoggerAdapter = log
 
     def node(self, name: str) -> ResolvedNode:
@@ -109,16 +100,17 @@ class Runtime:
 
 # ---------------------------------------------------------------------------- observations
 async def service_active(rt: Runtime, node: str) -> bool:
-    """``is-active`` says the service runs."""
-    return (await rt.observe(node, C.service_status(rt.node(node).ctx), check=False)).returncode == 0
+    """``is-active`` says the service runs (:func:`garage_migrate.probes.service_state`)."""
+    return (await probes.service_state(rt.shell(node), rt.node(node).ctx)).active
 
 
 async def lock_free(rt: Runtime, node: str) -> bool:
-    """Nothing holds sled's lock on ``<metadata_dir>/db/db``."""
-    res = await rt.observe(node, C.lock_probe(rt.meta_dir(node), sudo=rt.node(node).ctx.sudo), check=False)
-    if res.returncode not in (0, C.LOCK_HELD_EXIT):
-        raise StepError(f"lock probe failed: {res.stderr.strip()}", node=node, exit_status=res.returncode)
-    return res.returncode == 0
+    """Nothing holds sled's lock on ``<metadata_dir>/db/db`` (:func:`garage_migrate.probes.db_lock`)."""
+    lock = await probes.db_lock(rt.shell(node), rt.node(node).ctx, rt.meta_dir(node))
+    if lock.state == "unknown":
+        raise StepError(f"lock probe failed: {lock.result.stderr.strip()}", node=node,
+                        exit_status=lock.result.returncode)
+    return lock.state == "free"
 
 
 async def daemon_version(rt: Runtime, node: str) -> str | None:

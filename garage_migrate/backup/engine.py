@@ -38,8 +38,10 @@ from typing import Literal
 import zstandard
 
 from .. import commands as C
+from .. import probes
 from ..commands import NodeContext, RemoteCommand
 from ..errors import BackupError, CommandError, CommandRefused, CommandTimeout, LockHeldError, TransportError
+from ..nodelog import NodeLog, node_log
 from ..ssh import NodeShell
 from .manifest import (
     DIR_MODE,
@@ -81,12 +83,6 @@ logger = logging.getLogger("garage_migrate.backup")
 #: ``systemctl is-active`` words that mean the daemon is not running.
 STOPPED_STATES = frozenset({"inactive", "failed"})
 _MiB = 1 << 20
-
-
-class _NodeLog(logging.LoggerAdapter):
-    def process(self, msg, kwargs):
-        kwargs.setdefault("extra", {})["node"] = self.extra["node"]
-        return f"[{self.extra['node']}] {msg}", kwargs
 
 
 @dataclass(frozen=True)
@@ -217,12 +213,11 @@ async def observe_stopped(shell: NodeShell, ctx: NodeContext) -> StopProof:
     Raises:
         LockHeldError: the service is active (or activating, deactivating ...).
     """
-    res = await shell.run(C.service_status(ctx), check=False)
-    state = (res.stdout.strip().splitlines() or ["unknown"])[0].strip()
-    if res.exit_status == 0 or state not in STOPPED_STATES:
-        raise LockHeldError(f"{ctx.name}: the Garage service is {state!r}: stop it before touching its metadata",
-                            node=ctx.name, command=C.service_status(ctx).render())
-    return StopProof(node=ctx.name, state=state, observed_at=time.time())
+    svc = await probes.service_state(shell, ctx)
+    if svc.active or svc.state not in STOPPED_STATES:
+        raise LockHeldError(f"{ctx.name}: the Garage service is {svc.state!r}: stop it before touching its metadata",
+                            node=ctx.name, command=svc.command)
+    return StopProof(node=ctx.name, state=svc.state, observed_at=time.time())
 
 
 async def check_offline(shell: NodeShell, ctx: NodeContext, metadata_dir: str, stopped: StopProof) -> None:
@@ -238,23 +233,23 @@ async def check_offline(shell: NodeShell, ctx: NodeContext, metadata_dir: str, s
         raise LockHeldError(f"{ctx.name}: no proof that the daemon is stopped ({stopped!r}); refusing to "
                             f"touch a running node's metadata", node=ctx.name)
     await observe_stopped(shell, ctx)
-    probe = C.lock_probe(metadata_dir, sudo=ctx.sudo)
-    res = await shell.run(probe, check=False)
-    if res.exit_status == C.LOCK_HELD_EXIT:
+    lock = await probes.db_lock(shell, ctx, metadata_dir)
+    res = lock.result
+    if lock.state == "held":
         raise LockHeldError(f"{ctx.name}: sled's lock on {metadata_dir}/db/db is held although the service is "
                             f"stopped: a daemon or an offline repair still has the DB open", node=ctx.name,
-                            command=probe.render(), exit_status=res.exit_status)
-    if res.exit_status != 0:
+                            command=lock.command, exit_status=res.exit_status)
+    if lock.state == "unknown":
         raise BackupError(f"{ctx.name}: cannot probe the DB lock of {metadata_dir}: "
                           f"{res.stderr.strip() or f'exit {res.returncode}'}", node=ctx.name,
-                          command=probe.render(), exit_status=res.exit_status, signal=res.signal, stderr=res.stderr)
+                          command=lock.command, exit_status=res.exit_status, signal=res.signal, stderr=res.stderr)
 
 
 # ---------------------------------------------------------------------------- helpers
 
 
-def _log(node: str) -> _NodeLog:
-    return _NodeLog(logger, {"node": node})
+def _log(node: str) -> NodeLog:
+    return node_log(logger, node)
 
 
 def _check_node_id(node_id: str, node: str) -> str:
@@ -449,7 +444,7 @@ def _dir_lock(path: Path, node: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _remove_stale_temps(d: Path, prefix: str, log: _NodeLog) -> None:
+def _remove_stale_temps(d: Path, prefix: str, log: NodeLog) -> None:
     # only a crashed run leaves these, and the directory lock says no run is active
     for p in d.glob(prefix + "*"):
         log.warning("removing the partial archive %s left by an interrupted backup", p)
@@ -488,7 +483,7 @@ class _Step:
     parent: str
     mode: Literal["controller", "on-node"]
     opts: BackupOptions
-    log: _NodeLog
+    log: NodeLog
     t0: float
     listing: dict[str, ListingEntry] = dataclasses.field(default_factory=dict)
     du: int = 0
@@ -841,7 +836,7 @@ async def restore_metadata(shell: NodeShell, ctx: NodeContext, backup: BackupRec
 
 
 async def _restore(shell: NodeShell, ctx: NodeContext, manifest: Manifest, manifest_path: Path, stopped: StopProof,
-                   metadata_dir: str | None, opts: BackupOptions, log: _NodeLog, t0: float) -> RestoreReport:
+                   metadata_dir: str | None, opts: BackupOptions, log: NodeLog, t0: float) -> RestoreReport:
     node = ctx.name
     meta, parent, name = _meta_dir(metadata_dir or manifest.metadata_dir, node)
     local_archive = manifest_path.parent / manifest.archive if manifest.mode == "controller" else None

@@ -36,6 +36,7 @@ from ..facts import (
     parse_stats,
     parse_worker_list,
 )
+from ..nodelog import node_log as _node_log
 from .model import WORKERS_UNKNOWN, NodeQueues, unobserved
 
 if TYPE_CHECKING:
@@ -71,15 +72,9 @@ QUEUE_METRICS = {
 DEFAULT_CLI_TIMEOUT = 30.0
 
 
-class _NodeLog(logging.LoggerAdapter):
-    def process(self, msg, kwargs):
-        kwargs.setdefault("extra", {})["node"] = self.extra["node"]
-        return f"[{self.extra['node']}] {msg}", kwargs
-
-
 def node_log(node: str) -> logging.LoggerAdapter:
     """The gates logger with ``[<node>]`` in front of each line and ``extra={"node": ...}``."""
-    return _NodeLog(logger, {"node": node})
+    return _node_log(logger, node)
 
 
 @runtime_checkable
