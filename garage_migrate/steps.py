@@ -428,10 +428,7 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
         return StepResult(key, None, "done", f"gate command ran on {spec.host}")
     ctx = rt.node(node).ctx
     text = (await rt.observe(node, C.cat(ctx.config_path, sudo=ctx.sudo))).stdout
-    original = rt.ledger.node(node).get("config_original")
-    if not enabled and original is None:
-        await rt.ledger.set_node(node, config_original=text)
-        original = text
+    original = await _original_config(rt, node, text, keep=not enabled)
     if original is None:
         return await _record(rt, _skip(rt, key, node, "the API was never disabled in this migration"), key)
     want = original if enabled else move_ports(original, gate.moved_s3_port, gate.moved_web_port)
@@ -444,11 +441,8 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
     if rt.dry_run:
         return await _record(rt, StepResult(key, node, "done", "dry run"), key)
     if want != text:
-        with tempfile.NamedTemporaryFile("w", delete=False, suffix=".toml") as fh:
-            fh.write(want)
         tmp_remote = ctx.config_path + ".garage-migrate"
-        await rt.shell(node).put_file(fh.name, tmp_remote)
-        Path(fh.name).unlink()
+        await _upload_text(rt, node, want, tmp_remote)
         await rt.act(node, C.rename(tmp_remote, ctx.config_path, sudo=ctx.sudo))
     # Garage reads its bind addresses at start only (0.7 cannot disable endpoints, ref 9):
     # a running node is restarted on the same version for the change to take effect
@@ -462,6 +456,54 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
     return await _record(rt, StepResult(key, node, "done", ("API restored" if enabled else "API cut")
                                         + (f": clients' S3 address {client_addr} " + ("open" if enabled else "closed")
                                            if running and client_addr else " (takes effect at the next start)")), key)
+
+
+def original_config_path(config_path: str) -> str:
+    """Where the node keeps its original ``garage.toml`` while the API is cut (never the ledger:
+    the file holds ``rpc_secret`` and tokens)."""
+    return config_path + ".garage-migrate.orig"
+
+
+async def _upload_text(rt: Runtime, node: str, text: str, remote: str) -> None:
+    # a local temp file is owner-only (mkstemp), and put_file keeps that mode on the node
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", delete=False, suffix=".toml") as fh:
+        fh.write(text)
+    try:
+        await rt.shell(node).put_file(fh.name, remote)
+    finally:
+        Path(fh.name).unlink()
+
+
+async def _original_config(rt: Runtime, node: str, text: str, keep: bool) -> str | None:
+    """The node's original ``garage.toml``, kept on the node beside the config.
+
+    The first cut of this migration (``keep``, and no digest in the ledger yet) copies the
+    current config to :func:`original_config_path` and records only its sha256 in the ledger,
+    before the config is changed; later reads return the copy after checking it against that
+    digest. ``None``: the API was never cut in this migration.
+
+    Raises:
+        StepError: the kept copy is missing or differs from the recorded digest.
+    """
+    rec = rt.ledger.node(node)
+    if rec.get("config_original") is not None:  # written by an older version: resume with it
+        return rec["config_original"]
+    digest = rec.get("config_original_sha256")
+    ctx = rt.node(node).ctx
+    path = original_config_path(ctx.config_path)
+    if digest is None:
+        if not keep:
+            return None
+        if not rt.dry_run:
+            await _upload_text(rt, node, text, path)
+            await rt.ledger.set_node(node, config_original_sha256=hashlib.sha256(text.encode()).hexdigest(),
+                                     config_original_path=path)
+        return text
+    res = await rt.observe(node, C.cat(path, sudo=ctx.sudo), check=False)
+    if res.returncode != 0 or hashlib.sha256(res.stdout.encode()).hexdigest() != digest:
+        raise StepError(f"the original config kept at {path} is missing or is not the one recorded "
+                        f"(sha256 {digest[:16]}): restore it by hand before re-enabling the API", node=node)
+    return res.stdout
 
 
 def _bind_of(toml_text: str, section: str) -> str | None:

@@ -210,6 +210,8 @@ def _assert_end_state(lab, res: dict, procedure: str, target: str, tr: traffic.T
     assert res["state"] == "done", res
     led = Ledger.load(res["ledger"])
     assert led.data["state"] == "done" and led.data["procedure"] == procedure
+    # no secret in the ledger (the original garage.toml stays on the node; issue 9 §5)
+    assert lab.info["rpc_secret"] not in Path(res["ledger"]).read_text()
     mid = led.data["migration_id"]
     assert mid.endswith(f"-to-v{target}")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 
+from pathlib import Path
+
 import pytest
 
 from garage_migrate import backup_step, steps
@@ -108,14 +110,24 @@ def test_api_gate_port_cuts_and_restores_clients_idempotently(make_lab):
         except OSError:
             return False
 
+    config = lab.node_dir(node["name"]) / "etc" / "garage.toml"
+    before = config.read_text()
+
     async def scenario():
         async with open_runtime(str(lab.dir / "inventory.yaml"), "simple") as rt:
             await steps.preflight(rt, node["name"])
             a = [await steps.set_api(rt, node["name"], False) for _ in range(2)]
             closed = not s3_open()
             b = [await steps.set_api(rt, node["name"], True) for _ in range(2)]
-            return a, closed, b
-    a, closed, b = run(scenario(), limit=None)
+            return a, closed, b, rt.ledger.path
+    a, closed, b, ledger_path = run(scenario(), limit=None)
     assert [r.status for r in a] == ["done", "skipped"] and closed
     assert [r.status for r in b] == ["done", "skipped"] and s3_open()
     assert _truth(lab, node["name"])["running_version"] == "0.7.3"
+    # the original config is kept on the node (owner-only), restored byte for byte, and the
+    # ledger holds only its digest: never the rpc_secret
+    kept = Path(steps.original_config_path(str(config)))
+    assert kept.read_text() == before == config.read_text()
+    assert kept.stat().st_mode & 0o077 == 0
+    assert lab.info["rpc_secret"] in before
+    assert lab.info["rpc_secret"] not in Path(ledger_path).read_text()
