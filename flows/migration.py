@@ -46,7 +46,7 @@ async def _migrate(procedure: str, inventory: str, migration_id: str | None, opt
                                   persist=not dry_run) as rt:
             return await run_migration(
                 rt, R.plan_for(rt, procedure, options), options, dry_run=dry_run,
-                hold=lambda: hold_cluster(rt, procedure, "migration", log),
+                hold=lambda held: hold_cluster(held, procedure, "migration", log),
                 decider_for=lambda lock: PrefectDecider(Asker(lock.identity.token, lock.superseded, log),
                                                         pause_timeout),
                 steps=PrefectSteps(), reporter=PrefectReporter(), auto_approve=auto_approve, log=log)

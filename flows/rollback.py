@@ -19,6 +19,7 @@ from flows.holding import hold_cluster, refused
 from garage_migrate import runtime as R
 from garage_migrate.errors import ClusterLockedError, SupersededError
 from garage_migrate.executor import rollback_nodes, sync_gate_after_rollback
+from garage_migrate.journal import CommandJournal, with_journal
 
 
 @flow(name="rollback-migration")
@@ -38,6 +39,7 @@ async def rollback_migration(inventory: str, migration_id: str | None = None, no
         async with R.open_runtime(inventory, procedure, migration_id, log=log) as rt:
             # the migration's own lock: refused while the migration's run is alive, taken over
             # when it is gone; another migration's lock refuses the rollback
+            rt = with_journal(rt, CommandJournal.beside(rt.ledger.path))  # every command is journalled
             lock = await hold_cluster(rt, procedure, "rollback", log)
             steps = PrefectSteps()
             targets = nodes or [n.name for n in rt.facts.nodes]

@@ -52,6 +52,8 @@ async def _status(args) -> int:
     if not path.exists():
         print(f"no migration {mid} (no ledger at {path})")
         return 1
+    if args.commands:
+        return _print_journal(path, args.node)
     led = Ledger.load(path)
     d = led.data
     print(f"migration {mid}: {d['procedure']}, state {d['state']}, ledger {path}")
@@ -72,6 +74,26 @@ async def _status(args) -> int:
         async with SshPool.from_inventory(inv) as pool:
             facts = await discover(inv, pool.shell, resuming=True)
         print("\n" + facts.to_markdown())
+    return 0
+
+
+def _print_journal(ledger_path: Path, node: str | None) -> int:
+    """``status --commands [--node N]``: the command journal, one line per finished command."""
+    from .journal import CommandJournal
+
+    journal = CommandJournal.beside(ledger_path)
+    started = {}
+    for e in journal.read(node):
+        if e["event"] == "started":
+            started[(e["node"], e["command"])] = e
+            continue
+        started.pop((e["node"], e["command"]), None)
+        status = e.get("error") or f"exit {e.get('exit_status')}"
+        print(f"{_when(e['t'])} {e['node']} {e.get('phase') or '-'}/{e.get('step') or '-'}#{e.get('attempt', 1)} "
+              f"{e['kind']:7} {status:>8} {e.get('duration', 0):7.2f}s  {e['command']}")
+    for e in started.values():  # an act that started and never finished: the process died in it
+        print(f"{_when(e['t'])} {e['node']} {e.get('phase') or '-'}/{e.get('step') or '-'} {e['kind']:7} "
+              f"NOT FINISHED  {e['command']}")
     return 0
 
 
@@ -628,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--inventory", required=True)
     s.add_argument("--migration-id")
     s.add_argument("--live", action="store_true")
+    s.add_argument("--commands", action="store_true", help="the command journal (every remote command run)")
+    s.add_argument("--node", help="with --commands: only this node's commands")
     b = sub.add_parser("backups", help="list, verify or prune this cluster's metadata backups")
     bsub = b.add_subparsers(dest="backups_cmd", required=True)
     bl = bsub.add_parser("list", help="per node: archive, size, sha256, time, source version")

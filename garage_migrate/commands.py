@@ -17,6 +17,7 @@ absolute path can never be read as an option.
 
 from __future__ import annotations
 
+import functools
 import math
 import posixpath
 import re
@@ -110,12 +111,16 @@ class RemoteCommand:
             --kill-after=5`` and by the runner on the client. ``None``: no limit.
         sudo: run through ``sudo -n`` (never prompts; fails if a password is needed).
         stdin: bytes to feed to the command's standard input, if any.
+        kind: ``observe`` (read-only) or ``act`` (changes something; the default, so an
+            unmarked command is journalled as a change). Not part of ``==``: two commands
+            that run the same words are the same command.
     """
 
     argv: tuple[str, ...]
     timeout: float | None = None
     sudo: bool = False
     stdin: bytes | None = field(default=None, repr=False)
+    kind: Literal["observe", "act"] = field(default="act", compare=False)
 
     def __post_init__(self) -> None:
         argv = tuple(self.argv)
@@ -134,6 +139,8 @@ class RemoteCommand:
             object.__setattr__(self, "timeout", t)
         if self.stdin is not None and not isinstance(self.stdin, bytes):
             raise CommandRefused("stdin must be bytes")
+        if self.kind not in ("observe", "act"):
+            raise CommandRefused(f"kind {self.kind!r} is neither observe nor act")
 
     @property
     def executable(self) -> str:
@@ -299,6 +306,20 @@ def _cmd(argv: Iterable[str], *, timeout: float | None, sudo: bool = False,
     return check_allowed(RemoteCommand(tuple(argv), timeout=timeout, sudo=sudo, stdin=stdin), ctx)
 
 
+def _observing(builder):
+    """Mark what ``builder`` returns as read-only (``kind="observe"``)."""
+    @functools.wraps(builder)
+    def wrapped(*args, **kwargs):
+        return builder(*args, **kwargs).replace(kind="observe")
+    return wrapped
+
+
+#: ``garage`` subcommands that only read (``garage <sub> [<sub2>]``)
+READ_ONLY_GARAGE = frozenset({("stats",), ("status",), ("layout", "show"), ("node", "id"), ("worker", "list"),
+                              ("worker", "get"), ("bucket", "list"), ("bucket", "info"), ("key", "list"),
+                              ("block", "list-errors"), ("block", "info")})
+
+
 # ---------------------------------------------------------------------------- garage
 
 
@@ -323,7 +344,9 @@ def garage(ctx: NodeContext, *args: str, timeout: float = GARAGE_TIMEOUT) -> Rem
                 seen_what = True
             elif seen_what and not _is_number(a):
                 raise CommandRefused(f"flag {a!r} after the WHAT of `garage {args[0]}`: flags go before it")
-    return _cmd((ctx.binary_path, "-c", ctx.config_path, *args), timeout=timeout, sudo=ctx.sudo, ctx=ctx)
+    cmd = _cmd((ctx.binary_path, "-c", ctx.config_path, *args), timeout=timeout, sudo=ctx.sudo, ctx=ctx)
+    read_only = tuple(args[:1]) in READ_ONLY_GARAGE or tuple(args[:2]) in READ_ONLY_GARAGE
+    return cmd.replace(kind="observe") if read_only else cmd
 
 
 def _is_number(word: str) -> bool:
@@ -366,6 +389,7 @@ def offline_repair(ctx: NodeContext, what: str, *, timeout: float, yes: bool = T
     return garage(ctx, "offline-repair", *(["--yes"] if yes else []), what, timeout=timeout)
 
 
+@_observing
 def garage_version(path: str, *, ctx: NodeContext | None = None, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
     """``<path> --version``: the version of a Garage binary, e.g. a staged one.
 
@@ -377,26 +401,31 @@ def garage_version(path: str, *, ctx: NodeContext | None = None, timeout: float 
 # ---------------------------------------------------------------------------- files
 
 
+@_observing
 def cat(path: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
     """``cat <path>``."""
     return _cmd(("cat", _abs(path)), timeout=timeout, sudo=sudo)
 
 
+@_observing
 def sha256sum(path: str, *, sudo: bool = False, timeout: float = 600.0) -> RemoteCommand:
     """``sha256sum <path>`` (prints ``<hex>  <path>``)."""
     return _cmd(("sha256sum", _abs(path)), timeout=timeout, sudo=sudo)
 
 
+@_observing
 def readlink_f(path: str, *, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
     """``readlink -f <path>``: where a symlink finally points (exit 1 if a parent is missing)."""
     return _cmd(("readlink", "-f", _abs(path)), timeout=timeout)
 
 
+@_observing
 def stat(path: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
     """``stat -L -c '%s %a %U %Y %F' <path>``: size, mode, owner, mtime, type (last: it has spaces)."""
     return _cmd(("stat", "-L", "-c", "%s %a %U %Y %F", _abs(path)), timeout=timeout, sudo=sudo)
 
 
+@_observing
 def exists(path: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
     """``test -e <path>``: exit 0 if it exists, 1 if not (run with ``check=False``)."""
     return _cmd(("test", "-e", _abs(path)), timeout=timeout, sudo=sudo)
@@ -413,17 +442,20 @@ def remove_file(path: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEO
     return _cmd(("rm", "-f", _abs(path)), timeout=timeout, sudo=sudo)
 
 
+@_observing
 def list_files(path: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
     """``find <dir> -mindepth 1 -maxdepth 1 -printf '%y %s %T@ %f\\n'``: type, size, mtime, name."""
     return _cmd(("find", _abs(path), "-mindepth", "1", "-maxdepth", "1", "-printf", "%y %s %T@ %f\\n"),
                 timeout=timeout, sudo=sudo)
 
 
+@_observing
 def du_bytes(path: str, *, sudo: bool = False, timeout: float = 300.0) -> RemoteCommand:
     """``du -sb <path>``: apparent size in bytes of a tree (the metadata dir before a backup)."""
     return _cmd(("du", "-sb", _abs(path)), timeout=timeout, sudo=sudo)
 
 
+@_observing
 def df_avail(path: str, *, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
     """``df -B1 --output=avail,target <path>``: free bytes and mount point of ``path``'s filesystem."""
     return _cmd(("df", "-B1", "--output=avail,target", _abs(path)), timeout=timeout)
@@ -472,6 +504,7 @@ def lock_record_take(record: str, path: str, *, sudo: bool = False,
     return _cmd(("ln", "-sT", "--", record, _abs(path, "lock path")), timeout=timeout, sudo=sudo)
 
 
+@_observing
 def lock_record_read(path: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
     """``readlink -- <path>``: the record (the link's target, not followed); exit 1 if none."""
     return _cmd(("readlink", "--", _abs(path, "lock path")), timeout=timeout, sudo=sudo)
@@ -490,6 +523,7 @@ def sync(*, sudo: bool = False, timeout: float = 120.0) -> RemoteCommand:
 # ---------------------------------------------------------------------------- backups
 
 
+@_observing
 def tar_stream(path: str, *, timeout: float, sudo: bool = False) -> RemoteCommand:
     """``tar -C <parent> -cf - <name>``: the tree at ``path`` as an uncompressed tar on stdout.
 
@@ -517,6 +551,7 @@ def tar_archive(path: str, archive: str, *, timeout: float, sudo: bool = False) 
     return _cmd(("tar", "-acf", _abs(archive, "archive"), "-C", parent, name), timeout=timeout, sudo=sudo)
 
 
+@_observing
 def zstd_test(archive: str, *, sudo: bool = False, timeout: float = 600.0) -> RemoteCommand:
     """``zstd -tq <archive>``: check a ``.zst`` archive's frames and checksums."""
     return _cmd(("zstd", "-tq", _abs(archive, "archive")), timeout=timeout, sudo=sudo)
@@ -572,6 +607,7 @@ def service_stop(ctx: NodeContext, *, timeout: float = 120.0) -> RemoteCommand:
     return _service(ctx, "stop", timeout)
 
 
+@_observing
 def service_status(ctx: NodeContext, *, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
     """``is-active``: prints the state, exit 0 when running, 3 otherwise (run with ``check=False``)."""
     return _service(ctx, "status", timeout)
@@ -585,6 +621,7 @@ def service_signal(ctx: NodeContext, sig: str | int, *, timeout: float = DEFAULT
 LOCK_HELD_EXIT = 75  # EX_TEMPFAIL: what ``lock_probe`` exits with when the DB lock is held
 
 
+@_observing
 def lock_probe(metadata_dir: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
     """``flock -n -E 75 <metadata_dir>/db/db true``: exit 0 if sled's lock is free, 75 if held.
 
@@ -603,6 +640,7 @@ def lock_probe(metadata_dir: str, *, sudo: bool = False, timeout: float = DEFAUL
 _DIR_NAME_RE = re.compile(r"[A-Za-z0-9._+-]+")
 
 
+@_observing
 def list_tree(path: str, *, sudo: bool = False, timeout: float = 120.0) -> RemoteCommand:
     """``find <dir> -printf '%y %s %T@ %P\\0'``: every entry of a tree, the dir itself first.
 
@@ -613,6 +651,7 @@ def list_tree(path: str, *, sudo: bool = False, timeout: float = 120.0) -> Remot
     return _cmd(("find", _abs(path), "-printf", "%y %s %T@ %P\\0"), timeout=timeout, sudo=sudo)
 
 
+@_observing
 def sha256sum_files(paths: Iterable[str], *, sudo: bool = False, timeout: float = 600.0) -> RemoteCommand:
     """``sha256sum <path>...``: one ``<hex>  <path>`` line per file (coreutils escapes a name
     holding a newline or backslash and starts its line with ``\\``).

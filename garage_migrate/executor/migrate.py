@@ -6,7 +6,8 @@ reporter; this module decides what a run does:
 
 - a dry run publishes the plan, runs the preflight and writes nothing;
 - a migration already ``done`` or ``rolled-back`` does nothing and says so;
-- otherwise the cluster lock is taken before any command that changes anything, the plan is
+- otherwise every remote command from then on is journalled (:mod:`garage_migrate.journal`),
+  the cluster lock is taken before any command that changes anything, the plan is
   executed, and the ledger ends ``done`` (lock released), ``failed`` (lock held: the cluster
   is half-way) or ``rolled-back`` (lock released). A superseded run writes nothing more.
 """
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from ..cluster_lock import ClusterLock
 from ..errors import SupersededError
 from ..gates import Clock
+from ..journal import CommandJournal, in_step, with_journal
 from ..plan import MigrationOptions, MigrationPlan
 from ..steps import Runtime
 from .interfaces import Decider, Reporter, StepRunner
@@ -26,7 +28,7 @@ from .run import Executor
 
 
 async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions, *, dry_run: bool,
-                        hold: Callable[[], Awaitable[ClusterLock]], decider_for: Callable[[ClusterLock], Decider],
+                        hold: Callable[[Runtime], Awaitable[ClusterLock]], decider_for: Callable[[ClusterLock], Decider],
                         steps: StepRunner, reporter: Reporter, clock: Clock | None = None,
                         auto_approve: bool = False, log: logging.Logger | logging.LoggerAdapter | None = None) -> dict:
     """Run ``plan`` as the module docstring says and return the run's summary.
@@ -36,7 +38,8 @@ async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions
         plan: its plan.
         opts: the options the plan was made with.
         dry_run: change nothing, write no ledger.
-        hold: takes the cluster lock (raises ``ClusterLockedError`` when refused).
+        hold: takes the cluster lock through the runtime it is given (raises ``ClusterLockedError``
+            when refused).
         decider_for: the decider of this run, given its lock.
         steps: the step runner.
         reporter: publishes plan, progress and report.
@@ -63,7 +66,9 @@ async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions
         await reporter.report(plan.migration_id, f"**{msg}** (ledger `{led.path}`)", "Nothing to do")
         return {"migration_id": plan.migration_id, "ledger": str(led.path), "state": led.data["state"],
                 "changed": False}
-    lock = await hold()  # the cluster lock, before any command that changes anything
+    rt = with_journal(rt, CommandJournal.beside(led.path))  # every command from here on is journalled
+    with in_step(None, "cluster-lock"):
+        lock = await hold(rt)  # the cluster lock, before any command that changes anything
     executor = Executor(rt, plan, opts, steps=steps, decider=decider_for(lock), reporter=reporter, clock=clock,
                         auto_approve=auto_approve, log=log)
     try:

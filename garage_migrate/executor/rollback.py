@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+from ..journal import in_step
 from ..plan import MigrationOptions
 from ..steps import Runtime
 from .interfaces import StepRunner
@@ -20,16 +21,21 @@ async def rollback_nodes(rt: Runtime, steps: StepRunner, nodes: list[str]) -> No
     async def one(node: str):
         before = rt.ledger.node(node).get("version_before")
         rt.ledger.check_holder()  # a superseded process never acts
-        await steps.stop_node(rt, node)
-        await steps.switch_binary(rt, node, "source")
-        await steps.restore_node(rt, node)
-        await steps.start_node(rt, node, before)
+        with in_step("rollback", "stop"):
+            await steps.stop_node(rt, node)
+        with in_step("rollback", "switch"):
+            await steps.switch_binary(rt, node, "source")
+        with in_step("rollback", "restore"):
+            await steps.restore_node(rt, node)
+        with in_step("rollback", "start"):
+            await steps.start_node(rt, node, before)
         await rt.ledger.record_step(node, "rollback", "done", f"back on {before}")
     results = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
     failed = {n: r for n, r in zip(nodes, results) if isinstance(r, BaseException)}
     if failed:
         raise next(iter(failed.values()))
-    await steps.wait_healthy(rt, [n.name for n in rt.facts.nodes], "all")
+    with in_step("rollback", "wait-healthy"):
+        await steps.wait_healthy(rt, [n.name for n in rt.facts.nodes], "all")
 
 
 async def sync_gate_after_rollback(rt: Runtime, steps: StepRunner, gate_deadline_s: float):
@@ -37,7 +43,8 @@ async def sync_gate_after_rollback(rt: Runtime, steps: StepRunner, gate_deadline
 
     It reports; it does not fail the rollback, which is done by then.
     """
-    outcome = await steps.sync_gate(rt, MigrationOptions(gate_deadline_s=gate_deadline_s), "rollback")
+    with in_step("rollback", "sync-gate"):
+        outcome = await steps.sync_gate(rt, MigrationOptions(gate_deadline_s=gate_deadline_s), "rollback")
     await rt.ledger.record_gate("sync-rollback", status=outcome.status, reasons=list(outcome.reasons))
     if outcome.status != "passed":
         rt.log.warning("sync gate after the rollback: %s (%s)", outcome.status, "; ".join(outcome.reasons))

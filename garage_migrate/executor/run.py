@@ -24,6 +24,7 @@ from collections import OrderedDict
 
 from ..errors import MigrationAborted, SupersededError
 from ..gates import Clock, SystemClock
+from ..journal import in_step
 from ..plan import MigrationOptions, MigrationPlan, Phase, Step, Wave
 from ..runtime import watch_report
 from ..steps import Runtime, StepResult
@@ -122,7 +123,8 @@ class Executor:
             return
         await led.record_step(node, key, "running")  # raises in a superseded process: it never acts
         try:
-            res = await self.run_node_step(s)
+            with in_step(phase.name, s.kind):
+                res = await self.run_node_step(s)
         except BaseException as exc:
             await led.record_step(node, key, "failed", f"{type(exc).__name__}: {exc}",
                                   code=str(getattr(exc, "code", "FAILED")))
@@ -153,8 +155,12 @@ class Executor:
 
     async def run_cluster_step(self, phase: Phase, s: Step):
         """Dispatch a cluster step (repair, gates, approvals, health, counters, watch)."""
+        self.rt.ledger.check_holder()  # a superseded run never launches anything on the cluster
+        with in_step(phase.name, s.kind):
+            return await self._cluster_step(phase, s)
+
+    async def _cluster_step(self, phase: Phase, s: Step):
         rt = self.rt
-        rt.ledger.check_holder()  # a superseded run never launches anything on the cluster
         match s.kind:
             case "repair":
                 return await self.steps.launch_repair(rt, s.arg("what"))
@@ -216,8 +222,9 @@ class Executor:
                 await rollback_all(self.rt, self.steps)
                 raise MigrationAborted("rolled back every node to 0.7 after a failed 0.8 start")
             self.rt.ledger.check_holder()
-            results = await asyncio.gather(*(self.steps.start_node(self.rt, n, self.plan.target_version)
-                                             for n in failed), return_exceptions=True)
+            with in_step("flip", "start", attempt + 1):  # the plan's start, numbered by attempt
+                results = await asyncio.gather(*(self.steps.start_node(self.rt, n, self.plan.target_version)
+                                                 for n in failed), return_exceptions=True)
             for n, r in zip(list(failed), results):
                 if not isinstance(r, BaseException):
                     await self.rt.ledger.record_step(n, "flip:start", r.status, r.detail, retried=attempt)

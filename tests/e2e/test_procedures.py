@@ -212,6 +212,15 @@ def _assert_end_state(lab, res: dict, procedure: str, target: str, tr: traffic.T
     assert led.data["state"] == "done" and led.data["procedure"] == procedure
     # no secret in the ledger (the original garage.toml stays on the node; issue 9 §5)
     assert lab.info["rpc_secret"] not in Path(res["ledger"]).read_text()
+    # the command journal beside it: every act that started finished, no secret (issue 9 §3)
+    journal = Path(res["ledger"]).with_name("commands.jsonl")
+    lines = [json.loads(x) for x in journal.read_text().splitlines()]
+    started = [(e["node"], e["phase"], e["step"], e["command"]) for e in lines if e["event"] == "started"]
+    finished = [(e["node"], e["phase"], e["step"], e["command"]) for e in lines
+                if e["event"] == "finished" and e["kind"] == "act"]
+    assert started and sorted(started) == sorted(finished)
+    assert {e["node"] for e in lines} == {n["name"] for n in lab.nodes}
+    assert lab.info["rpc_secret"] not in journal.read_text()
     mid = led.data["migration_id"]
     assert mid.endswith(f"-to-v{target}")
 

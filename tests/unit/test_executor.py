@@ -1,8 +1,9 @@
 """Every branch of the executor, Prefect-free: a scripted step runner, a scripted decider, a
 fake clock, a real ledger in a temp dir (issue 9 §6).
 
-The step runner records each call instead of touching a node; the decider answers from a
-script and records each question; the clock advances when slept on, so no test waits.
+The step runner (:mod:`fakes`) records each call instead of touching a node; the decider
+answers from a script and records each question; the clock advances when slept on, so no
+test waits.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import logging
 
 import pytest
 
-from garage_migrate.errors import MigrationAborted, StepError, SupersededError
-from garage_migrate.executor import Answer, EngineSteps, Executor
-from garage_migrate.gates import FakeClock, GateOutcome
+from garage_migrate.errors import MigrationAborted, SupersededError
+from garage_migrate.executor import Executor
+from garage_migrate.gates import FakeClock
 from garage_migrate.ledger import Ledger
 from garage_migrate.plan import MigrationOptions, make_plan
-from garage_migrate.steps import Runtime, StepResult
+from garage_migrate.steps import Runtime
 
 from builders import inventory_and_facts
+from fakes import FakeSteps, ScriptedDecider
 
 OPTS = MigrationOptions(watch_s=10.0)
 MID = "m1"
@@ -27,86 +29,6 @@ MID = "m1"
 
 def run(coro):
     return asyncio.run(coro)
-
-
-class FakeSteps(EngineSteps):
-    """A step runner that records ``(step, node, arg)`` and acts on nothing.
-
-    Args:
-        gates: the statuses the sync gates return, in order (then ``passed``).
-        counters: the status ``check_counters`` returns.
-        start_failures: node -> how many of its 0.8 starts fail first.
-        on_call: called with each call tuple before it is recorded (to script a takeover).
-    """
-
-    def __init__(self, gates=(), counters="done", start_failures=None, on_call=None):
-        self.calls: list[tuple] = []
-        self.gates = list(gates)
-        self.counters = counters
-        self.start_failures = dict(start_failures or {})
-        self.on_call = on_call
-
-    def _rec(self, *call) -> None:
-        if self.on_call is not None:
-            self.on_call(call)
-        self.calls.append(call)
-
-    def acts(self) -> list[tuple]:
-        """The calls that would change a node (everything but observations and gates)."""
-        return [c for c in self.calls if c[0] not in ("preflight", "sync_gate", "observe_once", "wait_healthy",
-                                                      "check_counters")]
-
-    async def _done(self, step: str, node, arg=None) -> StepResult:
-        self._rec(step, node, arg)
-        return StepResult(step, node, "done")
-
-    async def preflight(self, rt, node): return await self._done("preflight", node)
-    async def set_api(self, rt, node, enabled): return await self._done("set_api", node, enabled)
-    async def launch_repair(self, rt, what): return await self._done("launch_repair", None, what)
-    async def stop_node(self, rt, node): return await self._done("stop_node", node)
-    async def wait_healthy(self, rt, nodes, scope): return await self._done("wait_healthy", None, scope)
-    async def backup_metadata(self, rt, node): return await self._done("backup_metadata", node)
-    async def stage_binary(self, rt, node): return await self._done("stage_binary", node)
-    async def switch_binary(self, rt, node, to="target"): return await self._done("switch_binary", node, to)
-    async def offline_repair(self, rt, node): return await self._done("offline_repair", node)
-    async def restore_node(self, rt, node): return await self._done("restore_node", node)
-
-    async def start_node(self, rt, node, version):
-        self._rec("start_node", node, version)
-        if version == "0.8.7" and self.start_failures.get(node, 0) > 0:
-            self.start_failures[node] -= 1
-            raise StepError("did not answer as 0.8.7", node=node)
-        return StepResult("start", node, "done")
-
-    async def check_counters(self, rt):
-        self._rec("check_counters", None, None)
-        return StepResult("check-counters", None, self.counters, "bucket b1: 3 objects counted, 5 in the table")
-
-    async def sync_gate(self, rt, opts, name):
-        self._rec("sync_gate", None, name)
-        status = self.gates.pop(0) if self.gates else "passed"
-        return GateOutcome(gate=name, status=status, passes=0 if status != "passed" else opts.gate_consecutive,
-                           required=opts.gate_consecutive, elapsed=1.0, deadline=opts.gate_deadline_s, last={},
-                           reasons=() if status == "passed" else ("n1: resync queue 12",))
-
-    async def observe_once(self, rt):
-        self._rec("observe_once", None, None)
-        return {n.name: () for n in rt.facts.nodes}
-
-
-class ScriptedDecider:
-    """Answers questions from ``answers`` (gate key prefix -> actions in order) and records them."""
-
-    def __init__(self, **answers: list[str]):
-        self.answers = {k.replace("_", "-"): list(v) for k, v in answers.items()}
-        self.asked: list[tuple[str, str]] = []
-
-    async def ask(self, kind, key, description):
-        self.asked.append((kind, key))
-        for prefix, actions in self.answers.items():
-            if key.startswith(prefix) and actions:
-                return Answer(action=actions.pop(0), note=f"scripted {kind}", pause_key=f"{key}-p", flow_run_id="fr")
-        raise AssertionError(f"unexpected question {kind} {key}")
 
 
 def _setup(tmp_path, procedure="minimal-downtime", versions=None, per_zone=1):
