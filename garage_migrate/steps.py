@@ -453,6 +453,8 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
             await start_node(rt, node, version)
         if client_addr and await _reachable(client_addr) != enabled:
             raise StepError(f"S3 endpoint {client_addr} is {'not ' if enabled else 'still '}reachable", node=node)
+    if enabled:  # restored: the kept copy has served (the ledger keeps its digest)
+        await rt.act(node, C.remove_file(original_config_path(ctx.config_path), sudo=ctx.sudo))
     return await _record(rt, StepResult(key, node, "done", ("API restored" if enabled else "API cut")
                                         + (f": clients' S3 address {client_addr} " + ("open" if enabled else "closed")
                                            if running and client_addr else " (takes effect at the next start)")), key)
@@ -475,35 +477,48 @@ async def _upload_text(rt: Runtime, node: str, text: str, remote: str) -> None:
 
 
 async def _original_config(rt: Runtime, node: str, text: str, keep: bool) -> str | None:
-    """The node's original ``garage.toml``, kept on the node beside the config.
+    """The node's original ``garage.toml``, kept on the node beside the config while the API is cut.
 
-    The first cut of this migration (``keep``, and no digest in the ledger yet) copies the
-    current config to :func:`original_config_path` and records only its sha256 in the ledger,
-    before the config is changed; later reads return the copy after checking it against that
-    digest. ``None``: the API was never cut in this migration.
+    The copy (:func:`original_config_path`) is written once, by the first cut, before the
+    config changes, and removed when the API is restored; the ledger records only its sha256.
+    A copy left by an earlier migration that cut the API and never restored it holds the real
+    original, so a new migration adopts it instead of taking the cut config for the original.
+    ``None``: the API was never cut in this migration (and ``keep`` is false).
 
     Raises:
-        StepError: the kept copy is missing or differs from the recorded digest.
+        StepError: the kept copy is missing (and the config is not the original) or differs
+            from the recorded digest.
     """
     rec = rt.ledger.node(node)
     if rec.get("config_original") is not None:  # written by an older version: resume with it
         return rec["config_original"]
     digest = rec.get("config_original_sha256")
+    if digest is not None and _sha256(text) == digest:
+        return text  # the config is the original (not cut yet, or restored)
     ctx = rt.node(node).ctx
     path = original_config_path(ctx.config_path)
-    if digest is None:
-        if not keep:
-            return None
+    res = await rt.observe(node, C.cat(path, sudo=ctx.sudo), check=False)
+    kept = res.stdout if res.returncode == 0 else None
+    if digest is not None:
+        if kept is None or _sha256(kept) != digest:
+            raise StepError(f"the original config kept at {path} is missing or is not the one recorded "
+                            f"(sha256 {digest[:16]}): restore it by hand before re-enabling the API", node=node)
+        return kept
+    if not keep:
+        return None
+    if kept is None:
+        kept = text
         if not rt.dry_run:
             await _upload_text(rt, node, text, path)
-            await rt.ledger.set_node(node, config_original_sha256=hashlib.sha256(text.encode()).hexdigest(),
-                                     config_original_path=path)
-        return text
-    res = await rt.observe(node, C.cat(path, sudo=ctx.sudo), check=False)
-    if res.returncode != 0 or hashlib.sha256(res.stdout.encode()).hexdigest() != digest:
-        raise StepError(f"the original config kept at {path} is missing or is not the one recorded "
-                        f"(sha256 {digest[:16]}): restore it by hand before re-enabling the API", node=node)
-    return res.stdout
+    else:
+        rt.info(node, "the API was left cut by an earlier run: restoring from its original config, %s", path)
+    if not rt.dry_run:
+        await rt.ledger.set_node(node, config_original_sha256=_sha256(kept), config_original_path=path)
+    return kept
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _bind_of(toml_text: str, section: str) -> str | None:

@@ -118,16 +118,39 @@ def test_api_gate_port_cuts_and_restores_clients_idempotently(make_lab):
             await steps.preflight(rt, node["name"])
             a = [await steps.set_api(rt, node["name"], False) for _ in range(2)]
             closed = not s3_open()
+            kept = Path(steps.original_config_path(str(config)))
+            kept_while_cut = (kept.read_text(), kept.stat().st_mode & 0o077)
             b = [await steps.set_api(rt, node["name"], True) for _ in range(2)]
-            return a, closed, b, rt.ledger.path
-    a, closed, b, ledger_path = run(scenario(), limit=None)
+            return a, closed, kept_while_cut, b, rt.ledger.path
+    a, closed, kept_while_cut, b, ledger_path = run(scenario(), limit=None)
     assert [r.status for r in a] == ["done", "skipped"] and closed
     assert [r.status for r in b] == ["done", "skipped"] and s3_open()
     assert _truth(lab, node["name"])["running_version"] == "0.7.3"
-    # the original config is kept on the node (owner-only), restored byte for byte, and the
-    # ledger holds only its digest: never the rpc_secret
-    kept = Path(steps.original_config_path(str(config)))
-    assert kept.read_text() == before == config.read_text()
-    assert kept.stat().st_mode & 0o077 == 0
+    # while the API is cut the original config is kept on the node (owner-only); it is restored
+    # byte for byte, the copy removed, and the ledger holds only its digest: never the rpc_secret
+    assert kept_while_cut == (before, 0)
+    assert config.read_text() == before
+    assert not Path(steps.original_config_path(str(config))).exists()
     assert lab.info["rpc_secret"] in before
     assert lab.info["rpc_secret"] not in Path(ledger_path).read_text()
+
+
+def test_a_migration_after_one_that_left_the_api_cut_restores_the_real_original(make_lab):
+    """Migration A cuts the API and is abandoned; migration B (another ledger) must not take the
+    cut config for the original: it adopts the copy A kept on the node and restores that."""
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    node = lab.nodes[0]["name"]
+    config = lab.node_dir(node) / "etc" / "garage.toml"
+    before = config.read_text()
+    inv = str(lab.dir / "inventory.yaml")
+
+    async def scenario():
+        async with open_runtime(inv, "simple", "migration-a") as rt:
+            cut = await steps.set_api(rt, node, False)
+        async with open_runtime(inv, "simple", "migration-b") as rt:
+            again = await steps.set_api(rt, node, False)
+            back = await steps.set_api(rt, node, True)
+        return cut, again, back
+    cut, again, back = run(scenario(), limit=None)
+    assert (cut.status, again.status, back.status) == ("done", "skipped", "done")
+    assert config.read_text() == before
