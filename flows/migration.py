@@ -49,6 +49,15 @@ def _key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
 
 
+#: Cluster steps that a resumed run skips once the ledger records them done. Approvals are
+#: not among them: their reuse follows the decision rule (same plan digest, a person's answer).
+_SKIPPABLE_WHEN_DONE = frozenset({"repair", "sync-gate", "wait-healthy", "check-counters"})
+
+
+def _detail(res) -> str:
+    return str(getattr(res, "detail", None) or getattr(res, "status", None) or "")[:500]
+
+
 class Runner:
     """Executes a plan phase by phase; one instance per flow run."""
 
@@ -97,7 +106,7 @@ class Runner:
                              key, rec["decision"], rec.get("plan_digest"), digest)
         if self.auto_approve and clean and form is Approval:
             await self.rt.ledger.record_gate(key, decision="approve", by="auto-approve", plan_digest=digest,
-                                             note="auto_approve: the gates before it passed cleanly")
+                                             note="gate passed cleanly")
             await self.rt.ledger.event("auto-approve", f"{key}: approve (rule: auto_approve, clean gate)")
             return "approve"
         await self.rt.ledger.record_gate(key, status="waiting", decision=None, by=None, plan_digest=digest)
@@ -131,7 +140,15 @@ class Runner:
     async def run_wave(self, phase: Phase, wave: Wave) -> None:
         cluster_steps = [s for s in wave.steps if s.node is None]
         for s in cluster_steps:
-            await self.run_cluster_step(phase, s)
+            key = ":".join([phase.name, wave.name, s.kind] + [f"{k}={v}" for k, v in s.args])
+            if s.kind in _SKIPPABLE_WHEN_DONE and self.rt.ledger.cluster_step_done(key):
+                # a resumed run (e.g. after a failed flip) must not repeat the cluster-wide work
+                # of the phases it finished: a repair launch fails while a node is down
+                self.log.info("[cluster] %s: skipped: done earlier in this migration (ledger)", key)
+                continue
+            res = await self.run_cluster_step(phase, s)
+            if s.kind in _SKIPPABLE_WHEN_DONE:
+                await self.rt.ledger.record_cluster_step(key, "done", _detail(res))
         by_node: dict[str, list[Step]] = OrderedDict()
         for s in wave.steps:
             if s.node is not None:
