@@ -220,8 +220,13 @@ def test_a_paused_run_outlives_the_lease_while_every_other_run_on_the_cluster_is
 
 
 # ---------------------------------------------------------------------------- the terminal
+#: Marks the processes this module's terminal runs start (their temporary servers inherit it),
+#: so that the process-table check sees ours only, not another suite's on the same machine.
+TAG = f"gm-test-{os.getpid()}-{time.time_ns()}"
+
+
 def _cli(*args: str, **kw) -> subprocess.Popen:
-    env = dict(os.environ)
+    env = dict(os.environ, GARAGE_MIGRATE_TEST_TAG=TAG)
     env.pop("PREFECT_API_URL", None)
     return subprocess.Popen([sys.executable, "-m", "garage_migrate.cli", *args], cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -238,7 +243,7 @@ def _servers_of(pids_before: set[int]) -> list[str]:
                 env = (p / "environ").read_bytes()
             except OSError:
                 continue
-            if "server start" in cmd and b"garage-migrate-prefect-" in env:
+            if "server start" in cmd and f"GARAGE_MIGRATE_TEST_TAG={TAG}".encode() in env:
                 out.append(f"{p.name}: {cmd}")
     return out
 
@@ -357,7 +362,7 @@ def test_a_terminal_run_asks_at_the_prompt_and_takes_only_a_choice(make_lab):
     lab = make_lab(version="0.7.3", zones=3, per_zone=1)
     inv = str(lab.dir / "inventory.yaml")
     before = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
-    env = dict(os.environ)
+    env = dict(os.environ, GARAGE_MIGRATE_TEST_TAG=TAG)
     env.pop("PREFECT_API_URL", None)
     pid, fd = pty.fork()
     if pid == 0:  # the child: the CLI with the pty as its terminal
