@@ -220,8 +220,13 @@ def test_a_paused_run_outlives_the_lease_while_every_other_run_on_the_cluster_is
 
 
 # ---------------------------------------------------------------------------- the terminal
+#: Marks the processes this module's terminal runs start (their temporary servers inherit it),
+#: so that the process-table check sees ours only, not another suite's on the same machine.
+TAG = f"gm-test-{os.getpid()}-{time.time_ns()}"
+
+
 def _cli(*args: str, **kw) -> subprocess.Popen:
-    env = dict(os.environ)
+    env = dict(os.environ, GARAGE_MIGRATE_TEST_TAG=TAG)
     env.pop("PREFECT_API_URL", None)
     return subprocess.Popen([sys.executable, "-m", "garage_migrate.cli", *args], cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -238,7 +243,7 @@ def _servers_of(pids_before: set[int]) -> list[str]:
                 env = (p / "environ").read_bytes()
             except OSError:
                 continue
-            if "server start" in cmd and b"garage-migrate-prefect-" in env:
+            if "server start" in cmd and f"GARAGE_MIGRATE_TEST_TAG={TAG}".encode() in env:
                 out.append(f"{p.name}: {cmd}")
     return out
 
@@ -344,3 +349,68 @@ def test_a_flip_failure_decision_is_never_taken_from_a_retry(stack, make_lab):
     assert not [e for e in led.data["events"] if e["kind"] == "rollback"]
     stack.set_state(frid, Cancelled(message="test over"))
     stack.wait_final(frid)
+
+
+@pytest.mark.timeout(900)
+def test_a_terminal_run_asks_at_the_prompt_and_takes_only_a_choice(make_lab):
+    """``garage-migrate run`` on a terminal (a pty): the prompt refuses what is not a choice of
+    the form (nothing is decided by default), takes "approve", and the run completes; its
+    temporary server is gone afterwards."""
+    import pty
+    import select
+
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    inv = str(lab.dir / "inventory.yaml")
+    before = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    env = dict(os.environ, GARAGE_MIGRATE_TEST_TAG=TAG)
+    env.pop("PREFECT_API_URL", None)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI with the pty as its terminal
+        os.chdir(ROOT)
+        os.execve(sys.executable, [sys.executable, "-m", "garage_migrate.cli", "run", "simple", "--inventory", inv,
+                                   "--watch", "2", "--gate-deadline", "90"], env)
+    out = b""
+
+    def expect(text: bytes, after: int = 0, timeout: float = 400) -> int:
+        """Read until ``text`` appears after offset ``after``; return where it ends."""
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while out.find(text, after) < 0:
+            assert time.monotonic() < deadline, out[-3000:].decode(errors="replace")
+            r, _, _ = select.select([fd], [], [], 1)
+            if r:
+                try:
+                    out += os.read(fd, 65536)
+                except OSError:  # EIO: the child closed the terminal (it exited)
+                    raise AssertionError(f"the CLI exited before {text!r}:\n"
+                                         + out[-4000:].decode(errors="replace")) from None
+        return out.find(text, after) + len(text)
+
+    try:
+        pos = 0
+        for gate in (b"approve-shutdown", b"approve-reopen"):
+            mark = pos = expect(b"PAUSED for a decision at " + gate, pos)
+            pos = expect(b"decision ['approve', 'abort']: ", pos)
+            os.write(fd, b"yes\n")  # not a choice: refused, asked again
+            pos = expect(b"not a decision", pos)
+            pos = expect(b"decision ['approve', 'abort']: ", pos)
+            os.write(fd, b"approve\n")
+            pos = expect(b"note: ", pos)
+            os.write(fd, b"from the pty\n")
+            assert out.count(b"decision ['approve', 'abort']: ", mark, pos) == 2
+        expect(b'"state": "done"', pos, timeout=400)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, out[-3000:]
+    finally:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+    led = _ledger(lab)
+    assert led.data["state"] == "done"
+    assert [(g, led.gate(g)["by"], led.gate(g)["note"]) for g in ("approve-shutdown", "approve-reopen")] == \
+        [("approve-shutdown", "person", "from the pty"), ("approve-reopen", "person", "from the pty")]
+    time.sleep(1)
+    assert _servers_of(before) == []
