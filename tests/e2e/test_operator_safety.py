@@ -225,12 +225,35 @@ def test_a_paused_run_outlives_the_lease_while_every_other_run_on_the_cluster_is
 TAG = f"gm-test-{os.getpid()}-{time.time_ns()}"
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
 def _cli(*args: str, **kw) -> subprocess.Popen:
     env = dict(os.environ, GARAGE_MIGRATE_TEST_TAG=TAG)
     env.pop("PREFECT_API_URL", None)
-    return subprocess.Popen([sys.executable, "-m", "garage_migrate.cli", *args], cwd=ROOT, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kw)
+    p = subprocess.Popen([sys.executable, "-m", "garage_migrate.cli", *args], cwd=ROOT, env=env,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, **kw)
+    _STARTED.append(p)
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _stop_terminal_runs():
+    """Every CLI run a test started is stopped (its process group, by PID), even after a failure."""
+    yield
+    while _STARTED:
+        p = _STARTED.pop()
+        if p.poll() is None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(p.pid, sig)
+                    p.wait(20)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
 
 
 def _servers_of(pids_before: set[int]) -> list[str]:
