@@ -17,9 +17,7 @@ Rules that hold in both flows:
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-import uuid
 from collections import OrderedDict
 
 from prefect import flow, get_run_logger
@@ -33,6 +31,7 @@ from prefect.exceptions import Abort
 
 import tasks as T
 from flows.approvals import Approval, Asker, CountersDecision, GateDecision, NodeFailureDecision
+from flows.approvals import prefect_key as _key
 from garage_migrate import runtime as R
 from flows.holding import hold_cluster, refused
 from garage_migrate.errors import ClusterLockedError, MigrationAborted, SupersededError
@@ -44,9 +43,6 @@ __all__ = ["Approval", "CountersDecision", "GateDecision", "MigrationAborted", "
            "Runner", "minimal_downtime_migration", "simple_migration"]
 
 
-def _key(*parts: str) -> str:
-    """A pause/artifact key: lowercase letters, digits and dashes only (Prefect's rule)."""
-    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
 
 
 #: Cluster steps that a resumed run skips once the ledger records them done. Approvals are
@@ -62,13 +58,13 @@ class Runner:
     """Executes a plan phase by phase; one instance per flow run."""
 
     def __init__(self, rt: R.Runtime, plan: MigrationPlan, opts: MigrationOptions, auto_approve: bool,
-                 pause_timeout: int, asker: Asker | None = None):
+                 pause_timeout: int, asker: Asker):
         self.rt = rt
         self.plan = plan
         self.opts = opts
         self.auto_approve = auto_approve
         self.pause_timeout = pause_timeout
-        self.asker = asker or Asker(uuid.uuid4().hex)
+        self.asker = asker
         self.log = get_run_logger()
         self.progress_id = None
         self.step_kinds = list(OrderedDict.fromkeys(f"{ph.name}:{s.kind}" for ph in plan.phases for w in ph.waves

@@ -62,6 +62,14 @@ def _worker_saw_the_crash(state) -> bool:
     return state.is_crashed() and "SIGKILL" in (state.message or "")
 
 
+def _crash_through_the_api_and_retry(stack, frid) -> None:
+    """Set the run Crashed through the API while its process lives, then ``prefect flow-run retry``."""
+    from prefect.states import Crashed
+
+    stack.set_state(frid, Crashed(message="test: set Crashed through the API"))
+    stack.retry(frid)
+
+
 def _retry_until_it_pauses(stack, frid, first: str) -> str:
     """``prefect flow-run retry``, again if a late crash report overwrote it (the worker may
     report a killed process twice, seconds apart, under load), as an operator would."""
@@ -98,10 +106,7 @@ def test_retry_of_a_run_crashed_through_the_api_while_its_process_lives_asks_aga
     old = _ledger(lab).data["holder"]
     stack.flow_pids.add(old["pid"])
     t0 = time.time()
-    from prefect.states import Crashed
-
-    stack.set_state(frid, Crashed(message="test: set Crashed through the API"))
-    stack.retry(frid)
+    _crash_through_the_api_and_retry(stack, frid)
     again = stack.wait_paused(frid, not_key={first}).state.state_details.pause_key
     assert again.startswith("approve-shutdown-") and again != first, again
     # the paused process saw its run leave Paused through a retry: it stopped, touching nothing
@@ -176,10 +181,7 @@ def test_a_sync_gate_decision_is_never_taken_from_a_retry(stack, make_lab):
     assert first.startswith("sync-before-1-"), first
     pid = _ledger(lab).data["holder"]["pid"]
     t0 = time.time()
-    from prefect.states import Crashed
-
-    stack.set_state(frid, Crashed(message="test"))
-    stack.retry(frid)
+    _crash_through_the_api_and_retry(stack, frid)
     again = stack.wait_paused(frid, not_key={first}).state.state_details.pause_key
     assert again.startswith("sync-before-1-") and again != first
     assert process_gone(pid)
@@ -351,7 +353,7 @@ def test_two_terminal_runs_one_cluster_unlock_and_nothing_left_running(make_lab)
 def test_a_flip_failure_decision_is_never_taken_from_a_retry(stack, make_lab):
     """The flip-failure form offers "retry" (starts nodes) and "rollback": a retry of the
     paused run must neither, and must ask again."""
-    from prefect.states import Cancelled, Crashed
+    from prefect.states import Cancelled
 
     lab = make_lab(version="0.7.3", zones=3, per_zone=1)
     victim = "node-b1"
@@ -375,8 +377,7 @@ def test_a_flip_failure_decision_is_never_taken_from_a_retry(stack, make_lab):
     simple = stack.wait_final(stack.run_deployment(SIMPLE, **_params(lab)), timeout=180)
     assert simple.state.is_cancelled() and "refused" in simple.state.message, simple.state
     assert service_events(lab, t0) == []
-    stack.set_state(frid, Crashed(message="test"))
-    stack.retry(frid)
+    _crash_through_the_api_and_retry(stack, frid)
     again = stack.wait_paused(frid, not_key={first}, timeout=300).state.state_details.pause_key
     assert again.startswith("flip-failure-1-") and again != first, again
     assert process_gone(pid)
