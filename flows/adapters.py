@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import re
-
 from prefect import task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -19,14 +17,10 @@ from prefect.artifacts import (
 )
 
 import tasks as T
+from flows.approvals import prefect_key as artifact_key
 from garage_migrate import backup_step
 from garage_migrate.executor import EngineSteps
 from garage_migrate.steps import Runtime, StepResult
-
-
-def artifact_key(*parts: str) -> str:
-    """A pause/artifact key: lowercase letters, digits and dashes only (Prefect's rule)."""
-    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
 
 
 @task(name="restore-metadata", task_run_name="restore-{node}", **T.ONCE)

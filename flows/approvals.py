@@ -25,6 +25,7 @@ were found on a real server, and each is closed here:
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Literal
 
@@ -76,11 +77,14 @@ class NodeFailureDecision(RunInput):
     note: str = NOTE
 
 
+def prefect_key(*parts: str) -> str:
+    """A pause/artifact key: lowercase letters, digits and dashes only (Prefect's rule)."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
 def pause_key(gate: str, token: str, n: int) -> str:
     """``<gate>-<first 8 of the token>-<n>``: new for each attempt of each process."""
-    import re
-
-    return re.sub(r"[^a-z0-9-]+", "-", f"{gate}-{token[:8]}-{n}".lower()).strip("-")
+    return prefect_key(gate, token[:8], str(n))
 
 
 # the states a run passes through when something other than a resume moved it out of Paused

@@ -496,7 +496,9 @@ def _answer_pauses(box: dict, ui: str | None, no_input: bool, stop: threading.Ev
                     if getattr(resp.status, "value", resp.status) in ("ACCEPT", StateType.RUNNING.value):
                         break
                     print(f"refused by Prefect: {getattr(resp.details, 'reason', resp)}")
-                    break
+                    now = (await client.read_flow_run(fr_id)).state
+                    if not (now and now.is_paused() and now.state_details.pause_key == key):
+                        break  # the pause is over (answered elsewhere, cancelled): nothing to answer
     try:
         asyncio.run(loop())
     except EOFError:

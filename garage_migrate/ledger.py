@@ -195,6 +195,16 @@ class Ledger:
             rec.update(status=status, detail=detail, finished=None if status == "running" else time.time(), **extra)
         await self._change(change)
 
+    # ------------------------------------------------------------------ cluster-wide steps
+    def cluster_step_done(self, key: str) -> bool:
+        """Whether the cluster-wide step ``key`` (``phase:wave:kind:args``) completed."""
+        return (self.data.get("cluster_steps") or {}).get(key, {}).get("status") == "done"
+
+    async def record_cluster_step(self, key: str, status: str, detail: str = "") -> None:
+        """Record a cluster-wide step (a repair launch, a gate that passed...) and save."""
+        await self._change(lambda d: d.setdefault("cluster_steps", {}).__setitem__(
+            key, {"status": status, "detail": detail, "at": time.time()}))
+
     # ------------------------------------------------------------------ gates, decisions & events
     def gate(self, key: str) -> dict | None:
         """The recorded outcome or decision of gate ``key``, if any."""

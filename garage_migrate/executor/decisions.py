@@ -64,7 +64,7 @@ class Decisions:
                              key, rec["decision"], rec.get("plan_digest"), self.digest)
         if self.auto_approve and clean and kind == "approval":
             await self.ledger.record_gate(key, decision="approve", by="auto-approve", plan_digest=self.digest,
-                                          note="auto_approve: the gates before it passed cleanly")
+                                          note="gate passed cleanly")
             await self.ledger.event("auto-approve", f"{key}: approve (rule: auto_approve, clean gate)")
             return "approve"
         await self.ledger.record_gate(key, status="waiting", decision=None, by=None, plan_digest=self.digest)

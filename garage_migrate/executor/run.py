@@ -33,6 +33,14 @@ from .interfaces import Decider, NullReporter, Reporter, StepRunner
 from .rollback import rollback_all
 
 
+#: Cluster steps that a resumed run skips once the ledger records them done.
+SKIPPABLE_WHEN_DONE = frozenset({"repair", "sync-gate", "wait-healthy", "check-counters"})
+
+
+def _detail(res) -> str:
+    return str(getattr(res, "detail", None) or getattr(res, "status", None) or "")[:500]
+
+
 class Executor:
     """Executes one plan for one run.
 
@@ -91,7 +99,7 @@ class Executor:
         """Cluster steps first, then each node's steps in order, the nodes concurrently."""
         for s in wave.steps:
             if s.node is None:
-                await self.run_cluster_step(phase, s)
+                await self.run_cluster_once(phase, wave, s)
         by_node: dict[str, list[Step]] = OrderedDict()
         for s in wave.steps:
             if s.node is not None:
@@ -152,6 +160,22 @@ class Executor:
             case "offline-repair":
                 return await T.offline_repair(rt, n)
         raise ValueError(f"no node task for step {s.kind}")
+
+    async def run_cluster_once(self, phase: Phase, wave: Wave, s: Step):
+        """A cluster step, skipped when the ledger records it done in this migration.
+
+        Only the cluster-wide work (repairs, sync gates, health and counters checks) is
+        skipped: a resumed run (e.g. after a failed flip) must not repeat it, since a repair
+        launch fails while a node is down. Approvals follow the decision rule instead.
+        """
+        key = ":".join([phase.name, wave.name, s.kind] + [f"{k}={v}" for k, v in s.args])
+        if s.kind in SKIPPABLE_WHEN_DONE and self.rt.ledger.cluster_step_done(key):
+            self.log.info("[cluster] %s: skipped: done earlier in this migration (ledger)", key)
+            return None
+        res = await self.run_cluster_step(phase, s)
+        if s.kind in SKIPPABLE_WHEN_DONE:
+            await self.rt.ledger.record_cluster_step(key, "done", _detail(res))
+        return res
 
     async def run_cluster_step(self, phase: Phase, s: Step):
         """Dispatch a cluster step (repair, gates, approvals, health, counters, watch)."""

@@ -57,6 +57,31 @@ def _abort(stack, frid) -> None:
     stack.wait_final(frid)
 
 
+def _worker_saw_the_crash(state) -> bool:
+    """The worker's Crashed report of the killed process."""
+    return state.is_crashed() and "SIGKILL" in (state.message or "")
+
+
+def _crash_through_the_api_and_retry(stack, frid) -> None:
+    """Set the run Crashed through the API while its process lives, then ``prefect flow-run retry``."""
+    from prefect.states import Crashed
+
+    stack.set_state(frid, Crashed(message="test: set Crashed through the API"))
+    stack.retry(frid)
+
+
+def _retry_until_it_pauses(stack, frid, first: str) -> str:
+    """``prefect flow-run retry``, again if a late crash report overwrote it (the worker may
+    report a killed process twice, seconds apart, under load), as an operator would."""
+    for _ in range(3):
+        stack.retry(frid)
+        fr = stack.wait_state(frid, lambda s: (s.is_paused() and s.state_details.pause_key != first) or s.is_crashed(),
+                              300, "a new pause (or a late crash report)")
+        if fr.state.is_paused():
+            return fr.state.state_details.pause_key
+    raise AssertionError(f"the retried run never paused again: {fr.state}")
+
+
 def _no_decision(led: Ledger, gate: str) -> None:
     g = led.gate(gate) or {}
     assert not g.get("decision") and g.get("by") in (None, ""), g
@@ -81,10 +106,7 @@ def test_retry_of_a_run_crashed_through_the_api_while_its_process_lives_asks_aga
     old = _ledger(lab).data["holder"]
     stack.flow_pids.add(old["pid"])
     t0 = time.time()
-    from prefect.states import Crashed
-
-    stack.set_state(frid, Crashed(message="test: set Crashed through the API"))
-    stack.retry(frid)
+    _crash_through_the_api_and_retry(stack, frid)
     again = stack.wait_paused(frid, not_key={first}).state.state_details.pause_key
     assert again.startswith("approve-shutdown-") and again != first, again
     # the paused process saw its run leave Paused through a retry: it stopped, touching nothing
@@ -107,9 +129,8 @@ def test_a_killed_paused_run_is_asked_again_by_its_retry_and_by_a_new_run(stack,
     t0 = time.time()
     os.kill(pid, signal.SIGKILL)  # what the lease renewal did to a paused run
     assert process_gone(pid)
-    stack.wait_state(frid, lambda s: s.is_crashed() or s.is_failed(), 60, "Crashed (the worker saw its process die)")
-    stack.retry(frid)
-    again = stack.wait_paused(frid, not_key={first}).state.state_details.pause_key
+    stack.wait_state(frid, _worker_saw_the_crash, 120, "Crashed by the worker (it saw its process die)")
+    again = _retry_until_it_pauses(stack, frid, first)
     assert again.startswith("approve-shutdown-") and again != first
     assert service_events(lab, t0) == []
     _no_decision(_ledger(lab), "approve-shutdown")
@@ -117,7 +138,7 @@ def test_a_killed_paused_run_is_asked_again_by_its_retry_and_by_a_new_run(stack,
     pid2 = _ledger(lab).data["holder"]["pid"]
     os.kill(pid2, signal.SIGKILL)
     assert process_gone(pid2)
-    stack.wait_state(frid, lambda s: s.is_crashed() or s.is_failed(), 60, "Crashed")
+    stack.wait_state(frid, _worker_saw_the_crash, 120, "Crashed by the worker (it saw its process die)")
     rerun = stack.run_deployment(SIMPLE, **_params(lab))
     key = stack.wait_paused(rerun).state.state_details.pause_key
     assert key.startswith("approve-shutdown-")
@@ -160,10 +181,7 @@ def test_a_sync_gate_decision_is_never_taken_from_a_retry(stack, make_lab):
     assert first.startswith("sync-before-1-"), first
     pid = _ledger(lab).data["holder"]["pid"]
     t0 = time.time()
-    from prefect.states import Crashed
-
-    stack.set_state(frid, Crashed(message="test"))
-    stack.retry(frid)
+    _crash_through_the_api_and_retry(stack, frid)
     again = stack.wait_paused(frid, not_key={first}).state.state_details.pause_key
     assert again.startswith("sync-before-1-") and again != first
     assert process_gone(pid)
@@ -220,12 +238,40 @@ def test_a_paused_run_outlives_the_lease_while_every_other_run_on_the_cluster_is
 
 
 # ---------------------------------------------------------------------------- the terminal
+#: Marks the processes this module's terminal runs start (their temporary servers inherit it),
+#: so that the process-table check sees ours only, not another suite's on the same machine.
+TAG = f"gm-test-{os.getpid()}-{time.time_ns()}"
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
 def _cli(*args: str, **kw) -> subprocess.Popen:
-    env = dict(os.environ)
+    env = dict(os.environ, GARAGE_MIGRATE_TEST_TAG=TAG)
     env.pop("PREFECT_API_URL", None)
-    return subprocess.Popen([sys.executable, "-m", "garage_migrate.cli", *args], cwd=ROOT, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kw)
+    p = subprocess.Popen([sys.executable, "-m", "garage_migrate.cli", *args], cwd=ROOT, env=env,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, **kw)
+    _STARTED.append(p)
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _stop_terminal_runs():
+    """Every CLI run a test started is stopped (its process group, by PID), even after a failure."""
+    yield
+    while _STARTED:
+        p = _STARTED.pop()
+        if p.poll() is None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(p.pid, sig)
+                    p.wait(20)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
 
 
 def _servers_of(pids_before: set[int]) -> list[str]:
@@ -238,7 +284,7 @@ def _servers_of(pids_before: set[int]) -> list[str]:
                 env = (p / "environ").read_bytes()
             except OSError:
                 continue
-            if "server start" in cmd and b"garage-migrate-prefect-" in env:
+            if "server start" in cmd and f"GARAGE_MIGRATE_TEST_TAG={TAG}".encode() in env:
                 out.append(f"{p.name}: {cmd}")
     return out
 
@@ -290,8 +336,15 @@ def test_two_terminal_runs_one_cluster_unlock_and_nothing_left_running(make_lab)
     d = _cli("run", "simple", "--inventory", inv, "--migration-id", "other-migration", "--no-input",
              "--gate-deadline", "90")
     out, err = d.communicate(timeout=400)
-    assert d.returncode == 1 and "not approved" in err, (d.returncode, out[-2000:], err[-2000:])
-    assert "Traceback" not in err, err[-3000:]
+    # it got past the lock: its lock records are on the nodes. What it then does on a cluster
+    # the first migration left half-way (here: client ports already moved by the first one's
+    # API gate) is that migration's business; with --no-input it can only stop or fail (exit 1)
+    assert d.returncode == 1 and "cluster is locked" not in err, (d.returncode, out[-2000:], err[-2000:])
+    from garage_migrate.cluster_lock import LockRecord
+
+    for n in lab.nodes:
+        rec = os.readlink(str(lab.node_dir(n["name"]) / "meta") + ".garage-migrate.lock")
+        assert LockRecord.parse(rec).migration_id == "other-migration", rec
     time.sleep(1)
     assert _servers_of(before) == []
 
@@ -300,7 +353,7 @@ def test_two_terminal_runs_one_cluster_unlock_and_nothing_left_running(make_lab)
 def test_a_flip_failure_decision_is_never_taken_from_a_retry(stack, make_lab):
     """The flip-failure form offers "retry" (starts nodes) and "rollback": a retry of the
     paused run must neither, and must ask again."""
-    from prefect.states import Cancelled, Crashed
+    from prefect.states import Cancelled
 
     lab = make_lab(version="0.7.3", zones=3, per_zone=1)
     victim = "node-b1"
@@ -324,8 +377,7 @@ def test_a_flip_failure_decision_is_never_taken_from_a_retry(stack, make_lab):
     simple = stack.wait_final(stack.run_deployment(SIMPLE, **_params(lab)), timeout=180)
     assert simple.state.is_cancelled() and "refused" in simple.state.message, simple.state
     assert service_events(lab, t0) == []
-    stack.set_state(frid, Crashed(message="test"))
-    stack.retry(frid)
+    _crash_through_the_api_and_retry(stack, frid)
     again = stack.wait_paused(frid, not_key={first}, timeout=300).state.state_details.pause_key
     assert again.startswith("flip-failure-1-") and again != first, again
     assert process_gone(pid)
@@ -337,3 +389,68 @@ def test_a_flip_failure_decision_is_never_taken_from_a_retry(stack, make_lab):
     assert not [e for e in led.data["events"] if e["kind"] == "rollback"]
     stack.set_state(frid, Cancelled(message="test over"))
     stack.wait_final(frid)
+
+
+@pytest.mark.timeout(900)
+def test_a_terminal_run_asks_at_the_prompt_and_takes_only_a_choice(make_lab):
+    """``garage-migrate run`` on a terminal (a pty): the prompt refuses what is not a choice of
+    the form (nothing is decided by default), takes "approve", and the run completes; its
+    temporary server is gone afterwards."""
+    import pty
+    import select
+
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    inv = str(lab.dir / "inventory.yaml")
+    before = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    env = dict(os.environ, GARAGE_MIGRATE_TEST_TAG=TAG)
+    env.pop("PREFECT_API_URL", None)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI with the pty as its terminal
+        os.chdir(ROOT)
+        os.execve(sys.executable, [sys.executable, "-m", "garage_migrate.cli", "run", "simple", "--inventory", inv,
+                                   "--watch", "2", "--gate-deadline", "90"], env)
+    out = b""
+
+    def expect(text: bytes, after: int = 0, timeout: float = 400) -> int:
+        """Read until ``text`` appears after offset ``after``; return where it ends."""
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while out.find(text, after) < 0:
+            assert time.monotonic() < deadline, out[-3000:].decode(errors="replace")
+            r, _, _ = select.select([fd], [], [], 1)
+            if r:
+                try:
+                    out += os.read(fd, 65536)
+                except OSError:  # EIO: the child closed the terminal (it exited)
+                    raise AssertionError(f"the CLI exited before {text!r}:\n"
+                                         + out[-4000:].decode(errors="replace")) from None
+        return out.find(text, after) + len(text)
+
+    try:
+        pos = 0
+        for gate in (b"approve-shutdown", b"approve-reopen"):
+            mark = pos = expect(b"PAUSED for a decision at " + gate, pos)
+            pos = expect(b"decision ['approve', 'abort']: ", pos)
+            os.write(fd, b"yes\n")  # not a choice: refused, asked again
+            pos = expect(b"not a decision", pos)
+            pos = expect(b"decision ['approve', 'abort']: ", pos)
+            os.write(fd, b"approve\n")
+            pos = expect(b"note: ", pos)
+            os.write(fd, b"from the pty\n")
+            assert out.count(b"decision ['approve', 'abort']: ", mark, pos) == 2
+        expect(b'"state": "done"', pos, timeout=400)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, out[-3000:]
+    finally:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+    led = _ledger(lab)
+    assert led.data["state"] == "done"
+    assert [(g, led.gate(g)["by"], led.gate(g)["note"]) for g in ("approve-shutdown", "approve-reopen")] == \
+        [("approve-shutdown", "person", "from the pty"), ("approve-reopen", "person", "from the pty")]
+    time.sleep(1)
+    assert _servers_of(before) == []

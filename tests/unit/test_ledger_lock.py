@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import subprocess
 import time
-from dataclasses import dataclass
 
 import pytest
 
@@ -118,11 +117,11 @@ def test_holder_gone_rules():
 
 
 # ---------------------------------------------------------------------------- the node records
-@dataclass
 class _Res:
-    stdout: str
-    stderr: str
-    returncode: int
+    """What a local command reported (the fields the lock reads of an SSH result)."""
+
+    def __init__(self, stdout: str, stderr: str, returncode: int):
+        self.stdout, self.stderr, self.returncode = stdout, stderr, returncode
 
 
 class LocalShell:
