@@ -8,6 +8,7 @@ the start step refuses any 0.8 start without that record.
 from __future__ import annotations
 
 from .backup.engine import BackupRecord, backup_node, observe_stopped, restore_metadata
+from .plan import backup_actions
 from .steps import Runtime, StepResult, service_active
 
 
@@ -19,11 +20,13 @@ async def backup_metadata(rt: Runtime, node: str) -> StepResult:
         return StepResult("backup", node, "would-run", f"would back up {f.config.metadata_dir}")
     stopped = await observe_stopped(rt.shell(node), n.ctx)
     version = rt.ledger.node(node).get("version_before") or f.version
+    acts = backup_actions(rt.inv, rt.facts, rt.ledger.data["migration_id"], node, version)
+    planned = acts.stream.source if acts.stream is not None else acts.archive
     rec: BackupRecord = await backup_node(
         rt.shell(node), n.ctx, node_id=f.id64, metadata_dir=f.config.metadata_dir, stopped=stopped,
         dest_root=rt.inv.backup.root, cluster=rt.inv.cluster, migration_id=rt.ledger.data["migration_id"],
         source_version=version, level=rt.inv.backup.zstd_level, mode=rt.inv.backup.mode,
-        node_root=n.backup_root if rt.inv.backup.mode == "on-node" else None)
+        node_root=n.backup_root if rt.inv.backup.mode == "on-node" else None, archive_timeout=planned.timeout)
     where = str(rec.archive_path or rec.remote_archive)
     await rt.ledger.set_node(node, backup={"path": where, "manifest": str(rec.manifest_path),
                                            "sha256": rec.manifest.archive_sha256, "version": version,

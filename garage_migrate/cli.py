@@ -1,6 +1,6 @@
 """``garage-migrate``: plan, run and follow a migration from a terminal.
 
-    garage-migrate plan   --inventory inv.yaml [--procedure simple|minimal-downtime]
+    garage-migrate plan   --inventory inv.yaml [--procedure simple|minimal-downtime] [--json]
     garage-migrate run    simple|minimal-downtime --inventory inv.yaml [--auto-approve] [--dry-run]
     garage-migrate status --inventory inv.yaml [--migration-id ID]
     garage-migrate unlock --inventory inv.yaml --migration-id ID
@@ -36,6 +36,9 @@ async def _plan(args) -> int:
 
     async with open_runtime(args.inventory, args.procedure, args.migration_id, dry_run=True, persist=False) as rt:
         plan = plan_for(rt, args.procedure, MigrationOptions())
+        if args.json:
+            print(json.dumps(plan.to_json(), indent=2))
+            return 0
         print(plan.to_text())
         print("\n" + rt.facts.to_markdown())
     return 0
@@ -634,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inventory", required=True)
     p.add_argument("--procedure", choices=["simple", "minimal-downtime"], default="minimal-downtime")
     p.add_argument("--migration-id")
+    p.add_argument("--json", action="store_true", help="the plan as JSON: every action with its node, kind and argv")
     r = sub.add_parser("run", help="run a migration flow")
     r.add_argument("procedure", choices=["simple", "minimal-downtime"])
     r.add_argument("--inventory", required=True)

@@ -51,6 +51,8 @@ class NodeFacts:
         daemon_version: version the running daemon reports, or ``None`` when stopped.
         binary_version: version of the binary at ``binary_path``.
         binary_target: where ``binary_path`` resolves (``readlink -f``).
+        metadata_bytes: size of ``metadata_dir`` (``du -sb``), which sets the backup's timeout
+            in the plan; ``None`` when it could not be measured.
     """
 
     name: str
@@ -62,6 +64,7 @@ class NodeFacts:
     daemon_version: GarageVersion | None
     binary_version: GarageVersion
     binary_target: str
+    metadata_bytes: int | None = None
 
     @property
     def id16(self) -> str:
@@ -142,8 +145,10 @@ async def _node_facts(node: ResolvedNode, shell: NodeShell) -> tuple[NodeFacts, 
         except CommandError as exc:
             # running but unreachable with this binary: e.g. the binary was already swapped
             log.warning("%s: daemon is active but does not answer the CLI: %s", node.name, exc)
+    du = await shell.run(C.du_bytes(config.metadata_dir, sudo=ctx.sudo), check=False)
+    size = int(du.stdout.split()[0]) if du.returncode == 0 and du.stdout.split()[:1] and du.stdout.split()[0].isdigit() else None
     facts = NodeFacts(node.name, node.host, node.zone, node_id.id64, config, running, daemon_version,
-                      binary_version, target)
+                      binary_version, target, size)
     return facts, status_text, layout_text
 
 

@@ -13,6 +13,7 @@ persisted in the migration state and shown to an operator::
     ├── ParseError                     PARSE_FAILED                         no
     ├── LedgerFormatError              LEDGER_FORMAT                        no
     ├── CommandRefused                 COMMAND_REFUSED                      no
+    │   └── NotInPlanError             NOT_IN_PLAN                          no
     ├── TransportError                 NODE_UNREACHABLE                     yes
     │   ├── HostKeyError               HOST_KEY_UNKNOWN | HOST_KEY_CHANGED  no
     │   └── AuthenticationError        AUTH_FAILED                          no
@@ -57,6 +58,7 @@ __all__ = [
     "LockHeldError",
     "LedgerFormatError",
     "MigrationAborted",
+    "NotInPlanError",
     "ParseError",
     "PlanError",
     "StepError",
@@ -94,6 +96,7 @@ class ErrorCode(StrEnum):
     SUPERSEDED = "SUPERSEDED"
     PARSE_FAILED = "PARSE_FAILED"
     LEDGER_FORMAT = "LEDGER_FORMAT"
+    NOT_IN_PLAN = "NOT_IN_PLAN"
 
 
 def tail_text(text: str | bytes | None, max_lines: int = STDERR_TAIL_LINES,
@@ -276,6 +279,13 @@ class CommandRefused(GarageMigrateError, ValueError):
     rejects). A programming or inventory error, never retried."""
 
     code = ErrorCode.COMMAND_REFUSED
+
+
+class NotInPlanError(CommandRefused):
+    """A step tried a changing command its plan step does not list: a bug, refused before it
+    runs (the plan a person approved is the program)."""
+
+    code = ErrorCode.NOT_IN_PLAN
 
 
 class TransportError(GarageMigrateError):

@@ -27,20 +27,29 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .actions import Upload
 from .commands import RemoteCommand
-from .errors import GarageMigrateError, tail_text
+from .errors import GarageMigrateError, NotInPlanError, tail_text
 
-_STEP: contextvars.ContextVar[tuple[str | None, str | None, int]] = contextvars.ContextVar(
-    "garage_migrate_journal_step", default=(None, None, 1))
+_STEP: contextvars.ContextVar[tuple[str | None, str | None, int, frozenset | None]] = contextvars.ContextVar(
+    "garage_migrate_journal_step", default=(None, None, 1, None))
 _SECRET_WORD = re.compile(r"(?i)(secret|token|password|passwd)")
 _SECRET_ASSIGN = re.compile(r"(?i)((?:[\w.-]*)(?:secret|token|password|passwd)[\w.-]*\s*[=:]\s*)(\S+)")
 REDACTED = "<redacted>"
 
 
 @contextlib.contextmanager
-def in_step(phase: str | None, step: str | None, attempt: int = 1):
-    """Journal the commands run inside this block as ``phase``/``step``, attempt ``attempt``."""
-    token = _STEP.set((phase, step, attempt))
+def in_step(phase: str | None, step: str | None, attempt: int = 1,
+            allowed: frozenset[tuple[str, str]] | None = None):
+    """Journal the commands run inside this block as ``phase``/``step``, attempt ``attempt``.
+
+    Args:
+        allowed: the ``(node, command line)`` acts the plan lists for this step
+            (:meth:`garage_migrate.plan.Step.allowed`): any other act raises
+            :class:`~garage_migrate.errors.NotInPlanError` before it runs. ``None``: not a
+            plan step (the cluster lock's records), nothing is checked.
+    """
+    token = _STEP.set((phase, step, attempt, allowed))
     try:
         yield
     finally:
@@ -106,12 +115,21 @@ class JournalShell:
         return getattr(self.inner, name)
 
     def _base(self, kind: str, argv: list[str], rendered: str) -> dict[str, Any]:
-        phase, step, attempt = _STEP.get()
+        phase, step, attempt, _allowed = _STEP.get()
         return {"t": time.time(), "node": self.node, "phase": phase, "step": step, "attempt": attempt,
                 "kind": kind, "argv": argv, "command": rendered}
 
-    async def _journalled(self, kind: str, argv: list[str], rendered: str, call):
+    def _check(self, kind: str, full: str, base: dict[str, Any]) -> None:
+        allowed = _STEP.get()[3]
+        if kind != "act" or allowed is None or (self.node, full) in allowed:
+            return
+        self.journal.write(dict(base, event="refused", error="NotInPlanError"), sync=True)
+        raise NotInPlanError(f"{base['phase']}/{base['step']} tried a command its plan step does not list: "
+                             f"{base['command']}", node=self.node, command=base["command"])
+
+    async def _journalled(self, kind: str, argv: list[str], rendered: str, call, full: str | None = None):
         base = self._base(kind, argv, rendered)
+        self._check(kind, rendered if full is None else full, base)
         if kind == "act":
             self.journal.write(dict(base, event="started"), sync=True)
         t0 = time.monotonic()
@@ -135,17 +153,18 @@ class JournalShell:
         """See :meth:`garage_migrate.ssh.NodeShell.run`."""
         words = redact(cmd.words())
         return await self._journalled(cmd.kind, words, " ".join(_quote(w) for w in words),
-                                      lambda: self.inner.run(cmd, check=check))
+                                      lambda: self.inner.run(cmd, check=check), cmd.render())
 
     async def stream(self, cmd: RemoteCommand, sink, *args, **kwargs):
         """See :meth:`garage_migrate.ssh.NodeShell.stream`."""
         words = redact(cmd.words())
         return await self._journalled(cmd.kind, words, " ".join(_quote(w) for w in words),
-                                      lambda: self.inner.stream(cmd, sink, *args, **kwargs))
+                                      lambda: self.inner.stream(cmd, sink, *args, **kwargs), cmd.render())
 
     async def put_file(self, local, remote: str, **kwargs):
         """See :meth:`garage_migrate.ssh.NodeShell.put_file` (journalled as an act)."""
-        return await self._journalled("act", ["put", str(remote)], f"sftp put {remote}",
+        up = Upload(str(remote), "")
+        return await self._journalled("act", list(up.words()), up.render(),
                                       lambda: self.inner.put_file(local, remote, **kwargs))
 
 

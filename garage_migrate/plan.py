@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import commands as C
+from . import actions as A
 from .discovery import REPLICATION, ClusterFacts
 from .errors import PlanError
 from .inventory import Inventory
@@ -79,17 +79,48 @@ StepKind = Literal[
 
 @dataclass(frozen=True)
 class Step:
-    """One action: on ``node``, or on the cluster when ``node`` is ``None``."""
+    """One step: on ``node``, or on the cluster when ``node`` is ``None``.
+
+    Attributes:
+        kind: what the step does.
+        node: the node it runs on (``None``: the cluster).
+        args: its arguments (``version``, ``what``, ``gate``, ``scope``...).
+        actions: the commands and uploads it may run, in order (:mod:`garage_migrate.actions`):
+            the executor refuses any changing command not listed here.
+        one_of: the acts run on exactly one of the listed nodes (a repair is launched from
+            the first node that runs).
+        note: a remark for the renderings.
+    """
 
     kind: StepKind
     node: str | None = None
     args: tuple[tuple[str, str], ...] = ()
-    commands: tuple[str, ...] = ()
+    actions: tuple[A.NodeAction, ...] = ()
+    one_of: bool = False
     note: str = ""
 
     def arg(self, name: str, default: str | None = None) -> str | None:
         """Value of argument ``name``."""
         return dict(self.args).get(name, default)
+
+    @property
+    def acts(self) -> tuple[A.NodeAction, ...]:
+        """The changing actions, in order."""
+        return tuple(a for a in self.actions if a.kind == "act")
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        """The changing command lines (``node: command`` when the step may run on several)."""
+        return tuple((f"{a.node}: " if self.one_of else "") + a.op.render() for a in self.acts)
+
+    def allowed(self) -> frozenset[tuple[str, str]]:
+        """``(node, command line)`` of every act: what the executor lets this step run."""
+        return frozenset(a.key() for a in self.acts)
+
+    def to_json(self) -> dict:
+        """The step as the plan's JSON shows it."""
+        return {"kind": self.kind, "node": self.node, "args": dict(self.args), "one_of": self.one_of,
+                "note": self.note, "actions": [a.to_json() for a in self.actions]}
 
 
 @dataclass(frozen=True)
@@ -149,6 +180,23 @@ class MigrationPlan:
         blob = json.dumps(asdict(self), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def to_json(self) -> dict:
+        """The plan as data: phases, waves, steps, and each action with its node, kind
+        (``observe``/``act``), argv and rendered command line (``garage-migrate plan --json``)."""
+        return {"format": 1, "migration_id": self.migration_id, "procedure": self.procedure, "cluster": self.cluster,
+                "digest": self.digest(), "target_version": self.target_version,
+                "source_versions": dict(self.source_versions), "replication_mode": self.replication_mode,
+                "zones": {z: list(ns) for z, ns in self.zones}, "warnings": list(self.warnings),
+                "phases": [{"name": ph.name, "title": ph.title, "risky": ph.risky,
+                            "waves": [{"name": w.name, "zone": w.zone, "parallel": w.parallel,
+                                       "steps": [s.to_json() for s in w.steps]} for w in ph.waves]}
+                           for ph in self.phases]}
+
+    def acts(self) -> list[tuple[str, str, str, str]]:
+        """``(node, phase, step kind, command line)`` of every act the plan lists, in order."""
+        return [(a.node, ph.name, s.kind, a.op.render()) for ph in self.phases for w in ph.waves
+                for s in w.steps for a in s.acts]
+
     def to_markdown(self, from_phase: str | None = None) -> str:
         """Markdown for approval forms and artifacts (optionally from ``from_phase`` on)."""
         out = [f"### Migration plan `{self.migration_id}`: {self.procedure} procedure, "
@@ -194,48 +242,78 @@ class MigrationPlan:
 
 
 # ---------------------------------------------------------------------------- building
-def _cmds(*cmds) -> tuple[str, ...]:
-    out = []
-    for c in cmds:
-        if isinstance(c, tuple):
-            out += [x.render() for x in c]
-        else:
-            out.append(c.render())
-    return tuple(out)
-
-
 class _Builder:
-    def __init__(self, inv: Inventory, facts: ClusterFacts):
+    """Builds each step with its actions, from the builders of :mod:`garage_migrate.actions`."""
+
+    def __init__(self, inv: Inventory, facts: ClusterFacts, migration_id: str):
         self.inv = inv
         self.facts = facts
+        self.migration_id = migration_id
         self.target = inv.target.version.removeprefix("v")
-
-    def ctx(self, node: str):
-        return self.inv.node(node).ctx
 
     def source(self, node: str) -> str:
         return self.facts.node(node).version or "0.7"
 
+    def node_actions(self, kind: StepKind, node: str, args: dict) -> tuple[A.NodeAction, ...]:
+        n = A.spec(self.inv, self.facts, node)
+        match kind:
+            case "preflight":
+                ops = A.preflight(n)
+            case "disable-api" | "enable-api":
+                ops = self.api_ops(n, kind == "enable-api")
+                if ops and isinstance(ops[0], tuple):  # a gate command runs on the gate host
+                    return tuple(A.NodeAction(host, op) for host, op in ops)
+            case "stop":
+                ops = A.stop(n).ops()
+            case "start":
+                ops = A.start(n).ops()
+            case "backup":
+                ops = backup_actions(self.inv, self.facts, self.migration_id, node, self.source(node)).ops()
+            case "stage":
+                ops = A.stage(n).ops()
+            case "switch":
+                ops = A.switch(n, n.staged_path).ops()
+            case "offline-repair":
+                ops = A.offline_repair(n).ops()
+            case _:
+                ops = ()
+        return A.bind(node, ops)
+
+    def api_ops(self, n: A.NodeSpec, enabled: bool):
+        gate = self.inv.api_gate
+        if gate.kind == "none":
+            return ()
+        if gate.kind == "commands":
+            spec = gate.enable if enabled else gate.disable
+            return ((spec.host, A.gate_command(tuple(spec.argv))),)
+        return A.set_api(n, enabled).ops()
+
     def step(self, kind: StepKind, node: str | None = None, note: str = "", **args) -> Step:
-        cmds: tuple[str, ...] = ()
+        one_of = False
         if node is not None:
-            ctx = self.ctx(node)
-            n = self.inv.node(node)
-            meta = self.facts.node(node).config.metadata_dir
-            staged = f"{ctx.binary_path.rsplit('/', 1)[0]}/garage-v{self.target}"
-            cmds = {
-                "stop": lambda: _cmds(C.service_signal(ctx, n.stop_signal), C.service_stop(ctx)),
-                "start": lambda: _cmds(C.service_start(ctx)),
-                "backup": lambda: _cmds(C.tar_stream(meta, timeout=3600)) if self.inv.backup.mode == "controller"
-                else _cmds(C.tar_archive(meta, f"{meta.rsplit('/', 1)[0]}/meta-v{self.source(node)}.tar.zst", timeout=3600)),
-                "stage": lambda: (f"sftp put {self.inv.target.binary} {staged}",) + _cmds(C.sha256sum(staged), C.garage_version(staged, ctx=ctx)),
-                "switch": lambda: _cmds(C.switch_symlink(staged, ctx.binary_path)),
-                "offline-repair": lambda: _cmds(C.offline_repair(ctx, "object_counters", timeout=6 * 3600)),
-            }.get(kind, lambda: ())()
+            actions = self.node_actions(kind, node, args)
         elif kind == "repair":
-            first = self.facts.nodes[0].name
-            cmds = _cmds(C.repair(self.ctx(first), args["what"]))
-        return Step(kind, node, tuple(sorted(args.items())), cmds, note)
+            # launched from the first node that runs (every node is listed, in order)
+            actions = tuple(A.NodeAction(f.name, A.repair(self.inv.node(f.name).ctx, args["what"]))
+                            for f in self.facts.nodes)
+            one_of = True
+        else:
+            actions = ()
+        return Step(kind, node, tuple(sorted(args.items())), actions, one_of, note)
+
+
+def backup_actions(inv: Inventory, facts: ClusterFacts, migration_id: str, node: str,
+                   source_version: str) -> A.BackupActions:
+    """The backup step's actions on ``node`` (used by the planner and by the backup step)."""
+    from .backup.manifest import backup_paths, remote_backup_paths
+
+    f = facts.node(node)
+    local = backup_paths(inv.backup.root, inv.cluster, migration_id, node, source_version).archive
+    remote = (remote_backup_paths(inv.node(node).backup_root, inv.cluster, migration_id, node,
+                                  source_version.removeprefix("v"))
+              if inv.backup.mode == "on-node" else None)
+    return A.backup(A.spec(inv, facts, node), mode=inv.backup.mode, metadata_bytes=f.metadata_bytes,
+                    local_archive=str(local), remote_paths=remote)
 
 
 def _check_policy(facts: ClusterFacts, procedure: Procedure, opts: MigrationOptions) -> list[str]:
@@ -267,7 +345,7 @@ def make_plan(inv: Inventory, facts: ClusterFacts, procedure: Procedure, migrati
         PlanError: the policy is unsafe for the cluster's replication mode and zones.
     """
     warnings = list(facts.warnings) + _check_policy(facts, procedure, opts)
-    b = _Builder(inv, facts)
+    b = _Builder(inv, facts, migration_id)
     zones = facts.zones
     names = [n.name for n in facts.nodes]
     src = {n: b.source(n) for n in names}

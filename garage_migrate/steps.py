@@ -21,8 +21,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import actions as A
 from . import commands as C
 from . import probes
+from .actions import OFFLINE_REPAIR_TIMEOUT, START_TIMEOUT, STOP_TIMEOUT, original_config_path
 from .discovery import ClusterFacts, NodeFacts
 from .errors import CommandError, GarageMigrateError, LockHeldError, StepError, TransportError
 from .gates.clock import Clock, SystemClock
@@ -32,9 +34,8 @@ from .ledger import Ledger
 
 log = logging.getLogger("garage_migrate.steps")
 
-STOP_TIMEOUT = 120.0
-START_TIMEOUT = 60.0
-OFFLINE_REPAIR_TIMEOUT = 6 * 3600.0
+#: re-exported: the step timeouts and the kept config's path live with the action builders
+__reexports__ = (STOP_TIMEOUT, START_TIMEOUT, OFFLINE_REPAIR_TIMEOUT, original_config_path)
 
 
 @dataclass
@@ -81,6 +82,10 @@ class Runtime:
 
     def meta_dir(self, name: str) -> str:
         return self.nfacts(name).config.metadata_dir
+
+    def spec(self, name: str) -> A.NodeSpec:
+        """What the action builders need to know about node ``name``."""
+        return A.spec(self.inv, self.facts, name)
 
     def info(self, node: str | None, msg: str, *args) -> None:
         self.log.info("[%s] " + msg, node or "cluster", *args)
@@ -156,9 +161,10 @@ async def preflight(rt: Runtime, node: str, backup_bytes_needed: bool = True) ->
     if f.config.deprecated_keys:
         notes.append(f"config keys ignored silently by 0.8 (translate them): {', '.join(f.config.deprecated_keys)}")
     meta = f.config.metadata_dir
-    du = await rt.observe(node, C.du_bytes(meta, sudo=rt.node(node).ctx.sudo))
+    du_cmd, df_cmd = A.preflight(rt.spec(node))
+    du = await rt.observe(node, du_cmd)
     size = int(du.stdout.split()[0])
-    df = await rt.observe(node, C.df_avail(str(Path(meta).parent)))
+    df = await rt.observe(node, df_cmd)
     avail = int(df.stdout.splitlines()[-1].split()[0])
     if backup_bytes_needed and rt.inv.backup.mode == "on-node" and avail < size:
         raise StepError(f"not enough space next to {meta} for an on-node backup: {avail} B free, {size} B needed", node=node)
@@ -179,7 +185,7 @@ async def launch_repair(rt: Runtime, what: str, via: str | None = None) -> StepR
     for name in candidates:
         if not await service_active(rt, name):
             continue
-        res = await rt.act(name, C.repair(rt.node(name).ctx, what), check=False)
+        res = await rt.act(name, A.repair(rt.node(name).ctx, what), check=False)
         if res is None:
             return StepResult(f"repair-{what}", None, "would-run", f"from {name}")
         if res.returncode == 0:
@@ -203,14 +209,14 @@ async def stop_node(rt: Runtime, node: str) -> StepResult:
     restart short, and no chance of killing a 0.7 daemon that was thought to be 0.8. The
     service's own stop then settles the unit state.
     """
-    ctx = rt.node(node).ctx
+    acts = A.stop(rt.spec(node))
     if not await service_active(rt, node) and await lock_free(rt, node):
         return await _record(rt, _skip(rt, "stop", node, "already stopped and the DB lock is free"))
-    await rt.act(node, C.service_signal(ctx, rt.node(node).stop_signal))
+    await rt.act(node, acts.signal)
     if not rt.dry_run:
         if not await poll(rt, "stop", node, lambda: _inactive(rt, node), STOP_TIMEOUT):
             raise StepError(f"daemon still running {STOP_TIMEOUT:.0f}s after {rt.node(node).stop_signal}", node=node)
-    await rt.act(node, C.service_stop(ctx, timeout=STOP_TIMEOUT + 30))  # idempotent; settles the unit state
+    await rt.act(node, acts.stop)  # idempotent; settles the unit state
     if rt.dry_run:
         return await _record(rt, StepResult("stop", node, "done", "dry run"))
     if not await poll(rt, "lock", node, lambda: lock_free(rt, node), 10.0):
@@ -237,7 +243,7 @@ async def start_node(rt: Runtime, node: str, expect_version: str) -> StepResult:
     if expect_version.startswith("0.8.") and not rt.ledger.node(node).get("backup") and not rt.dry_run:
         # the rule of both flows: no 0.8 start without a backup of this node's metadata
         raise StepError("refusing to start 0.8 on a node without a verified backup from this migration", node=node)
-    await rt.act(node, C.service_start(rt.node(node).ctx))
+    await rt.act(node, A.start(rt.spec(node)).start)
     if rt.dry_run:
         return await _record(rt, StepResult("start", node, "done", "dry run"), key)
 
@@ -286,8 +292,7 @@ async def wait_healthy(rt: Runtime, nodes: list[str], timeout: float = 60.0) -> 
 
 
 def _staged_path(rt: Runtime, node: str) -> str:
-    ctx = rt.node(node).ctx
-    return str(Path(ctx.binary_path).parent / f"garage-v{rt.inv.target.version.removeprefix('v')}")
+    return rt.spec(node).staged_path
 
 
 async def stage_binary(rt: Runtime, node: str) -> StepResult:
@@ -296,9 +301,10 @@ async def stage_binary(rt: Runtime, node: str) -> StepResult:
     The live symlink is not touched. A staged file with the right hash is kept.
     """
     target = rt.inv.target
-    dest = _staged_path(rt, node)
+    acts = A.stage(rt.spec(node))
+    dest = acts.upload.remote
     want = target.sha256.lower()
-    res = await rt.observe(node, C.sha256sum(dest), check=False)
+    res = await rt.observe(node, acts.hash_, check=False)
     if res.returncode == 0 and res.stdout.split()[0] == want:
         return await _record(rt, _skip(rt, "stage", node, f"{dest} already staged with the right sha256"))
     local = Path(target.binary)
@@ -308,7 +314,7 @@ async def stage_binary(rt: Runtime, node: str) -> StepResult:
         rt.info(node, "dry run: would upload %s to %s", local, dest)
         return await _record(rt, StepResult("stage", node, "done", f"would upload to {dest}"))
     await rt.shell(node).put_file(local, dest)
-    got = (await rt.observe(node, C.sha256sum(dest))).stdout.split()[0]
+    got = (await rt.observe(node, acts.hash_)).stdout.split()[0]
     if got != want:
         raise StepError(f"staged {dest} has sha256 {got}, expected {want}", node=node)
     version = await binary_version(rt, node, dest)
@@ -326,12 +332,13 @@ async def switch_binary(rt: Runtime, node: str, to: str = "target") -> StepResul
     dest = _staged_path(rt, node) if to == "target" else rt.ledger.node(node).get("binary_before")
     if not dest:
         raise StepError("no recorded original binary to switch back to", node=node)
-    current = (await rt.observe(node, C.readlink_f(ctx.binary_path))).stdout.strip()
-    resolved = (await rt.observe(node, C.readlink_f(dest))).stdout.strip()
+    acts = A.switch(rt.spec(node), dest)
+    current = (await rt.observe(node, acts.current)).stdout.strip()
+    resolved = (await rt.observe(node, acts.wanted)).stdout.strip()
     key = "switch" if to == "target" else "switch-back"
     if current == resolved:
         return await _record(rt, _skip(rt, key, node, f"{ctx.binary_path} already points to {dest}"), key)
-    for cmd in C.switch_symlink(dest, ctx.binary_path, sudo=ctx.sudo):
+    for cmd in acts.flip:
         await rt.act(node, cmd)
     return await _record(rt, StepResult(key, node, "done", f"{ctx.binary_path} -> {dest} (was {current})"), key)
 
@@ -344,8 +351,7 @@ async def offline_repair(rt: Runtime, node: str) -> StepResult:
     """
     if await service_active(rt, node) or not await lock_free(rt, node):
         raise LockHeldError("the daemon is running or holds the DB lock: stop it before offline-repair", node=node)
-    ctx = rt.node(node).ctx
-    res = await rt.act(node, C.offline_repair(ctx, "object_counters", timeout=OFFLINE_REPAIR_TIMEOUT), check=False)
+    res = await rt.act(node, A.offline_repair(rt.spec(node)).repair, check=False)
     if res is None:
         return await _record(rt, StepResult("offline-repair", node, "done", "dry run"))
     outcome = parse_offline_repair(res.returncode, res.stdout, res.stderr)
@@ -423,11 +429,11 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
     if gate.kind == "commands":
         # cluster-level: one command on the gate host (e.g. the reverse proxy)
         spec = gate.enable if enabled else gate.disable
-        await rt.act(spec.host, C.RemoteCommand(tuple(spec.argv), timeout=60.0))
+        await rt.act(spec.host, A.gate_command(tuple(spec.argv)))
         await rt.ledger.record_gate(key, status="done", host=spec.host)
         return StepResult(key, None, "done", f"gate command ran on {spec.host}")
-    ctx = rt.node(node).ctx
-    text = (await rt.observe(node, C.cat(ctx.config_path, sudo=ctx.sudo))).stdout
+    acts = A.set_api(rt.spec(node), enabled)
+    text = (await rt.observe(node, acts.read_config)).stdout
     original = await _original_config(rt, node, text, keep=not enabled)
     if original is None:
         return await _record(rt, _skip(rt, key, node, "the API was never disabled in this migration"), key)
@@ -441,9 +447,8 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
     if rt.dry_run:
         return await _record(rt, StepResult(key, node, "done", "dry run"), key)
     if want != text:
-        tmp_remote = ctx.config_path + ".garage-migrate"
-        await _upload_text(rt, node, want, tmp_remote)
-        await rt.act(node, C.rename(tmp_remote, ctx.config_path, sudo=ctx.sudo))
+        await _upload_text(rt, node, want, acts.upload.remote)
+        await rt.act(node, acts.rename)
     # Garage reads its bind addresses at start only (0.7 cannot disable endpoints, ref 9):
     # a running node is restarted on the same version for the change to take effect
     if running:
@@ -454,16 +459,10 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
         if client_addr and await _reachable(client_addr) != enabled:
             raise StepError(f"S3 endpoint {client_addr} is {'not ' if enabled else 'still '}reachable", node=node)
     if enabled:  # restored: the kept copy has served (the ledger keeps its digest)
-        await rt.act(node, C.remove_file(original_config_path(ctx.config_path), sudo=ctx.sudo))
+        await rt.act(node, acts.drop_original)
     return await _record(rt, StepResult(key, node, "done", ("API restored" if enabled else "API cut")
                                         + (f": clients' S3 address {client_addr} " + ("open" if enabled else "closed")
                                            if running and client_addr else " (takes effect at the next start)")), key)
-
-
-def original_config_path(config_path: str) -> str:
-    """Where the node keeps its original ``garage.toml`` while the API is cut (never the ledger:
-    the file holds ``rpc_secret`` and tokens)."""
-    return config_path + ".garage-migrate.orig"
 
 
 async def _upload_text(rt: Runtime, node: str, text: str, remote: str) -> None:
@@ -495,9 +494,9 @@ async def _original_config(rt: Runtime, node: str, text: str, keep: bool) -> str
     digest = rec.get("config_original_sha256")
     if digest is not None and _sha256(text) == digest:
         return text  # the config is the original (not cut yet, or restored)
-    ctx = rt.node(node).ctx
-    path = original_config_path(ctx.config_path)
-    res = await rt.observe(node, C.cat(path, sudo=ctx.sudo), check=False)
+    acts = A.set_api(rt.spec(node), not keep)
+    path = acts.read_original.argv[-1]
+    res = await rt.observe(node, acts.read_original, check=False)
     kept = res.stdout if res.returncode == 0 else None
     if digest is not None:
         if kept is None or _sha256(kept) != digest:

@@ -39,6 +39,7 @@ import zstandard
 
 from .. import commands as C
 from .. import probes
+from ..actions import on_node_temp
 from ..commands import NodeContext, RemoteCommand
 from ..errors import BackupError, CommandError, CommandRefused, CommandTimeout, LockHeldError, TransportError
 from ..nodelog import NodeLog, node_log
@@ -487,6 +488,12 @@ class _Step:
     t0: float
     listing: dict[str, ListingEntry] = dataclasses.field(default_factory=dict)
     du: int = 0
+    archive_timeout: float | None = None
+
+    def tar_timeout(self) -> float:
+        """The archive command's timeout: the plan's when it gave one (the plan shows the very
+        command that runs), else derived from the size measured now."""
+        return self.archive_timeout if self.archive_timeout is not None else self.opts.timeout_for(self.du)
 
     @property
     def node(self) -> str:
@@ -511,7 +518,8 @@ class _Step:
 async def backup_node(shell: NodeShell, ctx: NodeContext, *, node_id: str, metadata_dir: str, stopped: StopProof,
                       dest_root: str | os.PathLike[str], cluster: str, migration_id: str, source_version: str,
                       level: int = 3, mode: Literal["controller", "on-node"] = "controller",
-                      node_root: str | None = None, options: BackupOptions | None = None) -> BackupRecord:
+                      node_root: str | None = None, options: BackupOptions | None = None,
+                      archive_timeout: float | None = None) -> BackupRecord:
     """Back up a stopped node's metadata dir, verify it, and return the record.
 
     ``controller`` mode streams ``tar -C <parent> -cf - <name>`` over the node's SSH
@@ -542,6 +550,8 @@ async def backup_node(shell: NodeShell, ctx: NodeContext, *, node_id: str, metad
         mode: ``controller`` or ``on-node``.
         node_root: ``on-node`` mode: the backup root on the node (the inventory's ``backup.root``).
         options: tuning; defaults otherwise.
+        archive_timeout: the archive command's timeout as the plan shows it
+            (:func:`garage_migrate.actions.backup_timeout`); default: from the size measured.
 
     Returns:
         The :class:`BackupRecord` (``reused`` tells whether an existing backup was kept).
@@ -560,7 +570,7 @@ async def backup_node(shell: NodeShell, ctx: NodeContext, *, node_id: str, metad
     step = _Step(shell=shell, ctx=ctx, paths=backup_paths(dest_root, cluster, migration_id, node, source_version),
                  cluster=cluster, migration_id=migration_id, version=source_version.removeprefix("v"),
                  node_id=_check_node_id(node_id, node), meta=meta, parent=parent, mode=mode, opts=opts,
-                 log=_log(node), t0=time.monotonic())
+                 log=_log(node), t0=time.monotonic(), archive_timeout=archive_timeout)
     _make_private_dirs(Path(dest_root), step.paths.dir)
     with _dir_lock(step.paths.lock, node):
         await check_offline(shell, ctx, meta, stopped)
@@ -616,7 +626,7 @@ async def _controller_backup(step: _Step, level: int) -> BackupRecord:
                           f"{free} bytes free, the metadata dir is {du} bytes (+{opts.space_headroom} headroom)",
                           node=node)
     tmp = paths.dir / f"{paths.temp_prefix()}{os.getpid()}-{secrets.token_hex(4)}"
-    cmd = C.tar_stream(meta, timeout=opts.timeout_for(du), sudo=ctx.sudo)
+    cmd = C.tar_stream(meta, timeout=step.tar_timeout(), sudo=ctx.sudo)
     log.info("streaming %s (%d bytes) to %s", meta, du, paths.archive)
     installed = False
     try:
@@ -719,12 +729,12 @@ async def _on_node_backup(step: _Step, node_root: str) -> BackupRecord:
     if free < du + opts.space_headroom:
         raise BackupError(f"{node}: not enough space on the node for an on-node backup: {rdir} has {free} bytes "
                           f"free, the metadata dir is {du} bytes (+{opts.space_headroom} headroom)", node=node)
-    tmp = posixpath.join(rdir, f".{posixpath.basename(rarchive)}.tmp-{secrets.token_hex(4)}.tar.zst")
+    tmp = on_node_temp(rarchive)  # fixed, as the plan shows it (the dir lock keeps a second writer away)
     log.info("archiving %s on the node into %s", meta, rarchive)
     renamed = False
     try:
         t1 = time.monotonic()
-        await _run(shell, C.tar_archive(meta, tmp, timeout=opts.timeout_for(du), sudo=ctx.sudo), node,
+        await _run(shell, C.tar_archive(meta, tmp, timeout=step.tar_timeout(), sudo=ctx.sudo), node,
                    f"tar of {meta} on the node failed, the partial archive was removed")
         await _run(shell, C.sync(sudo=ctx.sudo), node, "sync failed")
         transfer = time.monotonic() - t1

@@ -14,9 +14,12 @@ reporter; this module decides what a run does:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+from ..backup.manifest import write_private_file
 from ..cluster_lock import ClusterLock
 from ..errors import SupersededError
 from ..gates import Clock
@@ -25,6 +28,18 @@ from ..plan import MigrationOptions, MigrationPlan
 from ..steps import Runtime
 from .interfaces import Decider, Reporter, StepRunner
 from .run import Executor
+
+
+def plan_path(ledger_path: Path, digest: str) -> Path:
+    """Where a run keeps the plan it executed: ``plan-<digest>.json`` beside the ledger."""
+    return Path(ledger_path).with_name(f"plan-{digest}.json")
+
+
+def save_plan(plan: MigrationPlan, ledger_path: Path) -> Path:
+    """Write ``plan``'s JSON (:meth:`MigrationPlan.to_json`) beside the ledger, owner-only."""
+    path = plan_path(ledger_path, plan.digest())
+    write_private_file(path, (json.dumps(plan.to_json(), indent=2) + "\n").encode())
+    return path
 
 
 async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions, *, dry_run: bool,
@@ -69,6 +84,7 @@ async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions
     rt = with_journal(rt, CommandJournal.beside(led.path))  # every command from here on is journalled
     with in_step(None, "cluster-lock"):
         lock = await hold(rt)  # the cluster lock, before any command that changes anything
+    save_plan(plan, led.path)  # what this run executes, as data, beside its journal
     executor = Executor(rt, plan, opts, steps=steps, decider=decider_for(lock), reporter=reporter, clock=clock,
                         auto_approve=auto_approve, log=log)
     try:

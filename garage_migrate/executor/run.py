@@ -131,7 +131,7 @@ class Executor:
             return
         await led.record_step(node, key, "running")  # raises in a superseded process: it never acts
         try:
-            with in_step(phase.name, s.kind):
+            with in_step(phase.name, s.kind, allowed=s.allowed()):  # only the acts its plan step lists
                 res = await self.run_node_step(s)
         except BaseException as exc:
             await led.record_step(node, key, "failed", f"{type(exc).__name__}: {exc}",
@@ -180,7 +180,7 @@ class Executor:
     async def run_cluster_step(self, phase: Phase, s: Step):
         """Dispatch a cluster step (repair, gates, approvals, health, counters, watch)."""
         self.rt.ledger.check_holder()  # a superseded run never launches anything on the cluster
-        with in_step(phase.name, s.kind):
+        with in_step(phase.name, s.kind, allowed=s.allowed()):
             return await self._cluster_step(phase, s)
 
     async def _cluster_step(self, phase: Phase, s: Step):
@@ -246,7 +246,9 @@ class Executor:
                 await rollback_all(self.rt, self.steps)
                 raise MigrationAborted("rolled back every node to 0.7 after a failed 0.8 start")
             self.rt.ledger.check_holder()
-            with in_step("flip", "start", attempt + 1):  # the plan's start, numbered by attempt
+            allowed = frozenset().union(*(st.allowed() for w in self.plan.phase("flip").waves for st in w.steps
+                                          if st.kind == "start" and st.node in failed))
+            with in_step("flip", "start", attempt + 1, allowed):  # the plan's start, numbered by attempt
                 results = await asyncio.gather(*(self.steps.start_node(self.rt, n, self.plan.target_version)
                                                  for n in failed), return_exceptions=True)
             for n, r in zip(list(failed), results):

@@ -148,6 +148,7 @@ def _run_flow(procedure: str, lab, auto_approve: bool, **kw) -> tuple[dict, _Ans
     Returns (result, answerer, seconds)."""
     inv = str(lab.dir / "inventory.yaml")
     flow_fn = _flow_fn(procedure)
+    cli_plan = _cli_plan_json(inv, procedure)  # what an operator is shown before the run
     box: dict = {}
     finished = threading.Event()
 
@@ -169,7 +170,21 @@ def _run_flow(procedure: str, lab, auto_approve: bool, **kw) -> tuple[dict, _Ans
     if "error" in box:
         extra = f" (unexpected pauses answered 'abort': {answerer.unexpected})" if answerer.unexpected else ""
         raise AssertionError(f"{procedure} flow failed after {seconds:.0f}s{extra}: {box['error']!r}") from box["error"]
-    return box["result"], answerer, seconds
+    res = dict(box["result"], cli_plan=cli_plan) if isinstance(box["result"], dict) else box["result"]
+    return res, answerer, seconds
+
+
+def _cli_plan_json(inv: str, procedure: str) -> dict:
+    """``garage-migrate plan --inventory I --procedure P --json``, parsed."""
+    import contextlib
+    import io
+
+    from garage_migrate import cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["plan", "--inventory", inv, "--procedure", procedure, "--json"]) == 0
+    return json.loads(out.getvalue())
 
 
 # ---------------------------------------------------------------------------- end-state checks
@@ -208,6 +223,30 @@ def _assert_buckets_match_ground_truth(lab, via: str, settle_s: float = 60.0) ->
         time.sleep(2.0)
 
 
+def assert_journal_is_the_plan(journal: list[dict], plan: dict) -> None:
+    """The journal's acts are the plan's acts, per node and step (issue 9 "Done when").
+
+    Every act the journal holds for a plan step (phase, step kind) is one its plan steps list
+    on that node, and every act the plan lists ran; a step that may run on one of several nodes
+    (a repair launch) ran on exactly one of them. The cluster lock's records are outside the
+    plan (phase ``None``). Sets, not counts: a task retry repeats an act the plan lists.
+    """
+    ran = {(e["node"], e["phase"], e["step"], e["command"]) for e in journal
+           if e["event"] == "started" and e["phase"] is not None}
+    listed, one_of = set(), []
+    for ph in plan["phases"]:
+        for w in ph["waves"]:
+            for st in w["steps"]:
+                acts = {(a["node"], ph["name"], st["kind"], a["command"]) for a in st["actions"] if a["kind"] == "act"}
+                (one_of.append(acts) if st["one_of"] else listed.update(acts))
+    alternatives = set().union(*one_of) if one_of else set()
+    assert ran - listed - alternatives == set(), "acts that no plan step lists"
+    assert listed - ran == set(), "acts the plan lists that never ran"
+    for acts in one_of:
+        assert len({a[0] for a in acts & ran}) >= 1, f"a one-of step ran nowhere: {sorted(acts)[:1]}"
+    assert sum(1 for e in journal if e["event"] == "refused") == 0
+
+
 def _assert_end_state(lab, res: dict, procedure: str, target: str, tr: traffic.Traffic) -> Ledger:
     """What issue 4's "Done when" asks of every finished migration."""
     assert res["state"] == "done", res
@@ -224,6 +263,9 @@ def _assert_end_state(lab, res: dict, procedure: str, target: str, tr: traffic.T
     assert started and collections.Counter(started) == collections.Counter(finished)
     assert {e["node"] for e in lines} == {n["name"] for n in lab.nodes}
     assert lab.info["rpc_secret"] not in journal.read_text()
+    executed = json.loads(Path(res["ledger"]).with_name(f"plan-{led.data['plan_digest']}.json").read_text())
+    assert executed == res["cli_plan"], "the plan that ran is not the one `garage-migrate plan --json` showed"
+    assert_journal_is_the_plan(lines, executed)
     mid = led.data["migration_id"]
     assert mid.endswith(f"-to-v{target}")
 

@@ -23,6 +23,7 @@ from garage_migrate.errors import (
     LedgerFormatError,
     LockHeldError,
     MigrationAborted,
+    NotInPlanError,
     ParseError,
     PlanError,
     StepError,
@@ -41,6 +42,7 @@ TREE = {
     ParseError: (GarageMigrateError, "PARSE_FAILED", False),
     LedgerFormatError: (GarageMigrateError, "LEDGER_FORMAT", False),
     CommandRefused: (GarageMigrateError, "COMMAND_REFUSED", False),
+    NotInPlanError: (CommandRefused, "NOT_IN_PLAN", False),
     TransportError: (GarageMigrateError, "NODE_UNREACHABLE", True),
     HostKeyError: (TransportError, "HOST_KEY_UNKNOWN", False),
     AuthenticationError: (TransportError, "AUTH_FAILED", False),
@@ -78,6 +80,7 @@ def test_error_codes_are_stable():
         "NODE_UNREACHABLE", "HOST_KEY_UNKNOWN", "HOST_KEY_CHANGED", "AUTH_FAILED", "COMMAND_FAILED",
         "COMMAND_TIMEOUT", "SYNC_GATE_TIMEOUT", "SYNC_GATE_ERRORS", "STEP_FAILED", "LOCK_HELD",
         "BACKUP_FAILED", "ABORTED", "CLUSTER_LOCKED", "SUPERSEDED", "PARSE_FAILED", "LEDGER_FORMAT",
+        "NOT_IN_PLAN",
     }
     assert all(c.name == c.value for c in ErrorCode)
 
