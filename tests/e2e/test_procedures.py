@@ -36,7 +36,7 @@ APPROVAL_GATES = {"minimal-downtime": ["approve-flip"], "simple": ["approve-shut
 FLOW_NAMES = {"minimal-downtime": "minimal-downtime-migration", "simple": "simple-migration"}
 NOTE = "e2e"
 # what the auto-approve rule records (garage_migrate.executor.decisions, since issue 8)
-AUTO_NOTE = "auto_approve: the gates before it passed cleanly"
+AUTO_NOTE = "gate passed cleanly"
 
 
 # ---------------------------------------------------------------------------- lab helpers
