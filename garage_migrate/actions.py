@@ -62,10 +62,18 @@ Op = "RemoteCommand | Upload | LocalStream"
 
 @dataclass(frozen=True)
 class NodeAction:
-    """One action of a step, on one node."""
+    """One action of a step, on one node.
+
+    Attributes:
+        node: where it runs.
+        op: the command, upload or stream.
+        on_failure: runs only to clean up after a failure of the step (so a clean run does
+            not run it).
+    """
 
     node: str
     op: Op
+    on_failure: bool = False
 
     @property
     def kind(self) -> str:
@@ -78,7 +86,8 @@ class NodeAction:
 
     def to_json(self) -> dict:
         """The action as the plan's JSON shows it."""
-        return {"node": self.node, "kind": self.kind, "argv": list(self.op.words()), "command": self.op.render()}
+        return {"node": self.node, "kind": self.kind, "argv": list(self.op.words()), "command": self.op.render(),
+                "on_failure": self.on_failure}
 
 
 # ---------------------------------------------------------------------------- per node
@@ -340,8 +349,8 @@ class BackupActions:
     def ops(self) -> tuple[Op, ...]:
         """Every action, in the order a backup runs them."""
         return tuple(x for x in (self.probes.is_active, self.probes.lock, self.listing, self.size, self.stream,
-                                 self.mkdir, self.archive, self.sync, self.install, self.manifest_copy,
-                                 *self.cleanup) if x is not None)
+                                 self.mkdir, self.archive, self.sync, self.install, self.manifest_copy)
+                     if x is not None)
 
 
 def backup(n: NodeSpec, *, mode: str, metadata_bytes: int | None, local_archive: str,
@@ -396,6 +405,6 @@ def _unique(ops):
     return out
 
 
-def bind(node: str, ops) -> tuple[NodeAction, ...]:
-    """``ops`` on ``node``, each listed once."""
-    return tuple(NodeAction(node, op) for op in _unique(ops))
+def bind(node: str, ops, on_failure=()) -> tuple[NodeAction, ...]:
+    """``ops`` on ``node``, each listed once, then the clean-up acts ``on_failure``."""
+    return tuple(NodeAction(node, op) for op in _unique(ops)) + tuple(NodeAction(node, op, True) for op in on_failure)

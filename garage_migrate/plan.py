@@ -268,7 +268,8 @@ class _Builder:
             case "start":
                 ops = A.start(n).ops()
             case "backup":
-                ops = backup_actions(self.inv, self.facts, self.migration_id, node, self.source(node)).ops()
+                b = backup_actions(self.inv, self.facts, self.migration_id, node, self.source(node))
+                return A.bind(node, b.ops(), b.cleanup)
             case "stage":
                 ops = A.stage(n).ops()
             case "switch":

@@ -33,7 +33,7 @@ def test_plan_json_lists_every_action_with_its_node_kind_argv_and_command_line(p
     actions = [a for ph in doc["phases"] for w in ph["waves"] for s in w["steps"] for a in s["actions"]]
     assert actions and {a["kind"] for a in actions} == {"observe", "act"}
     for a in actions:
-        assert set(a) == {"node", "kind", "argv", "command"} and a["node"].startswith("n")
+        assert set(a) == {"node", "kind", "argv", "command", "on_failure"} and a["node"].startswith("n")
     # the JSON's acts are the plan's, in order, and every node step of a node lists its acts on that node
     assert [(a["node"], a["command"]) for a in actions if a["kind"] == "act"] == \
            [(n, c) for n, _ph, _k, c in plan.acts()]
