@@ -10,6 +10,7 @@ skipped as done earlier, except the flip, which reuses the first run's backups o
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -180,8 +181,7 @@ def test_zones_in_parallel_backs_up_every_zone_at_once_or_zone_after_zone(lab, r
 
     async def restart(rt):
         lab.clear_faults(first)
-        for n in sorted(NODES):
-            await EngineSteps().start_node(rt, n, "0.7.3")
+        await asyncio.gather(*(EngineSteps().start_node(rt, n, "0.7.3") for n in sorted(NODES)))
     t0 = time.time()
     plan, _d, err = _execute(lab, mid, "simple", FanoutPolicy(zones_in_parallel=in_parallel), ("stop", "backup"),
                              after=restart)
