@@ -67,7 +67,7 @@ def _garage_toml(spec: LabSpec, node: dict, peers: list[str], rpc_secret: str) -
         f'metadata_dir = "{nd / "meta"}"',
         f'data_dir = "{nd / "data"}"',
         "",
-        'replication_mode = "3"',
+        f'replication_mode = "{spec.replication_mode}"',
         "",
         f'rpc_bind_addr = "{addr}:{PORT_RPC}"',
         f'rpc_public_addr = "{addr}:{PORT_RPC}"',

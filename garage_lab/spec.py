@@ -43,6 +43,7 @@ class LabSpec:
     admin_token: str | None = None
     prometheus_port: int = 9090
     knobs: dict = field(default_factory=dict)
+    replication_mode: str = "3"  # e.g. "3-dangerous": two zones may be down at once
 
 
 class SubnetAllocator:

@@ -9,11 +9,14 @@ Both procedures of the Garage 0.8 migration guide (ref 9; late 8):
 
 - ``simple``: the whole cluster goes offline (disable API, repair, sync gate, stop all,
   back up, install, offline-repair, start all, repair, sync gate, re-enable, watch);
-- ``minimal-downtime``: zone by zone backups while the cluster serves, then every node stops
-  and starts on 0.8 at once, then zone by zone offline repairs.
+- ``minimal-downtime``: round by round (``max_zones_down`` zones at a time) backups while the
+  cluster serves, then every node stops and starts on 0.8 at once, then round by round offline
+  repairs.
 
-The fan-out policy is data (:class:`FanoutPolicy`); :func:`make_plan` refuses a policy that
-would take more zones down than the replication mode survives.
+The fan-out policy is data (:class:`FanoutPolicy`), read by the scheduler
+(:mod:`garage_migrate.executor.schedule`): its zone rules shape the plan's waves here, its wave
+rules decide at run time what runs together. :func:`make_plan` refuses a policy that would take
+more zones down than the replication mode survives.
 """
 
 from __future__ import annotations
@@ -34,15 +37,17 @@ Procedure = Literal["simple", "minimal-downtime"]
 
 
 class FanoutPolicy(BaseModel):
-    """How steps fan out over zones (a value, read by the planner).
+    """How steps fan out over zones and nodes (a value, read by the scheduler).
 
     Attributes:
-        zones_in_parallel: run per-zone waves of offline phases concurrently where the guide
-            allows it (simple procedure: the cluster is down anyway).
-        max_zones_down: zones down at once in the minimal-downtime rounds (1 keeps quorum with
-            replication mode 3 over 3 zones).
-        stop_after_zone: canary: pause for approval after this zone's first round.
-        max_parallel_nodes: bound on concurrent node steps in a wave (SSH fan-out).
+        zones_in_parallel: simple procedure: back up and offline-repair every zone at once
+            (the cluster is down anyway), else one zone after the other.
+        max_zones_down: minimal-downtime: zones down together in each round of the rolling
+            backups and offline repairs (1 keeps quorum with replication mode 3 over 3 zones).
+        stop_after_zone: minimal-downtime canary: pause for approval after the first round that
+            holds this zone.
+        max_parallel_nodes: bound on the node sequences of a wave that run at once (SSH
+            fan-out); never splits the simultaneous restart.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -125,12 +130,25 @@ class Step:
 
 @dataclass(frozen=True)
 class Wave:
-    """Steps that run together (concurrently when ``parallel``)."""
+    """Steps that run as one group; :func:`~garage_migrate.executor.schedule.schedule_wave` says how.
+
+    Attributes:
+        parallel: the nodes' step sequences may run concurrently (at most ``max_parallel_nodes``
+            at once); when False they run one after the other.
+        zone: the one zone the wave is about, if any.
+        together: every node at once, never split by ``max_parallel_nodes``: the guide's
+            simultaneous restart (no 0.7 and 0.8 nodes may coexist, as they cannot talk).
+    """
 
     name: str
     steps: tuple[Step, ...]
     parallel: bool = True
     zone: str | None = None
+    together: bool = False
+
+    def __post_init__(self):
+        if self.together and not self.parallel:
+            raise ValueError(f"wave {self.name}: a wave run together is parallel")
 
 
 @dataclass(frozen=True)
@@ -156,6 +174,9 @@ class MigrationPlan:
     zones: tuple[tuple[str, tuple[str, ...]], ...]
     phases: tuple[Phase, ...]
     warnings: tuple[str, ...] = field(default=())
+    #: the fan-out policy's bound on a wave's concurrent node sequences (part of the digest:
+    #: an approval is given for an order of execution)
+    max_parallel_nodes: int = 32
 
     def steps(self):
         """Every step, in order."""
@@ -187,8 +208,9 @@ class MigrationPlan:
                 "digest": self.digest(), "target_version": self.target_version,
                 "source_versions": dict(self.source_versions), "replication_mode": self.replication_mode,
                 "zones": {z: list(ns) for z, ns in self.zones}, "warnings": list(self.warnings),
+                "max_parallel_nodes": self.max_parallel_nodes,
                 "phases": [{"name": ph.name, "title": ph.title, "risky": ph.risky,
-                            "waves": [{"name": w.name, "zone": w.zone, "parallel": w.parallel,
+                            "waves": [{"name": w.name, "zone": w.zone, "parallel": w.parallel, "together": w.together,
                                        "steps": [s.to_json() for s in w.steps]} for w in ph.waves]}
                            for ph in self.phases]}
 
@@ -197,12 +219,25 @@ class MigrationPlan:
         return [(a.node, ph.name, s.kind, a.op.render()) for ph in self.phases for w in ph.waves
                 for s in w.steps for a in s.acts]
 
+    def _where(self, w: Wave) -> str:
+        """The zones a wave is about, as a prefix ("dc1: ", "dc1 + dc2: ") or "" for all/none."""
+        if w.zone:
+            return f"{w.zone}: "
+        zone_of = {n: z for z, ns in self.zones for n in ns}
+        zs = list(dict.fromkeys([zone_of[s.node] for s in w.steps if s.node in zone_of] +
+                                [s.arg("scope") for s in w.steps if s.kind == "wait-healthy" and s.arg("scope") != "all"]))
+        return f"{' + '.join(zs)}: " if zs and len(zs) < len(self.zones) else ""
+
     def to_markdown(self, from_phase: str | None = None) -> str:
         """Markdown for approval forms and artifacts (optionally from ``from_phase`` on)."""
+        from .executor.schedule import schedule_wave  # lazily: the executor package imports this module
+
         out = [f"### Migration plan `{self.migration_id}`: {self.procedure} procedure, "
                f"{self.cluster} to Garage v{self.target_version}",
                f"Replication mode `{self.replication_mode}`; zones: " +
-               ", ".join(f"**{z}** ({', '.join(ns)})" for z, ns in self.zones), ""]
+               ", ".join(f"**{z}** ({', '.join(ns)})" for z, ns in self.zones),
+               f"At most {self.max_parallel_nodes} node(s) at once in a wave, except the simultaneous restart "
+               "(every node at once).", ""]
         for w in self.warnings:
             out.append(f"> warning: {w}")
         started = from_phase is None
@@ -212,11 +247,10 @@ class MigrationPlan:
                 continue
             out.append(f"**{i}. {ph.title}**" + (" (needs approval)" if ph.risky else ""))
             for w in ph.waves:
-                nodes = [s.node for s in w.steps if s.node]
+                ws = schedule_wave(w, self.max_parallel_nodes)
                 kinds = sorted({s.kind for s in w.steps}, key=[s.kind for s in w.steps].index)
-                where = f"{w.zone}: " if w.zone else ""
-                what = ", ".join(kinds) + (f" on {', '.join(dict.fromkeys(nodes))}" if nodes else "")
-                out.append(f"- {where}{what}" + (" (together)" if w.parallel and len(w.steps) > 1 else ""))
+                what = ", ".join(kinds) + (f" on {', '.join(ws.nodes)}" if ws.nodes else "")
+                out.append(f"- {self._where(w)}{what}" + (f" ({ws.label()})" if ws.label() else ""))
                 for s in w.steps[:1]:
                     for c in s.commands:
                         out.append(f"  - `{c}`")
@@ -224,14 +258,18 @@ class MigrationPlan:
 
     def to_text(self) -> str:
         """Plain text for the terminal (every step and command)."""
+        from .executor.schedule import schedule_wave  # lazily: the executor package imports this module
+
         out = [f"Migration {self.migration_id}: {self.procedure}, cluster {self.cluster} -> v{self.target_version}",
                f"replication_mode {self.replication_mode}; " +
-               "; ".join(f"{z}: {' '.join(ns)}" for z, ns in self.zones)]
+               "; ".join(f"{z}: {' '.join(ns)}" for z, ns in self.zones),
+               f"max_parallel_nodes {self.max_parallel_nodes} (the simultaneous restart is never split)"]
         out += [f"warning: {w}" for w in self.warnings]
         for i, ph in enumerate(self.phases, 1):
             out.append(f"\n{i}. {ph.title}" + ("  [approval]" if ph.risky else ""))
             for w in ph.waves:
-                out.append(f"   wave {w.name}" + (" (parallel)" if w.parallel and len(w.steps) > 1 else ""))
+                label = schedule_wave(w, self.max_parallel_nodes).label()
+                out.append(f"   wave {w.name}" + (f" ({label})" if label else ""))
                 for s in w.steps:
                     out.append(f"     - {s.kind}" + (f" {s.node}" if s.node else "") +
                                (f" ({', '.join(f'{k}={v}' for k, v in s.args)})" if s.args else "") +
@@ -332,8 +370,10 @@ def _check_policy(facts: ClusterFacts, procedure: Procedure, opts: MigrationOpti
                             "partitions, so taking a zone down breaks quorum; use the simple procedure")
         if opts.fanout.stop_after_zone and opts.fanout.stop_after_zone not in zones:
             raise PlanError(f"stop_after_zone {opts.fanout.stop_after_zone!r} is not a zone ({', '.join(zones)})")
-        if any(len(ns) > 1 for ns in zones.values()):
-            warnings.append("while a zone of 2+ nodes is down, bucket and key changes fail (their tables need "
+        from .executor.schedule import rolling_rounds  # lazily: the executor package imports this module
+
+        if any(sum(len(zones[z]) for z in r) > 1 for r in rolling_rounds(list(zones), opts.fanout)):
+            warnings.append("while a round takes 2+ nodes down, bucket and key changes fail (their tables need "
                             "all-but-one nodes, ref 8): ask users not to create buckets or keys meanwhile")
     return warnings
 
@@ -345,27 +385,48 @@ def make_plan(inv: Inventory, facts: ClusterFacts, procedure: Procedure, migrati
     Raises:
         PlanError: the policy is unsafe for the cluster's replication mode and zones.
     """
+    from .executor import schedule as S  # lazily: the executor package imports this module
+
     warnings = list(facts.warnings) + _check_policy(facts, procedure, opts)
     b = _Builder(inv, facts, migration_id)
     zones = facts.zones
     names = [n.name for n in facts.nodes]
     src = {n: b.source(n) for n in names}
     tgt = b.target
+    fan = opts.fanout
     P: list[Phase] = []
 
-    def per_zone(kind: StepKind, name: str, parallel_zones: bool, **args) -> tuple[Wave, ...]:
-        if parallel_zones:
-            return (Wave(name, tuple(b.step(kind, n, **args) for n in names)),)
-        return tuple(Wave(f"{name}-{z}", tuple(b.step(kind, n, **args) for n in ns), zone=z) for z, ns in zones.items())
+    def per_zone(kind: StepKind, name: str, groups: tuple[tuple[str, ...], ...], **args) -> tuple[Wave, ...]:
+        if len(groups) == 1:
+            return (Wave(name, tuple(b.step(kind, n, **args) for z in groups[0] for n in zones[z])),)
+        return tuple(Wave(f"{name}-{'+'.join(g)}", tuple(b.step(kind, n, **args) for z in g for n in zones[z]),
+                          zone=g[0] if len(g) == 1 else None) for g in groups)
+
+    def rolling(prefix: str, node_steps, canary: bool) -> tuple[Wave, ...]:
+        # a round's zones are down together; the next round waits until every node of the
+        # round is seen healthy by every node (one wait per zone, so each is its own record)
+        rounds = S.rolling_rounds(list(zones), fan)
+        after = S.canary_round(rounds, fan.stop_after_zone) if canary else None
+        out: list[Wave] = []
+        for i, r in enumerate(rounds):
+            label, zone = "+".join(r), (r[0] if len(r) == 1 else None)
+            out.append(Wave(f"{prefix}-{label}", tuple(s for z in r for n in zones[z] for s in node_steps(n)),
+                            zone=zone))
+            out.append(Wave(f"healthy-{label}", tuple(b.step("wait-healthy", scope=z) for z in r), zone=zone))
+            if i == after:
+                z = fan.stop_after_zone
+                out.append(Wave(f"canary-{z}", (b.step("approval", gate=f"canary-{z}"),), zone=z))
+        return tuple(out)
 
     repairs = ("tables", "blocks", *opts.extra_repairs)
     P.append(Phase("preflight", "Preflight: reachability, versions, disk space, config keys",
                    (Wave("preflight", tuple(b.step("preflight", n) for n in names)),)))
     if procedure == "simple":
-        par = opts.fanout.zones_in_parallel
+        offline = S.offline_zone_groups(list(zones), fan)
+        everywhere = (tuple(zones),)  # API changes restart every node at once: clients are cut anyway
         P += [
             Phase("disable-api", "Disable API and web access (nodes restart for the moved ports)",
-                  per_zone("disable-api", "disable-api", True) + (Wave("healthy", (b.step("wait-healthy", scope="all"),)),)),
+                  per_zone("disable-api", "disable-api", everywhere) + (Wave("healthy", (b.step("wait-healthy", scope="all"),)),)),
             Phase("repair", "Repair tables and blocks on all nodes",
                   (Wave("repair", tuple(b.step("repair", what=w) for w in repairs), parallel=False),)),
             Phase("sync-gate", "Wait until every queue is empty",
@@ -373,12 +434,12 @@ def make_plan(inv: Inventory, facts: ClusterFacts, procedure: Procedure, migrati
             Phase("approve-shutdown", "Approval: take the whole cluster offline",
                   (Wave("approve", (b.step("approval", gate="shutdown"),)),), risky=True),
             Phase("stop", "Stop every node", (Wave("stop", tuple(b.step("stop", n, version=src[n]) for n in names)),)),
-            Phase("backup", "Back up every node's metadata", per_zone("backup", "backup", par)),
+            Phase("backup", "Back up every node's metadata", per_zone("backup", "backup", offline)),
             Phase("install", "Stage and switch to the 0.8 binary",
                   (Wave("stage", tuple(b.step("stage", n) for n in names)),
                    Wave("switch", tuple(b.step("switch", n) for n in names)))),
             Phase("offline-repair", "Offline-repair object counters before any 0.8 start",
-                  per_zone("offline-repair", "offline-repair", par)),
+                  per_zone("offline-repair", "offline-repair", offline)),
             Phase("start", "Start every node on 0.8 and check health",
                   (Wave("start", tuple(b.step("start", n, version=tgt) for n in names)),
                    Wave("healthy", (b.step("wait-healthy", scope="all"),)))),
@@ -389,39 +450,33 @@ def make_plan(inv: Inventory, facts: ClusterFacts, procedure: Procedure, migrati
             Phase("approve-reopen", "Approval: re-open the cluster to clients",
                   (Wave("approve", (b.step("approval", gate="reopen"),)),), risky=True),
             Phase("enable-api", "Re-enable API and web access (nodes restart)",
-                  per_zone("enable-api", "enable-api", True) + (Wave("healthy", (b.step("wait-healthy", scope="all"),)),)),
+                  per_zone("enable-api", "enable-api", everywhere) + (Wave("healthy", (b.step("wait-healthy", scope="all"),)),)),
             Phase("watch", "Watch the cluster", (Wave("watch", (b.step("watch"),)),)),
         ]
     else:
-        rounds = []
-        for z, ns in zones.items():
-            rounds.append(Wave(f"backup-{z}", tuple(
-                s for n in ns for s in (b.step("stop", n, version=src[n]), b.step("backup", n),
-                                        b.step("start", n, version=src[n]))), zone=z))
-            rounds.append(Wave(f"healthy-{z}", (b.step("wait-healthy", scope=z),), zone=z))
-            if opts.fanout.stop_after_zone == z:
-                rounds.append(Wave(f"canary-{z}", (b.step("approval", gate=f"canary-{z}"),), zone=z))
-        repair_rounds = []
-        for z, ns in zones.items():
-            repair_rounds.append(Wave(f"repair-{z}", tuple(
-                s for n in ns for s in (b.step("stop", n, version=tgt), b.step("offline-repair", n),
-                                        b.step("start", n, version=tgt))), zone=z))
-            repair_rounds.append(Wave(f"healthy-{z}", (b.step("wait-healthy", scope=z),), zone=z))
+        rounds = rolling("backup", lambda n: (b.step("stop", n, version=src[n]), b.step("backup", n),
+                                              b.step("start", n, version=src[n])), canary=True)
+        by_round = "Zone by zone" if fan.max_zones_down == 1 else f"{fan.max_zones_down} zones at a time"
+        repair_rounds = rolling("repair", lambda n: (b.step("stop", n, version=tgt), b.step("offline-repair", n),
+                                                     b.step("start", n, version=tgt)), canary=False)
         P += [
             Phase("repair", "Repair tables and blocks on all nodes",
                   (Wave("repair", tuple(b.step("repair", what=w) for w in repairs), parallel=False),
                    Wave("sync-gate", (b.step("sync-gate", gate="before"),)))),
-            Phase("rolling-backup", "Zone by zone: stop, back up, start, wait until healthy", tuple(rounds)),
+            Phase("rolling-backup", f"{by_round}: stop, back up, start, wait until healthy", rounds),
             Phase("stage", "Stage the 0.8 binary on every node (0.7 keeps running)",
                   (Wave("stage", tuple(b.step("stage", n) for n in names)),)),
             Phase("approve-flip", "Approval: restart every node on 0.8 at once",
                   (Wave("approve", (b.step("approval", gate="flip"),)),), risky=True),
+            # every node at once, never split by max_parallel_nodes (ref 9: "stop all 0.7 nodes
+            # together and start them all together on 0.8"); three waves, not one sequence per
+            # node, so that no 0.8 node starts while a 0.7 node still runs
             Phase("flip", "Stop all nodes at the same moment, switch, start all on 0.8",
-                  (Wave("stop", tuple(b.step("stop", n, version=src[n]) for n in names)),
-                   Wave("switch", tuple(b.step("switch", n) for n in names)),
-                   Wave("start", tuple(b.step("start", n, version=tgt) for n in names)),
+                  (Wave("stop", tuple(b.step("stop", n, version=src[n]) for n in names), together=True),
+                   Wave("switch", tuple(b.step("switch", n) for n in names), together=True),
+                   Wave("start", tuple(b.step("start", n, version=tgt) for n in names), together=True),
                    Wave("healthy", (b.step("wait-healthy", scope="all"),)))),
-            Phase("offline-repair", "Zone by zone: stop, offline-repair counters, start", tuple(repair_rounds)),
+            Phase("offline-repair", f"{by_round}: stop, offline-repair counters, start", repair_rounds),
             # not in the guide: nodes that were down for their round missed writes; a full sync
             # makes the replicas (and so the counters) agree before they are checked
             Phase("repair-after", "Repair tables and wait for the full sync",
@@ -435,4 +490,4 @@ def make_plan(inv: Inventory, facts: ClusterFacts, procedure: Procedure, migrati
         source_versions=tuple(sorted(src.items())), target_version=tgt,
         replication_mode=facts.replication_mode,
         zones=tuple((z, tuple(ns)) for z, ns in zones.items()),
-        phases=tuple(P), warnings=tuple(warnings))
+        phases=tuple(P), warnings=tuple(warnings), max_parallel_nodes=fan.max_parallel_nodes)

@@ -31,6 +31,7 @@ from ..steps import Runtime, StepResult
 from .decisions import Decisions
 from .interfaces import Decider, NullReporter, Reporter, StepRunner
 from .rollback import rollback_all
+from .schedule import NodeSequence, schedule_wave
 
 
 #: Cluster steps that a resumed run skips once the ledger records them done.
@@ -96,32 +97,29 @@ class Executor:
                                          led.progress(self.plan.node_step_count), led.table_rows(self.step_kinds))
 
     async def run_wave(self, phase: Phase, wave: Wave) -> None:
-        """Cluster steps first, then each node's steps in order, the nodes concurrently."""
-        for s in wave.steps:
-            if s.node is None:
-                await self.run_cluster_once(phase, wave, s)
-        by_node: dict[str, list[Step]] = OrderedDict()
-        for s in wave.steps:
-            if s.node is not None:
-                by_node.setdefault(s.node, []).append(s)
-        if not by_node:
-            return
-        sem = asyncio.Semaphore(self.opts.fanout.max_parallel_nodes)
+        """Run ``wave`` as the scheduler says (:func:`.schedule.schedule_wave`, with the plan's
+        ``max_parallel_nodes``): cluster steps first, then the node sequences batch by batch,
+        the sequences of a batch concurrently. A batch with a failure ends the wave, so no
+        further node is touched (the flip's start is one batch: its failure goes to
+        :meth:`flip_failed`)."""
+        ws = schedule_wave(wave, self.plan.max_parallel_nodes)
+        for s in ws.cluster_steps:
+            await self.run_cluster_once(phase, wave, s)
 
-        async def node_sequence(node: str, seq: list[Step]):
-            async with sem:
-                for s in seq:
-                    await self.run_recorded(phase, s)
-        results = await asyncio.gather(*(node_sequence(n, seq) for n, seq in by_node.items()), return_exceptions=True)
-        failed = {n: r for n, r in zip(by_node, results) if isinstance(r, BaseException)}
-        for r in failed.values():
-            if isinstance(r, SupersededError):
-                raise r  # taken over: never ask about a failure, never act again
-        if failed and phase.name == "flip" and wave.name == "start":
-            await self.flip_failed(failed)
-        elif failed:
-            self.log.error("wave %s failed on %s", wave.name, ", ".join(f"{n}: {e}" for n, e in failed.items()))
-            raise next(iter(failed.values()))
+        async def node_sequence(seq: NodeSequence):
+            for s in seq.steps:
+                await self.run_recorded(phase, s)
+        for batch in ws.batches:
+            results = await asyncio.gather(*(node_sequence(q) for q in batch), return_exceptions=True)
+            failed = {q.node: r for q, r in zip(batch, results) if isinstance(r, BaseException)}
+            for r in failed.values():
+                if isinstance(r, SupersededError):
+                    raise r  # taken over: never ask about a failure, never act again
+            if failed and phase.name == "flip" and wave.name == "start":
+                await self.flip_failed(failed)
+            elif failed:
+                self.log.error("wave %s failed on %s", wave.name, ", ".join(f"{n}: {e}" for n, e in failed.items()))
+                raise next(iter(failed.values()))
 
     async def run_recorded(self, phase: Phase, s: Step) -> None:
         """One node step: skipped when done earlier, else ``running`` (fenced) then its result."""

@@ -13,11 +13,11 @@ import logging
 
 import pytest
 
-from garage_migrate.errors import MigrationAborted, SupersededError
+from garage_migrate.errors import MigrationAborted, StepError, SupersededError
 from garage_migrate.executor import Executor
 from garage_migrate.gates import FakeClock
 from garage_migrate.ledger import Ledger
-from garage_migrate.plan import MigrationOptions, make_plan
+from garage_migrate.plan import FanoutPolicy, MigrationOptions, make_plan
 from garage_migrate.steps import Runtime
 
 from builders import inventory_and_facts
@@ -259,3 +259,86 @@ def test_the_watch_window_is_timed_by_the_injected_clock(tmp_path):
     samples = [c for c in steps.calls if c[0] == "observe_once"]
     assert sum(clock.sleeps) >= OPTS.watch_s and len(samples) == len(clock.sleeps) + 1
     assert clock.now >= 100.0 + OPTS.watch_s
+
+
+# ---------------------------------------------------------------------------- the schedule (issue 9 §2)
+class YieldingSteps(FakeSteps):
+    """Fake steps that yield to the event loop inside every node step, recording its begin and
+    end, so that what runs concurrently interleaves."""
+
+    def __init__(self, fail=None, **kw):
+        super().__init__(**kw)
+        self.spans: list[tuple[str, str, str]] = []
+        self.fail = fail or set()
+
+    async def _span(self, step, node):
+        self.spans.append(("begin", step, node))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if (step, node) in self.fail:
+            raise StepError("scripted failure", node=node)
+        self.spans.append(("end", step, node))
+
+    async def _done(self, step, node, arg=None):
+        if node is not None:
+            await self._span(step, node)
+        return await super()._done(step, node, arg)
+
+    async def start_node(self, rt, node, version):
+        await self._span("start_node", node)
+        return await super().start_node(rt, node, version)
+
+
+def _concurrent(spans, step) -> int:
+    """Most ``step`` spans open at once."""
+    open_, most = 0, 0
+    for edge, s, _n in spans:
+        if s == step:
+            open_ += 1 if edge == "begin" else -1
+            most = max(most, open_)
+    return most
+
+
+def _run_with(tmp_path, fanout: FanoutPolicy, steps, per_zone=2):
+    inv, facts = inventory_and_facts({"dc1": per_zone, "dc2": per_zone, "dc3": per_zone}, backup_root=str(tmp_path))
+    ledger = Ledger.open(tmp_path, inv.cluster, MID, "minimal-downtime")
+    rt = Runtime(inv=inv, shells={}, ledger=ledger, facts=facts, log=logging.getLogger("test.executor"))
+    opts = MigrationOptions(watch_s=10.0, fanout=fanout)
+    plan = make_plan(inv, facts, "minimal-downtime", MID, opts)
+    ex = Executor(rt, plan, opts, steps=steps, decider=ScriptedDecider(approve_flip=["approve"]), clock=FakeClock())
+    return ex, plan
+
+
+@pytest.mark.parametrize("limit,expected", [(1, 1), (2, 2)])
+def test_max_parallel_nodes_bounds_a_rolling_round(tmp_path, limit, expected):
+    steps = YieldingSteps()
+    ex, plan = _run_with(tmp_path, FanoutPolicy(max_parallel_nodes=limit), steps)
+    run(ex.run_wave(plan.phase("rolling-backup"), plan.phase("rolling-backup").waves[0]))
+    assert _concurrent(steps.spans, "backup_metadata") == expected
+    assert {n for _e, _s, n in steps.spans} == {"n1", "n2"}  # the round is zone dc1
+
+
+def test_the_flip_stops_and_starts_every_node_together_with_max_parallel_nodes_1(tmp_path):
+    steps = YieldingSteps()
+    ex, plan = _run_with(tmp_path, FanoutPolicy(max_parallel_nodes=1), steps)
+    flip = plan.phase("flip")
+    for w in flip.waves[:3]:
+        run(ex.run_wave(flip, w))
+    for step in ("stop_node", "switch_binary", "start_node"):
+        assert _concurrent(steps.spans, step) == 6, step
+    # every stop began before any node was switched, every switch before any start
+    kinds = [s for e, s, _n in steps.spans if e == "begin"]
+    assert kinds == ["stop_node"] * 6 + ["switch_binary"] * 6 + ["start_node"] * 6
+
+
+def test_a_failed_batch_ends_the_wave_before_the_next_batch(tmp_path):
+    steps = YieldingSteps(fail={("backup_metadata", "n1")})
+    ex, plan = _run_with(tmp_path, FanoutPolicy(max_parallel_nodes=1), steps)
+    with pytest.raises(StepError, match="scripted"):
+        run(ex.run_wave(plan.phase("rolling-backup"), plan.phase("rolling-backup").waves[0]))
+    assert not [c for c in steps.calls if c[1] == "n2"]  # n2 was never stopped
+    assert rt_step(ex, "n1", "rolling-backup:backup")["status"] == "failed"
+
+
+def rt_step(ex, node, key):
+    return ex.rt.ledger.refresh()["nodes"][node]["steps"][key]

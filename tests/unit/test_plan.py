@@ -87,3 +87,72 @@ def test_zone_of_two_nodes_warns_about_bucket_changes():
     inv, facts = _inventory({"dc1": 2, "dc2": 2, "dc3": 2})
     plan = make_plan(inv, facts, "minimal-downtime", "m1")
     assert any("bucket and key changes fail" in w for w in plan.warnings)
+
+
+# ---------------------------------------------------------------------------- the fan-out policy shapes the plan
+def _fanout_plan(zones, procedure="minimal-downtime", mode="3-dangerous", **fanout):
+    inv, facts = _inventory(zones, mode)
+    return make_plan(inv, facts, procedure, "m1", MigrationOptions(fanout=FanoutPolicy(**fanout)))
+
+
+def test_max_zones_down_2_takes_two_zones_down_per_round_and_changes_the_digest():
+    zones = {"dc1": 1, "dc2": 1, "dc3": 1}
+    one, two = _fanout_plan(zones, max_zones_down=1), _fanout_plan(zones, max_zones_down=2)
+    assert one != two and one.digest() != two.digest()
+    for phase, prefix in (("rolling-backup", "backup-"), ("offline-repair", "repair-")):
+        rounds = [[s.node for s in w.steps if s.kind == "stop"] for w in two.phase(phase).waves
+                  if w.name.startswith(prefix)]
+        assert rounds == [["n1", "n2"], ["n3"]], phase
+        assert [[s.node for s in w.steps if s.kind == "stop"] for w in one.phase(phase).waves
+                if w.name.startswith(prefix)] == [["n1"], ["n2"], ["n3"]]
+        # the next round waits until every zone of the round is healthy
+        healthy = [w for w in two.phase(phase).waves if w.name.startswith("healthy-")]
+        assert [[s.arg("scope") for s in w.steps] for w in healthy] == [["dc1", "dc2"], ["dc3"]]
+    assert "dc1 + dc2: stop, backup, start on n1, n2" in two.to_markdown()
+    assert "2 zones at a time" in two.phase("rolling-backup").title
+    # two nodes down at once: bucket and key changes fail meanwhile, even with one node per zone
+    assert any("bucket and key changes fail" in w for w in two.warnings)
+    assert not any("bucket and key changes fail" in w for w in one.warnings)
+
+
+def test_canary_comes_after_the_round_that_holds_the_zone():
+    plan = _fanout_plan({"dc1": 1, "dc2": 1, "dc3": 1}, max_zones_down=2, stop_after_zone="dc2")
+    names = [w.name for w in plan.phase("rolling-backup").waves]
+    assert names == ["backup-dc1+dc2", "healthy-dc1+dc2", "canary-dc2", "backup-dc3", "healthy-dc3"]
+    assert not [w for w in plan.phase("offline-repair").waves if w.name.startswith("canary")]
+
+
+def test_zones_in_parallel_shapes_the_simple_offline_phases():
+    zones = {"dc1": 2, "dc2": 2, "dc3": 2}
+    par, seq = (_fanout_plan(zones, "simple", "3", zones_in_parallel=v) for v in (True, False))
+    assert par.digest() != seq.digest()
+    for phase in ("backup", "offline-repair"):
+        assert [w.name for w in par.phase(phase).waves] == [phase]
+        assert [w.zone for w in seq.phase(phase).waves] == ["dc1", "dc2", "dc3"]
+    # the API changes restart every node at once whatever the policy: clients are cut anyway
+    assert [w.name for w in seq.phase("disable-api").waves] == ["disable-api", "healthy"]
+
+
+def test_the_flip_waves_run_together_and_nothing_else_does():
+    plan = _fanout_plan({"dc1": 2, "dc2": 2, "dc3": 2}, mode="3", max_parallel_nodes=2)
+    together = [(ph.name, w.name) for ph in plan.phases for w in ph.waves if w.together]
+    assert together == [("flip", "stop"), ("flip", "switch"), ("flip", "start")]
+    md = plan.to_markdown()
+    assert "- stop on n1, n2, n3, n4, n5, n6 (together)" in md
+    assert "- stage on n1, n2, n3, n4, n5, n6 (up to 2 at once, in 3 batches)" in md
+    assert "wave start (together)" in plan.to_text()
+
+
+def test_max_parallel_nodes_is_part_of_the_plan_and_its_digest():
+    zones = {"dc1": 1, "dc2": 1, "dc3": 1}
+    a, b = _fanout_plan(zones, mode="3", max_parallel_nodes=1), _fanout_plan(zones, mode="3", max_parallel_nodes=2)
+    assert (a.max_parallel_nodes, b.max_parallel_nodes) == (1, 2) and a.digest() != b.digest()
+    assert "- preflight on n1, n2, n3 (one at a time)" in a.to_markdown()
+
+
+def test_max_zones_down_is_refused_beyond_what_the_replication_mode_survives():
+    zones = {"dc1": 1, "dc2": 1, "dc3": 1}
+    with pytest.raises(PlanError, match="max_zones_down=3 is unsafe"):
+        _fanout_plan(zones, max_zones_down=3)  # 3-dangerous: write quorum 1 of 3, two zones may go
+    with pytest.raises(PlanError, match="max_zones_down=2 is unsafe"):
+        _fanout_plan(zones, mode="3-degraded", max_zones_down=2)
