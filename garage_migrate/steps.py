@@ -28,7 +28,8 @@ from .actions import OFFLINE_REPAIR_TIMEOUT, START_TIMEOUT, STOP_TIMEOUT, origin
 from .discovery import ClusterFacts, NodeFacts
 from .errors import CommandError, GarageMigrateError, LockHeldError, StepError, TransportError
 from .gates.clock import Clock, SystemClock
-from .facts import parse_bucket_info, parse_bucket_list, parse_offline_repair, parse_stats, parse_status, parse_version
+from .facts import (parse_bucket_info, parse_bucket_list, parse_offline_repair, parse_stats, parse_stats_version_line,
+                    parse_status, parse_version)
 from .inventory import Inventory, ResolvedNode
 from .ledger import Ledger
 
@@ -123,7 +124,10 @@ async def daemon_version(rt: Runtime, node: str) -> str | None:
     res = await rt.observe(node, C.garage(rt.node(node).ctx, "stats"), check=False)
     if res.returncode != 0:
         return None
-    return parse_stats(res.stdout).version.version
+    # only the first line is read: the version is all this asks, and the rest of the output
+    # changes layout between versions (the parsers of ``stats`` check it where it is used)
+    first = next((ln for ln in res.stdout.splitlines() if ln.strip()), "")
+    return parse_stats_version_line(first).version
 
 
 async def binary_version(rt: Runtime, node: str, path: str | None = None) -> str:
@@ -440,7 +444,7 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
     want = original if enabled else move_ports(original, gate.moved_s3_port, gate.moved_web_port)
     client_addr = _bind_of(original, "s3_api")  # where clients reach the S3 API
     running = await service_active(rt, node)
-    stale = running and client_addr is not None and await _reachable(client_addr) != enabled
+    stale = running and client_addr is not None and await _client_reachable(rt, node, client_addr) != enabled
     if want == text and not stale:
         return await _record(rt, _skip(rt, key, node, "config and running daemon already "
                                        + ("serve" if enabled else "refuse") + " clients"), key)
@@ -456,7 +460,7 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
         await stop_node(rt, node)
         if version:
             await start_node(rt, node, version)
-        if client_addr and await _reachable(client_addr) != enabled:
+        if client_addr and await _client_reachable(rt, node, client_addr) != enabled:
             raise StepError(f"S3 endpoint {client_addr} is {'not ' if enabled else 'still '}reachable", node=node)
     if enabled:  # restored: the kept copy has served (the ledger keeps its digest)
         await rt.act(node, acts.drop_original)
@@ -528,6 +532,17 @@ def _bind_of(toml_text: str, section: str) -> str | None:
     except tomllib.TOMLDecodeError:
         return None
     return (d.get(section) or {}).get("api_bind_addr" if section == "s3_api" else "bind_addr")
+
+
+async def _client_reachable(rt: Runtime, node: str, addr: str) -> bool:
+    """Whether a client reaches ``addr`` (node ``node``'s S3 API) now.
+
+    The node's shell answers when it can (a dry run's shell knows the ports it recorded
+    moving); otherwise a TCP connection from the controller tells.
+    """
+    probe = getattr(rt.shell(node), "reachable", None)
+    answer = await probe(addr) if probe is not None else None
+    return answer if answer is not None else await _reachable(addr)
 
 
 async def _reachable(addr: str) -> bool:

@@ -4,7 +4,8 @@ The flows and the CLI supply the cluster lock (how a run identifies itself is th
 decider (which needs the lock's token and supersession signal), the step runner and the
 reporter; this module decides what a run does:
 
-- a dry run publishes the plan, runs the preflight and writes nothing;
+- a dry run executes the plan with the same executor over shells that record changes instead
+  of making them (:mod:`.dryrun`), and writes no ledger;
 - a migration already ``done`` or ``rolled-back`` does nothing and says so;
 - otherwise every remote command from then on is journalled (:mod:`garage_migrate.journal`),
   the cluster lock is taken before any command that changes anything, the plan is
@@ -66,10 +67,9 @@ async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions
     led = rt.ledger
     log.info("plan %s (%s):\n%s", plan.migration_id, plan.digest(), plan.to_text())
     if dry_run:
-        await reporter.plan(plan.migration_id, plan.to_markdown(), "Dry run: the plan (nothing was changed)")
-        for n in rt.facts.nodes:
-            await steps.preflight(rt, n.name)
-        return {"migration_id": plan.migration_id, "dry_run": True, "plan_digest": plan.digest()}
+        from .dryrun import dry_run_migration  # the dry run runs the same executor
+
+        return await dry_run_migration(rt, plan, opts, reporter=reporter, clock=clock, log=log)
     if led.data.get("state") in ("done", "rolled-back"):
         msg = f"migration {plan.migration_id} is already {led.data['state']}: nothing to do"
         if led.data["state"] == "rolled-back":

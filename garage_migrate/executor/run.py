@@ -201,7 +201,7 @@ class Executor:
                 return await self.steps.wait_healthy(rt, nodes, scope)
             case "check-counters":
                 res = await self.steps.check_counters(rt)
-                if res.status != "done":
+                if res.status == "failed":
                     md = f"**Bucket counters look wrong**\n\n{res.detail}\n\nProceed anyway (recorded) or abort."
                     if await self.decide("counters", "counters", md, clean=False) == "abort":
                         raise MigrationAborted("aborted at the counters check")
