@@ -42,7 +42,7 @@ async def _migrate(procedure: str, inventory: str, migration_id: str | None, opt
     log = get_run_logger()
     try:
         # a dry run writes no ledger either: it must not pin the migration to a procedure
-        async with R.open_runtime(inventory, procedure, migration_id, dry_run=dry_run, log=log,
+        async with R.open_runtime(inventory, procedure, migration_id, log=log,
                                   persist=not dry_run) as rt:
             return await run_migration(
                 rt, R.plan_for(rt, procedure, options), options, dry_run=dry_run,

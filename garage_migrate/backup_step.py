@@ -16,8 +16,6 @@ async def backup_metadata(rt: Runtime, node: str) -> StepResult:
     """Back up ``node``'s metadata (stopped), verified; reuse a verified one of this migration."""
     n = rt.node(node)
     f = rt.nfacts(node)
-    if rt.dry_run:
-        return StepResult("backup", node, "would-run", f"would back up {f.config.metadata_dir}")
     stopped = await observe_stopped(rt.shell(node), n.ctx)
     version = rt.ledger.node(node).get("version_before") or f.version
     acts = backup_actions(rt.inv, rt.facts, rt.ledger.data["migration_id"], node, version)

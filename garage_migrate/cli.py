@@ -34,7 +34,7 @@ async def _plan(args) -> int:
     from .plan import MigrationOptions
     from .runtime import open_runtime, plan_for
 
-    async with open_runtime(args.inventory, args.procedure, args.migration_id, dry_run=True, persist=False) as rt:
+    async with open_runtime(args.inventory, args.procedure, args.migration_id, persist=False) as rt:
         plan = plan_for(rt, args.procedure, MigrationOptions())
         if args.json:
             print(json.dumps(plan.to_json(), indent=2))

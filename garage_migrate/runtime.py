@@ -34,7 +34,7 @@ def ledger_for(inv: Inventory, migration_id: str, procedure: str, persist: bool 
 
 @contextlib.asynccontextmanager
 async def open_runtime(inventory: str | Path | Inventory, procedure: str, migration_id: str | None = None, *,
-                       dry_run: bool = False, log: logging.Logger | logging.LoggerAdapter | None = None,
+                       log: logging.Logger | logging.LoggerAdapter | None = None,
                        persist: bool = True):
     """Load the inventory, open SSH, open (or resume) the ledger, and discover the cluster."""
     inv = inventory if isinstance(inventory, Inventory) else load_inventory(inventory)
@@ -54,7 +54,7 @@ async def open_runtime(inventory: str | Path | Inventory, procedure: str, migrat
     resuming = bool(ledger.data["nodes"])
     async with SshPool.from_inventory(inv) as pool:
         facts = await discover(inv, pool.shell, procedure=procedure, resuming=resuming)
-        rt = Runtime(inv=inv, shells=pool.shell, ledger=ledger, facts=facts, dry_run=dry_run,
+        rt = Runtime(inv=inv, shells=pool.shell, ledger=ledger, facts=facts,
                      log=log or logging.getLogger("garage_migrate"))
         yield rt
 

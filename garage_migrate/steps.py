@@ -7,8 +7,9 @@ from the node itself (service state, sled lock, symlink target, staged file hash
 ledger, never from memory.
 
 Reads go through :meth:`Runtime.observe`; anything that changes a node goes through
-:meth:`Runtime.act`, which in a dry run logs the command instead of running it (the same code
-path as a real run, like Ansible's check mode).
+:meth:`Runtime.act`, with a command the step's plan lists (:mod:`garage_migrate.actions`). A
+dry run runs these very steps over shells that record the changes instead of making them
+(:mod:`garage_migrate.executor.dryrun`): one code path.
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ class Runtime:
         shells: ``name -> NodeShell``.
         ledger: the persisted ledger of this migration.
         facts: what discovery found at the start.
-        dry_run: log changing commands instead of running them.
         clock: time source for polling.
         log: where step logs go (the Prefect run logger in flows).
     """
@@ -68,7 +68,6 @@ class Runtime:
     shells: object
     ledger: Ledger
     facts: ClusterFacts
-    dry_run: bool = False
     clock: Clock = field(default_factory=SystemClock)
     log: logging.Logger | logging.LoggerAdapter = log
 
@@ -96,10 +95,7 @@ class Runtime:
         return await self.shell(node).run(cmd, check=check)
 
     async def act(self, node: str, cmd: C.RemoteCommand, check: bool = True):
-        """Run a changing command, or in a dry run only log it."""
-        if self.dry_run:
-            self.info(node, "dry run: would run %s", cmd.render())
-            return None
+        """Run a changing command (a dry run's shell records it instead: :mod:`.executor.dryrun`)."""
         self.info(node, "run %s", cmd.render())
         return await self.shell(node).run(cmd, check=check)
 
@@ -190,8 +186,6 @@ async def launch_repair(rt: Runtime, what: str, via: str | None = None) -> StepR
         if not await service_active(rt, name):
             continue
         res = await rt.act(name, A.repair(rt.node(name).ctx, what), check=False)
-        if res is None:
-            return StepResult(f"repair-{what}", None, "would-run", f"from {name}")
         if res.returncode == 0:
             rt.info(None, "repair %s launched from %s: %s", what, name, res.stdout.strip())
             return StepResult(f"repair-{what}", None, "done", res.stdout.strip())
@@ -217,12 +211,9 @@ async def stop_node(rt: Runtime, node: str) -> StepResult:
     if not await service_active(rt, node) and await lock_free(rt, node):
         return await _record(rt, _skip(rt, "stop", node, "already stopped and the DB lock is free"))
     await rt.act(node, acts.signal)
-    if not rt.dry_run:
-        if not await poll(rt, "stop", node, lambda: _inactive(rt, node), STOP_TIMEOUT):
-            raise StepError(f"daemon still running {STOP_TIMEOUT:.0f}s after {rt.node(node).stop_signal}", node=node)
+    if not await poll(rt, "stop", node, lambda: _inactive(rt, node), STOP_TIMEOUT):
+        raise StepError(f"daemon still running {STOP_TIMEOUT:.0f}s after {rt.node(node).stop_signal}", node=node)
     await rt.act(node, acts.stop)  # idempotent; settles the unit state
-    if rt.dry_run:
-        return await _record(rt, StepResult("stop", node, "done", "dry run"))
     if not await poll(rt, "lock", node, lambda: lock_free(rt, node), 10.0):
         raise LockHeldError("the service is stopped but the DB lock is still held", node=node)
     return await _record(rt, StepResult("stop", node, "done", f"stopped with {rt.node(node).stop_signal}"))
@@ -244,12 +235,10 @@ async def start_node(rt: Runtime, node: str, expect_version: str) -> StepResult:
     installed = await binary_version(rt, node)
     if installed != expect_version:
         raise StepError(f"binary_path holds {installed}, expected {expect_version}", node=node)
-    if expect_version.startswith("0.8.") and not rt.ledger.node(node).get("backup") and not rt.dry_run:
+    if expect_version.startswith("0.8.") and not rt.ledger.node(node).get("backup"):
         # the rule of both flows: no 0.8 start without a backup of this node's metadata
         raise StepError("refusing to start 0.8 on a node without a verified backup from this migration", node=node)
     await rt.act(node, A.start(rt.spec(node)).start)
-    if rt.dry_run:
-        return await _record(rt, StepResult("start", node, "done", "dry run"), key)
 
     gave_up = []
 
@@ -288,8 +277,6 @@ async def wait_healthy(rt: Runtime, nodes: list[str], timeout: float = 60.0) -> 
             if not ids <= up:
                 return False
         return True
-    if rt.dry_run:
-        return StepResult("wait-healthy", None, "would-run", ", ".join(nodes))
     if not await poll(rt, "health", None, healthy, timeout, 0.5):
         raise StepError(f"nodes {', '.join(nodes)} were not all seen healthy by every node within {timeout:.0f}s")
     return StepResult("wait-healthy", None, "done", f"{len(nodes)} nodes healthy, seen by all {len(everyone)}")
@@ -314,9 +301,6 @@ async def stage_binary(rt: Runtime, node: str) -> StepResult:
     local = Path(target.binary)
     if hashlib.sha256(local.read_bytes()).hexdigest() != want:
         raise StepError(f"local {local} does not match the inventory's sha256", node=node)
-    if rt.dry_run:
-        rt.info(node, "dry run: would upload %s to %s", local, dest)
-        return await _record(rt, StepResult("stage", node, "done", f"would upload to {dest}"))
     await rt.shell(node).put_file(local, dest)
     got = (await rt.observe(node, acts.hash_)).stdout.split()[0]
     if got != want:
@@ -356,8 +340,6 @@ async def offline_repair(rt: Runtime, node: str) -> StepResult:
     if await service_active(rt, node) or not await lock_free(rt, node):
         raise LockHeldError("the daemon is running or holds the DB lock: stop it before offline-repair", node=node)
     res = await rt.act(node, A.offline_repair(rt.spec(node)).repair, check=False)
-    if res is None:
-        return await _record(rt, StepResult("offline-repair", node, "done", "dry run"))
     outcome = parse_offline_repair(res.returncode, res.stdout, res.stderr)
     if outcome.kind == "lock_held":
         raise LockHeldError(f"offline-repair could not take the DB lock: {outcome.detail}", node=node,
@@ -448,8 +430,6 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
     if want == text and not stale:
         return await _record(rt, _skip(rt, key, node, "config and running daemon already "
                                        + ("serve" if enabled else "refuse") + " clients"), key)
-    if rt.dry_run:
-        return await _record(rt, StepResult(key, node, "done", "dry run"), key)
     if want != text:
         await _upload_text(rt, node, want, acts.upload.remote)
         await rt.act(node, acts.rename)
@@ -511,12 +491,10 @@ async def _original_config(rt: Runtime, node: str, text: str, keep: bool) -> str
         return None
     if kept is None:
         kept = text
-        if not rt.dry_run:
-            await _upload_text(rt, node, text, path)
+        await _upload_text(rt, node, text, path)
     else:
         rt.info(node, "the API was left cut by an earlier run: restoring from its original config, %s", path)
-    if not rt.dry_run:
-        await rt.ledger.set_node(node, config_original_sha256=_sha256(kept), config_original_path=path)
+    await rt.ledger.set_node(node, config_original_sha256=_sha256(kept), config_original_path=path)
     return kept
 
 

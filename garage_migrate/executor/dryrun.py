@@ -275,7 +275,7 @@ def simulate(rt: Runtime, journal: CommandJournal) -> tuple[Runtime, dict[str, S
             sims[name] = SimShell(base(name), A.spec(rt.inv, rt.facts, name), rt.inv.target.version)
             journalled[name] = JournalShell(sims[name], name, journal)
         return journalled[name]
-    return dataclasses.replace(rt, shells=shell, dry_run=False), sims
+    return dataclasses.replace(rt, shells=shell), sims
 
 
 def acts_not_run(plan: MigrationPlan, journal: list[dict]) -> tuple[set, set]:

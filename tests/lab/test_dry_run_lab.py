@@ -39,7 +39,7 @@ def _snapshot(lab) -> dict:
 
 def _dry_run(lab, procedure: str):
     async def go():
-        async with open_runtime(str(lab.dir / "inventory.yaml"), procedure, dry_run=True, persist=False) as rt:
+        async with open_runtime(str(lab.dir / "inventory.yaml"), procedure, persist=False) as rt:
             plan = plan_for(rt, procedure, OPTS)
 
             async def never(_rt):
