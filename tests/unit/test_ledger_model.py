@@ -311,3 +311,53 @@ def test_a_new_ledger_is_a_valid_empty_document():
     assert (doc.state, doc.holder, doc.nodes, doc.events, doc.created) == ("running", None, {}, [], 5.0)
     with pytest.raises(pydantic.ValidationError):
         LedgerDoc.new("m", "c", "fast")
+
+
+def _inventory(tmp_path) -> str:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(f"""cluster: c
+ssh: {{user: root, known_hosts: /tmp/known_hosts}}
+backup: {{root: {tmp_path}}}
+target: {{version: 0.8.7, binary: /tmp/garage, sha256: {"a" * 64}}}
+nodes:
+  - {{name: g1, host: 10.0.0.1, zone: dc1}}
+  - {{name: g2, host: 10.0.0.2, zone: dc2}}
+  - {{name: g3, host: 10.0.0.3, zone: dc3}}
+""")
+    return str(path)
+
+
+def test_status_prints_the_fields_of_a_format_1_ledger(tmp_path, capsys):
+    from garage_migrate.cli import main
+
+    path = _fixture(tmp_path)
+    assert main(["status", "--inventory", _inventory(tmp_path), "--migration-id", "m"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"migration m: minimal-downtime, state failed, ledger {path}"), out
+    assert "  error: StepError: g3: did not answer as 0.8.7" in out
+    assert "  g1 [dc1] 0.7.3 -> 0.8.7: flip:start=done, preflight:preflight=done, rolling:backup=done, " \
+           "rolling:stop=done" in out
+    assert "  g3 [dc3] 0.7.3 -> -: " in out
+    assert "held by migration 33333333-3333-3333-3333-333333333333 on ctl-1 (pid 4444)" in out
+    assert "  gate sync-before-1: wait give it time" in out and "  gate approve-flip: approve gate passed cleanly" in out
+
+
+def test_status_refuses_an_unreadable_ledger_with_its_reason(tmp_path, capsys):
+    from garage_migrate.cli import main
+
+    path = _fixture(tmp_path)
+    path.write_text(json.dumps({"format": 9}))
+    assert main(["status", "--inventory", _inventory(tmp_path), "--migration-id", "m"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"garage-migrate: {path}: ledger format 9" in captured.err
+
+
+def test_the_report_reads_versions_backups_and_decisions_from_the_fields(tmp_path):
+    from garage_migrate.runtime import watch_report
+
+    led = Ledger.load(_fixture(tmp_path))
+    md = watch_report(SimpleNamespace(ledger=led), [{"g1": ()}])
+    assert md.startswith("## Migration prod-eu-to-v0.8.7: report")
+    assert f"| g1 | dc1 | 0.7.3 | 0.8.7 | {led.node('g1').backup.path} |" in md
+    assert "| g3 | dc3 | 0.7.3 |  |" in md
+    assert "- sync-before-1: wait give it time" in md and "- sync gate after did not pass" in md
