@@ -121,7 +121,12 @@ class Ledger:
         return self.doc
 
     def _read(self) -> LedgerDoc:
-        parsed = parse(self.path.read_text(), str(self.path))
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise LedgerFormatError(f"{self.path}: not a ledger (not UTF-8 text: {exc}); refused, "
+                                    f"nothing was read") from None
+        parsed = parse(text, str(self.path))
         self._legacy_originals.update(parsed.legacy_config_originals)
         return parsed.doc
 
@@ -181,8 +186,10 @@ class Ledger:
                 document invalid; nothing was written.
         """
         if not self.persist:
-            out = change(self.doc)
-            self.doc = dump(self.doc, str(self.path))[1]  # validated as a write would be
+            # on a copy, validated as a write would be: a refused change leaves the snapshot as it was
+            doc = self.doc.model_copy(deep=True)
+            out = change(doc)
+            self.doc = dump(doc, str(self.path))[1]
             return out
         with self._flocked():
             doc = self._read() if self.path.exists() else self.doc

@@ -205,6 +205,12 @@ def test_an_invalid_document_is_refused_whole_and_left_untouched(tmp_path, damag
     assert led.path.read_bytes() == before
 
 
+def test_a_file_that_is_not_text_is_refused(tmp_path):
+    path = _fixture(tmp_path)
+    path.write_bytes(b'{"format": 2, "\xff\xfe')
+    _assert_refused(path, "not UTF-8")
+
+
 def test_an_invalid_format_1_document_is_refused(tmp_path):
     path = _fixture(tmp_path)
     path.write_text(path.read_text().replace('"kind": "phase"', '"kind": "phase", "colour": "red"', 1))
@@ -231,7 +237,8 @@ def test_a_read_only_ledger_validates_its_changes_too(tmp_path):
     run(led.record_step("n1", "zone:stop", "would-run", "dry run"))
     assert led.step("n1", "zone:stop").status == "would-run" and not led.path.exists()
     with pytest.raises(LedgerFormatError):
-        led.mutate(lambda d: d.events.append({"t": 1.0}))
+        led.mutate(lambda d: (d.events.append({"t": 1.0}), setattr(d, "state", "done")))
+    assert led.doc.events == [] and led.doc.state == "running"  # the refused change left no trace
 
 
 # ---------------------------------------------------------------------------- no secret
