@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -72,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== inventory: {lab.dir / 'inventory.yaml'}; Prometheus: {lab.prometheus_url}")
         print(f"== Prefect UI: http://127.0.0.1:{args.port}", flush=True)
         from flows.migration import minimal_downtime_migration
+        from garage_migrate.ledger import Ledger
         from garage_migrate.plan import MigrationOptions
 
         from garage_lab import traffic
@@ -86,20 +86,22 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(minimal_downtime_migration(
                 inventory=str(lab.dir / "inventory.yaml"), auto_approve=not args.approve_in_ui,
                 options=MigrationOptions(watch_s=10.0, gate_deadline_s=300.0, gate_consecutive=3)))
-        led = json.loads(Path(result["ledger"]).read_text())
+        led = Ledger.load(result["ledger"]).doc
         check = traffic.verify(lab)
         truth = lab.inspect(checksums=False)["nodes"]
         print("\n== result")
-        print(f"   migration {result['migration_id']}: {led['state']}; ledger {result['ledger']}")
-        for name, rec in sorted(led["nodes"].items()):
-            print(f"   {name} [{rec.get('zone')}] {rec.get('version_before')} -> {truth[name]['running_version']}, "
-                  f"backup {(rec.get('backup') or {}).get('path')}")
+        print(f"   migration {result['migration_id']}: {led.state}; ledger {result['ledger']}")
+        for name, rec in sorted(led.nodes.items()):
+            seen = truth[name]["running_version"]  # the lab's ground truth, beside what the ledger says
+            print(f"   {name} [{rec.zone}] {rec.version_before} -> {rec.running_version}"
+                  + ("" if seen == rec.running_version else f" (the lab says {seen})")
+                  + f", backup {rec.backup.path if rec.backup else None}")
         print(f"   client writes (boto3) acknowledged: {writes.acknowledged}, refused: "
               f"{writes.refused}; read back: {check['checked']} keys, lost {len(check['lost'])}, "
               f"changed {len(check['changed'])}")
         print(f"\n== in the UI (http://127.0.0.1:{args.port}): Runs -> the 'minimal-downtime-migration' run: "
               "its Artifacts tab has the plan, the ledger table, the progress and the final report")
-        ok = led["state"] == "done" and check["ok"]
+        ok = led.state == "done" and check["ok"]
     finally:
         if args.keep:
             print(f"== kept running: `garage-lab down --dir {lab.dir}`; Prefect server pid {server.pid}")

@@ -54,9 +54,9 @@ async def rollback_migration(inventory: str, migration_id: str | None = None, no
                 await lock.release()  # every node is back on 0.7: the migration is over
             else:
                 await lock.stop_heartbeats()  # some nodes still migrated: the cluster stays held
-            md = (f"## Rollback of {rt.ledger.data['migration_id']}\n\nNodes: {', '.join(targets)}\n\n"
+            md = (f"## Rollback of {rt.ledger.doc.migration_id}\n\nNodes: {', '.join(targets)}\n\n"
                   f"Sync gate after rollback: **{outcome.status}**\n")
-            await create_markdown_artifact(md, key=artifact_key("rollback", rt.ledger.data["migration_id"]))
+            await create_markdown_artifact(md, key=artifact_key("rollback", rt.ledger.doc.migration_id))
             return {"rolled_back": targets, "gate": outcome.status}
     except ClusterLockedError as exc:
         return refused(exc, log)

@@ -120,6 +120,11 @@ def original_config_path(config_path: str) -> str:
     return config_path + ".garage-migrate.orig"
 
 
+def read_original(ctx: NodeContext) -> RemoteCommand:
+    """``cat`` of the original config kept on the node while the API is cut."""
+    return C.cat(original_config_path(ctx.config_path), sudo=ctx.sudo)
+
+
 def cut_config_path(config_path: str) -> str:
     """The temp file the cut (or restored) config is uploaded to before its rename."""
     return config_path + ".garage-migrate"
@@ -271,7 +276,7 @@ def set_api(n: NodeSpec, enabled: bool) -> ApiActions:
     orig = original_config_path(ctx.config_path)
     tmp = cut_config_path(ctx.config_path)
     return ApiActions(
-        read_config=C.cat(ctx.config_path, sudo=ctx.sudo), read_original=C.cat(orig, sudo=ctx.sudo),
+        read_config=C.cat(ctx.config_path, sudo=ctx.sudo), read_original=read_original(ctx),
         keep_original=None if enabled else Upload(orig, "the original config, kept while the API is cut"),
         upload=Upload(tmp, "the restored config" if enabled else "the config with the client ports moved"),
         rename=C.rename(tmp, ctx.config_path, sudo=ctx.sudo), restart_stop=stop(n), restart_start=start(n),

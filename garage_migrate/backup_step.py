@@ -8,6 +8,7 @@ the start step refuses any 0.8 start without that record.
 from __future__ import annotations
 
 from .backup.engine import BackupRecord, backup_node, observe_stopped, restore_metadata
+from .ledger_model import BackupRef, RestoreRef
 from .plan import backup_actions
 from .steps import Runtime, StepResult, service_active
 
@@ -17,18 +18,19 @@ async def backup_metadata(rt: Runtime, node: str) -> StepResult:
     n = rt.node(node)
     f = rt.nfacts(node)
     stopped = await observe_stopped(rt.shell(node), n.ctx)
-    version = rt.ledger.node(node).get("version_before") or f.version
-    acts = backup_actions(rt.inv, rt.facts, rt.ledger.data["migration_id"], node, version)
+    version = rt.ledger.node(node).version_before or f.version
+    acts = backup_actions(rt.inv, rt.facts, rt.ledger.doc.migration_id, node, version)
     planned = acts.stream.source if acts.stream is not None else acts.archive
     rec: BackupRecord = await backup_node(
         rt.shell(node), n.ctx, node_id=f.id64, metadata_dir=f.config.metadata_dir, stopped=stopped,
-        dest_root=rt.inv.backup.root, cluster=rt.inv.cluster, migration_id=rt.ledger.data["migration_id"],
+        dest_root=rt.inv.backup.root, cluster=rt.inv.cluster, migration_id=rt.ledger.doc.migration_id,
         source_version=version, level=rt.inv.backup.zstd_level, mode=rt.inv.backup.mode,
         node_root=n.backup_root if rt.inv.backup.mode == "on-node" else None, archive_timeout=planned.timeout)
     where = str(rec.archive_path or rec.remote_archive)
-    await rt.ledger.set_node(node, backup={"path": where, "manifest": str(rec.manifest_path),
-                                           "sha256": rec.manifest.archive_sha256, "version": version,
-                                           "reused": rec.reused})
+    await rt.ledger.set_node(node, backup=BackupRef(path=where, manifest=str(rec.manifest_path),
+                                                    sha256=rec.manifest.archive_sha256,
+                                                    bytes=rec.manifest.compressed_bytes, version=version,
+                                                    reused=rec.reused))
     return StepResult("backup", node, "skipped" if rec.reused else "done",
                       f"{'reused ' if rec.reused else ''}{where} ({rec.manifest.archive_sha256[:16]}, verified)")
 
@@ -36,17 +38,17 @@ async def backup_metadata(rt: Runtime, node: str) -> StepResult:
 async def restore_node(rt: Runtime, node: str) -> StepResult:
     """Restore ``node``'s metadata from this migration's verified backup (node stopped)."""
     n = rt.node(node)
-    b = rt.ledger.node(node).get("backup")
-    if not b:
+    b = rt.ledger.node(node).backup
+    if b is None:
         raise_missing(node)
     if await service_active(rt, node):
         from .errors import StepError
 
         raise StepError("refusing to restore metadata while the daemon runs", node=node)
     stopped = await observe_stopped(rt.shell(node), n.ctx)
-    rep = await restore_metadata(rt.shell(node), n.ctx, b["manifest"], stopped=stopped,
+    rep = await restore_metadata(rt.shell(node), n.ctx, b.manifest, stopped=stopped,
                                  metadata_dir=rt.nfacts(node).config.metadata_dir)
-    await rt.ledger.set_node(node, restored={"from": b["path"], "moved_aside": rep.moved_aside})
+    await rt.ledger.set_node(node, restored=RestoreRef(source=b.path, moved_aside=rep.moved_aside))
     return StepResult("restore", node, "done", f"restored {rep.files_verified} files; old dir kept at {rep.moved_aside}")
 
 

@@ -57,19 +57,19 @@ async def _status(args) -> int:
         return 1
     if args.commands:
         return _print_journal(path, args.node)
-    led = Ledger.load(path)
-    d = led.data
-    print(f"migration {mid}: {d['procedure']}, state {d['state']}, ledger {path}")
-    for name, rec in sorted(d["nodes"].items()):
-        steps = ", ".join(f"{k}={v['status']}" for k, v in rec["steps"].items())
-        print(f"  {name} [{rec.get('zone', '?')}] {rec.get('version_before', '?')} -> "
-              f"{rec.get('running_version', '-')}: {steps}")
-    if d.get("holder"):
+    d = Ledger.load(path).doc
+    print(f"migration {mid}: {d.procedure}, state {d.state}, ledger {path}")
+    if d.error:
+        print(f"  error: {d.error}")
+    for name, rec in sorted(d.nodes.items()):
+        steps = ", ".join(f"{k}={v.status}" for k, v in rec.steps.items())
+        print(f"  {name} [{rec.zone or '?'}] {rec.version_before or '?'} -> {rec.running_version or '-'}: {steps}")
+    if d.holder is not None:
         from .cluster_lock import describe_holder
 
-        print(f"  held by {describe_holder(d['holder'])}")
-    for key, g in sorted(d["gates"].items()):
-        print(f"  gate {key}: {g.get('decision') or g.get('status')} {g.get('note', '')}".rstrip())
+        print(f"  held by {describe_holder(d.holder)}")
+    for key, g in sorted(d.gates.items()):
+        print(f"  gate {key}: {g.decision or g.status} {g.note or ''}".rstrip())
     if args.live:
         from .discovery import discover
         from .ssh import SshPool
@@ -107,16 +107,16 @@ class _MigrationDir:
     def __init__(self, path: Path):
         from .backup import load_manifest
         from .errors import BackupError
-        from .ledger import Ledger, LedgerFormatError
+        from .ledger import Ledger, LedgerDoc, LedgerFormatError
 
         self.path = path
         self.id = path.name
-        self.ledger = None
+        self.ledger: LedgerDoc | None = None
         self.ledger_error: str | None = None
         if (path / "ledger.json").exists():
             try:
-                self.ledger = Ledger.load(path / "ledger.json").data
-            except (OSError, ValueError, TypeError, AttributeError, LedgerFormatError) as exc:
+                self.ledger = Ledger.load(path / "ledger.json").doc
+            except (OSError, LedgerFormatError) as exc:
                 self.ledger_error = f"{type(exc).__name__}: {exc}"
         # node name -> (manifest path, Manifest or the error that prevented reading it)
         self.manifests: dict[str, tuple[Path, object]] = {}
@@ -134,9 +134,14 @@ class _MigrationDir:
         return (self.path / "ledger.json").exists() or bool(self.manifests)
 
     @property
+    def nodes(self) -> dict:
+        """The ledger's node records (none when there is no readable ledger)."""
+        return self.ledger.nodes if self.ledger is not None else {}
+
+    @property
     def state(self) -> str:
         if self.ledger is not None:
-            return str(self.ledger.get("state"))
+            return self.ledger.state
         return "unreadable ledger" if self.ledger_error else "no ledger"
 
     @property
@@ -144,8 +149,8 @@ class _MigrationDir:
         """The ledger's creation time, else the oldest backup's, else the directory's mtime."""
         from .backup import Manifest
 
-        if self.ledger is not None and isinstance(self.ledger.get("created"), (int, float)):
-            return float(self.ledger["created"])
+        if self.ledger is not None:
+            return self.ledger.created
         times = [m.created_at.timestamp() for _p, m in self.manifests.values() if isinstance(m, Manifest)]
         return min(times) if times else self.path.stat().st_mtime
 
@@ -236,7 +241,7 @@ async def _backups_verify(args, inv) -> int:
     from .errors import GarageMigrateError
 
     migs = _migrations(inv, args.migration_id)
-    if not migs or not any(m.manifests or (m.ledger or {}).get("nodes") for m in migs):
+    if not migs or not any(m.manifests or m.nodes for m in migs):
         print(f"no backups of cluster {inv.cluster} to verify under {_cluster_dir(inv)}"
               + (f" for migration {args.migration_id}" if args.migration_id else ""))
         return 1
@@ -267,9 +272,9 @@ async def _backups_verify(args, inv) -> int:
                     print(f"  FAIL {node}: {where}: {exc}")
                     continue
                 problems = [str(p) for p in report.problems]
-                rec = ((mig.ledger or {}).get("nodes", {}).get(node) or {}).get("backup")
-                if rec and rec.get("sha256") and rec["sha256"] != m.archive_sha256:
-                    problems.append(f"the ledger records sha256 {rec['sha256']} for this node's backup, the "
+                rec = mig.nodes[node].backup if node in mig.nodes else None
+                if rec is not None and rec.sha256 != m.archive_sha256:
+                    problems.append(f"the ledger records sha256 {rec.sha256} for this node's backup, the "
                                     f"manifest {mpath} says {m.archive_sha256}")
                 if problems:
                     failed += 1
@@ -280,13 +285,13 @@ async def _backups_verify(args, inv) -> int:
                     print(f"  ok   {node}: {where}: {report.files} files, {report.uncompressed_bytes} bytes, "
                           f"sha256 {report.archive_sha256[:16]}")
             # a backup the ledger relies on (the rollback restores it) must still be there
-            for node, rec in sorted(((mig.ledger or {}).get("nodes") or {}).items()):
-                b = rec.get("backup")
-                if b and node not in mig.manifests:
+            for node, rec in sorted(mig.nodes.items()):
+                b = rec.backup
+                if b is not None and node not in mig.manifests:
                     checked += 1
                     failed += 1
-                    print(f"  FAIL {node}: the ledger records the backup {b.get('path')} but its manifest "
-                          f"{b.get('manifest')} is missing")
+                    print(f"  FAIL {node}: the ledger records the backup {b.path} but its manifest "
+                          f"{b.manifest} is missing")
     finally:
         if pool is not None:
             await pool.close()

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from . import commands as C
 from .errors import ClusterLockedError, GarageMigrateError, SupersededError
 from .ledger import Ledger
+from .ledger_model import Event, Holder, HolderInfo
 
 __all__ = ["HEARTBEAT_S", "STALE_AFTER_S", "ClusterLock", "LockRecord", "RunIdentity", "break_lock",
            "holder_gone", "lock_path", "read_records"]
@@ -80,10 +81,10 @@ class RunIdentity:
     pid: int = field(default_factory=os.getpid)
     kind: str = "migration"
 
-    def holder(self) -> dict:
+    def holder(self) -> Holder:
         """The ledger's holder record for this run (with ``since`` and ``heartbeat`` now)."""
         now = time.time()
-        return dict(asdict(self), since=now, heartbeat=now)
+        return Holder(**asdict(self), since=now, heartbeat=now)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def holder_gone(holder: dict | None, *, run_state: str | None = None, now: float | None = None,
+def holder_gone(holder: HolderInfo | None, *, run_state: str | None = None, now: float | None = None,
                 stale_after: float = STALE_AFTER_S, here: str | None = None) -> str | None:
     """Why ``holder`` is gone (a string), or ``None`` if it may still be running.
 
@@ -141,26 +142,26 @@ def holder_gone(holder: dict | None, *, run_state: str | None = None, now: float
         stale_after: heartbeat age after which the holder is gone.
         here: this controller's host name (default: ``socket.gethostname()``).
     """
-    if not holder:
+    if holder is None:
         return "no holder"
     now = time.time() if now is None else now
     if run_state in TERMINAL_STATES:
         return f"its flow run is {run_state.lower()}"
     here = socket.gethostname() if here is None else here
-    if holder.get("controller") == here and holder.get("pid") and not _pid_alive(int(holder["pid"])):
-        return f"its process {holder['pid']} on {here} no longer exists"
-    age = now - float(holder.get("heartbeat") or 0)
+    if holder.controller == here and holder.pid and not _pid_alive(holder.pid):
+        return f"its process {holder.pid} on {here} no longer exists"
+    age = now - (holder.heartbeat or 0.0)
     if age > stale_after:
         return f"its last heartbeat is {age:.0f} s old (more than {stale_after:.0f} s)"
     return None
 
 
-def describe_holder(holder: dict, now: float | None = None) -> str:
+def describe_holder(holder: HolderInfo, now: float | None = None) -> str:
     """``run <flow run> on <host> (pid N), heartbeat Ns ago``."""
     now = time.time() if now is None else now
-    age = now - float(holder.get("heartbeat") or 0)
-    run = holder.get("flow_run_id") or "(no flow run)"
-    return (f"{holder.get('kind', 'run')} {run} on {holder.get('controller', '?')} (pid {holder.get('pid', '?')}), "
+    age = now - (holder.heartbeat or 0.0)
+    run = holder.flow_run_id or "(no flow run)"
+    return (f"{holder.kind or 'run'} {run} on {holder.controller or '?'} (pid {holder.pid or '?'}), "
             f"last heartbeat {age:.0f} s ago")
 
 
@@ -204,7 +205,7 @@ class ClusterLock:
 
     @property
     def migration_id(self) -> str:
-        return self.ledger.data["migration_id"]
+        return self.ledger.doc.migration_id
 
     def _info(self, msg: str, *args) -> None:
         if self.log is not None:
@@ -229,19 +230,19 @@ class ClusterLock:
 
     async def _claim_ledger(self) -> None:
         mine = self.identity.holder()
-        cur = self.ledger.refresh().get("holder")
+        cur = self.ledger.refresh().holder
         state = None
-        if cur and cur.get("token") != mine["token"] and cur.get("flow_run_id") and self.run_state is not None:
+        if cur and cur.token != mine.token and cur.flow_run_id and self.run_state is not None:
             with contextlib.suppress(Exception):  # Prefect unreachable: decide on the heartbeat
-                state = await self.run_state(cur["flow_run_id"])
-        seen_token = (cur or {}).get("token")
+                state = await self.run_state(cur.flow_run_id)
+        seen_token = cur.token if cur else None
 
-        def may_take(current: dict | None) -> str | None:
-            if not current or current.get("token") == mine["token"]:
+        def may_take(current: Holder | None) -> str | None:
+            if current is None or current.token == mine.token:
                 return None
-            if current.get("token") != seen_token:
+            if current.token != seen_token:
                 return "the holder changed while this run was checking it"
-            if mine["flow_run_id"] and current.get("flow_run_id") == mine["flow_run_id"]:
+            if mine.flow_run_id and current.flow_run_id == mine.flow_run_id:
                 return None  # a new attempt of the same flow run: Prefect ended the previous one
             if holder_gone(current, run_state=state, stale_after=self.stale_after) is not None:
                 return None
@@ -250,11 +251,11 @@ class ClusterLock:
         refused = await self.ledger.claim(mine, may_take)
         if refused is not None:
             raise ClusterLockedError(
-                f"migration {self.migration_id} is held by another run: {refused['refused']}; "
-                f"this run was refused and touched nothing", holder=refused)
+                f"migration {self.migration_id} is held by another run: {refused.reason}; "
+                f"this run was refused and touched nothing", holder=refused.as_dict())
         gone = holder_gone(cur, run_state=state, stale_after=self.stale_after) if cur else None
-        if cur and cur.get("token") != mine["token"]:
-            why = "a new attempt of the same flow run" if cur.get("flow_run_id") == mine["flow_run_id"] else gone
+        if cur and cur.token != mine.token:
+            why = "a new attempt of the same flow run" if cur.flow_run_id == mine.flow_run_id else gone
             self._info("took migration %s over from %s (%s)", self.migration_id, describe_holder(cur), why)
 
     async def _take_nodes(self) -> None:
@@ -360,20 +361,19 @@ async def break_lock(shells, nodes: list[tuple[str, str, bool]], migration_id: s
                                  holder={"migrations": sorted(others)})
     holder = None
     if ledger is not None:
-        holder = ledger.refresh().get("holder")
+        holder = ledger.refresh().holder
         if holder is not None:
             why = holder_gone(holder, run_state=run_state, now=now, stale_after=stale_after)
             if why is None:
                 raise ClusterLockedError(
                     f"migration {migration_id} is still held by {describe_holder(holder)}: not unlocked "
                     f"(stop or cancel that run first, or wait {stale_after:.0f} s after its last heartbeat)",
-                    holder=holder)
+                    holder=holder.model_dump())
 
         def change(d):
-            d["holder"] = None
-            d["events"].append({"t": time.time(), "kind": "unlock",
-                                "message": f"cluster lock broken by {by}",
-                                "previous": holder, "nodes": sorted(held)})
+            d.holder = None
+            d.events.append(Event(t=time.time(), kind="unlock", message=f"cluster lock broken by {by}",
+                                  previous=holder.info() if holder else None, nodes=sorted(held)))
         ledger.mutate(change, fenced=False)
     removed = []
     for name, path, sudo in sorted(nodes):

@@ -14,7 +14,9 @@ holder is still that token; if another attempt took the migration over, the writ
 :class:`~garage_migrate.errors.SupersededError` and changes nothing. Since every step records
 ``running`` before it touches a node, a superseded process can never act on a node.
 
-The format carries a version number; readers refuse a format they do not know.
+**Typed.** The document is a :class:`~garage_migrate.ledger_model.LedgerDoc`: every read
+returns typed records and every write is validated first (see :mod:`garage_migrate.ledger_model`,
+which also reads older formats, or refuses a file completely). The file keeps no secret.
 """
 
 from __future__ import annotations
@@ -22,17 +24,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
+import hashlib
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import LedgerFormatError, SupersededError
+from .ledger_model import (FORMAT, STEP_STATES, BackupRef, ClusterStepRecord, Event, GateRecord, Holder, LedgerDoc,
+                           NodeRecord, StepRecord, StepStatus, dump, parse)
 
-FORMAT = 1
-STEP_STATES = ("running", "done", "skipped", "failed", "would-run")
+__all__ = ["FORMAT", "STEP_STATES", "BackupRef", "ClaimRefused", "Ledger", "LedgerDoc", "LedgerFormatError",
+           "NodeRecord"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ClaimRefused:
+    """:meth:`Ledger.claim` was refused: who holds the migration (``None``: nobody) and why."""
+
+    holder: Holder | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The holder's fields and ``refused`` (for :class:`~garage_migrate.errors.ClusterLockedError`)."""
+        return dict(self.holder.model_dump() if self.holder else {}, refused=self.reason)
 
 
 class Ledger:
@@ -40,19 +59,22 @@ class Ledger:
 
     Attributes:
         path: the ledger file.
-        data: the last state read or written by this process (a snapshot: refreshed on every
+        doc: the last state read or written by this process (a snapshot: refreshed on every
             write, and by :meth:`refresh`).
         persist: ``False`` for read-only use (``plan``, dry runs): nothing is ever written.
         token: the holder token this process writes under (see the module docstring), or
             ``None`` before the run claimed the migration.
     """
 
-    def __init__(self, path: Path, data: dict[str, Any]):
+    def __init__(self, path: Path, doc: LedgerDoc):
         self.path = Path(path)
-        self.data = data
+        self.doc = doc
         self.persist = True
         self.token: str | None = None
         self._lock = asyncio.Lock()
+        # node -> original garage.toml read from a format-1 file (never written back; see
+        # legacy_config_original)
+        self._legacy_originals: dict[str, str] = {}
 
     # ------------------------------------------------------------------ life cycle
     @classmethod
@@ -62,11 +84,13 @@ class Ledger:
 
         With ``persist=False`` (``garage-migrate plan``, dry runs) an existing ledger is read
         but nothing is ever written, and a missing one is not created.
+
+        Raises:
+            LedgerFormatError: the existing file is of an unknown format or invalid (it is
+                left as it is).
         """
         path = Path(root) / cluster / migration_id / "ledger.json"
-        fresh = {"format": FORMAT, "migration_id": migration_id, "cluster": cluster, "procedure": procedure,
-                 "created": time.time(), "updated": time.time(), "state": "running", "nodes": {},
-                 "gates": {}, "events": [], "plan_digest": None, "holder": None}
+        fresh = LedgerDoc.new(migration_id, cluster, procedure)
         if not persist:
             led = cls.load(path) if path.exists() else cls(path, fresh)
             led.persist = False
@@ -74,7 +98,7 @@ class Ledger:
         led = cls(path, fresh)
         with led._flocked():
             if path.exists():
-                led.data = _read(path)
+                led.doc = led._read()
             else:
                 led._write_unlocked(fresh)
         return led
@@ -84,15 +108,41 @@ class Ledger:
         """Read a ledger file (a snapshot; writing through it is allowed).
 
         Raises:
-            LedgerFormatError: unknown format version.
+            LedgerFormatError: unknown format version, or a document that does not validate.
         """
-        return cls(Path(path), _read(Path(path)))
+        led = cls(Path(path), LedgerDoc.model_construct())  # replaced at once by what is read
+        led.doc = led._read()
+        return led
 
-    def refresh(self) -> dict[str, Any]:
-        """Read the file again (what other processes wrote since) and return the data."""
+    def refresh(self) -> LedgerDoc:
+        """Read the file again (what other processes wrote since) and return the document."""
         if self.path.exists():
-            self.data = _read(self.path)
-        return self.data
+            self.doc = self._read()
+        return self.doc
+
+    def _read(self) -> LedgerDoc:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise LedgerFormatError(f"{self.path}: not a ledger (not UTF-8 text: {exc}); refused, "
+                                    f"nothing was read") from None
+        parsed = parse(text, str(self.path))
+        self._legacy_originals.update(parsed.legacy_config_originals)
+        return parsed.doc
+
+    def legacy_config_original(self, node: str) -> str | None:
+        """The original ``garage.toml`` of ``node`` from a format-1 ledger (``config_original``).
+
+        Format 2 never stores the text: reading a format-1 file replaced it by its sha256 and
+        kept it in this process only, so the step that restores the API can move it to the
+        node (where format 2 keeps it). ``None`` unless this process read such a file and the
+        node's recorded digest is still that text's.
+        """
+        text = self._legacy_originals.get(node)
+        rec = self.doc.nodes.get(node)
+        if text is None or rec is None or rec.config_original_sha256 != hashlib.sha256(text.encode()).hexdigest():
+            return None
+        return text
 
     @contextlib.contextmanager
     def _flocked(self):
@@ -104,13 +154,14 @@ class Ledger:
         finally:
             os.close(fd)  # closing the descriptor drops the lock
 
-    def _write_unlocked(self, data: dict[str, Any]) -> None:
-        data["updated"] = time.time()
+    def _write_unlocked(self, doc: LedgerDoc) -> None:
+        doc.updated = time.time()
+        text, back = dump(doc, str(self.path))  # raises before anything is written
         # a temp name of this process's own: two writers never rename each other's file
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{id(self):x}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
@@ -119,44 +170,50 @@ class Ledger:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        self.data = data
+        self.doc = back
 
-    def mutate(self, change: Callable[[dict[str, Any]], Any], *, fenced: bool = True) -> Any:
+    def mutate(self, change: Callable[[LedgerDoc], T], *, fenced: bool = True) -> T:
         """Apply ``change`` to the ledger on disk, under the file lock, and save.
 
         Args:
-            change: called with the data as read under the lock; mutates it in place.
+            change: called with the document as read under the lock; changes it in place.
             fenced: check first that this process still holds the migration (when it has
                 claimed it); :meth:`claim` itself writes unfenced.
 
         Raises:
             SupersededError: another attempt holds the migration now; nothing was written.
+            LedgerFormatError: the file on disk cannot be read, or the change would make the
+                document invalid; nothing was written.
         """
         if not self.persist:
-            return change(self.data)
+            # on a copy, validated as a write would be: a refused change leaves the snapshot as it was
+            doc = self.doc.model_copy(deep=True)
+            out = change(doc)
+            self.doc = dump(doc, str(self.path))[1]
+            return out
         with self._flocked():
-            data = _read(self.path) if self.path.exists() else self.data
+            doc = self._read() if self.path.exists() else self.doc
             if fenced:
-                self._check_fence(data)
-            out = change(data)
-            self._write_unlocked(data)
+                self._check_fence(doc)
+            out = change(doc)
+            self._write_unlocked(doc)
             return out
 
-    def _check_fence(self, data: dict[str, Any]) -> None:
+    def _check_fence(self, doc: LedgerDoc) -> None:
         if self.token is None:
             return
-        holder = data.get("holder") or {}
-        if holder.get("token") != self.token:
+        holder = doc.holder
+        if holder is None or holder.token != self.token:
             raise SupersededError(
-                f"migration {data.get('migration_id')} was taken over by another run "
-                f"({holder.get('flow_run_id') or holder.get('pid') or 'nobody'}): this run stops and touches nothing")
+                f"migration {doc.migration_id} was taken over by another run "
+                f"({(holder.flow_run_id or holder.pid) if holder else 'nobody'}): this run stops and touches nothing")
 
     def check_holder(self) -> None:
         """Raise :class:`SupersededError` if this process no longer holds the migration."""
         if self.persist and self.path.exists():
             self._check_fence(self.refresh())
 
-    async def _change(self, change: Callable[[dict[str, Any]], Any], fenced: bool = True) -> Any:
+    async def _change(self, change: Callable[[LedgerDoc], T], fenced: bool = True) -> T:
         async with self._lock:
             return self.mutate(change, fenced=fenced)
 
@@ -165,147 +222,164 @@ class Ledger:
         await self._change(lambda d: None)
 
     # ------------------------------------------------------------------ nodes
-    def node(self, name: str) -> dict:
-        """The record of node ``name`` in the snapshot (an empty one if none yet)."""
-        return self.data["nodes"].get(name) or {"steps": {}}
+    def node(self, name: str) -> NodeRecord:
+        """The record of node ``name`` in the snapshot (an empty, detached one if none yet)."""
+        return self.doc.nodes.get(name) or NodeRecord()
 
     async def set_node(self, name: str, **fields) -> None:
-        """Set fields of a node record (zone, version_before, backup, ...) and save."""
-        await self._change(lambda d: d["nodes"].setdefault(name, {"steps": {}}).update(fields))
+        """Set fields of a node record (``zone``, ``version_before``, ``backup``...) and save.
 
-    def step(self, node: str, key: str) -> dict | None:
+        Raises:
+            ValueError: a field :class:`NodeRecord` does not have, or a value it refuses
+                (a pydantic ``ValidationError``); nothing was written.
+        """
+        def change(d: LedgerDoc) -> None:
+            rec = d.nodes.setdefault(name, NodeRecord())
+            for k, v in fields.items():
+                setattr(rec, k, v)
+        await self._change(change)
+
+    def step(self, node: str, key: str) -> StepRecord | None:
         """The record of step ``key`` on ``node``, if any."""
-        return self.node(node)["steps"].get(key)
+        return self.node(node).steps.get(key)
 
     def step_done(self, node: str, key: str) -> bool:
         """Whether ``key`` completed on ``node`` in this migration."""
         rec = self.step(node, key)
-        return rec is not None and rec["status"] in ("done", "skipped")
+        return rec is not None and rec.completed
 
-    async def record_step(self, node: str, key: str, status: str, detail: str = "", **extra) -> None:
+    async def record_step(self, node: str, key: str, status: StepStatus, detail: str = "", *,
+                          code: str | None = None, retried: int | None = None) -> None:
         """Record a step's state for a node and save (fenced: a superseded run raises here,
-        before the step touches the node)."""
-        assert status in STEP_STATES, status
+        before the step touches the node). ``running`` starts a new attempt.
 
-        def change(d):
-            steps = d["nodes"].setdefault(node, {"steps": {}})["steps"]
-            rec = steps.setdefault(key, {"started": time.time()})
-            if status == "running":
-                rec["started"] = time.time()
-            rec.update(status=status, detail=detail, finished=None if status == "running" else time.time(), **extra)
+        Args:
+            code: the error code of a failure.
+            retried: the number of the "retry the node" decision this result comes from.
+        """
+        if status not in STEP_STATES:
+            raise ValueError(f"step state {status!r} is not one of {', '.join(STEP_STATES)}")
+
+        def change(d: LedgerDoc) -> None:
+            now = time.time()
+            steps = d.nodes.setdefault(node, NodeRecord()).steps
+            rec = steps.get(key)
+            if rec is None:
+                rec = steps[key] = StepRecord(status=status, started=now)
+            rec.record(status, detail, code, now)
+            if retried is not None:
+                rec.retried = retried
         await self._change(change)
 
     # ------------------------------------------------------------------ cluster-wide steps
     def cluster_step_done(self, key: str) -> bool:
         """Whether the cluster-wide step ``key`` (``phase:wave:kind:args``) completed."""
-        return (self.data.get("cluster_steps") or {}).get(key, {}).get("status") == "done"
+        rec = self.doc.cluster_steps.get(key)
+        return rec is not None and rec.status == "done"
 
-    async def record_cluster_step(self, key: str, status: str, detail: str = "") -> None:
+    async def record_cluster_step(self, key: str, status: StepStatus, detail: str = "") -> None:
         """Record a cluster-wide step (a repair launch, a gate that passed...) and save."""
-        await self._change(lambda d: d.setdefault("cluster_steps", {}).__setitem__(
-            key, {"status": status, "detail": detail, "at": time.time()}))
+        def change(d: LedgerDoc) -> None:
+            d.cluster_steps[key] = ClusterStepRecord(status=status, detail=detail, at=time.time())
+        await self._change(change)
 
     # ------------------------------------------------------------------ gates, decisions & events
-    def gate(self, key: str) -> dict | None:
+    def gate(self, key: str) -> GateRecord | None:
         """The recorded outcome or decision of gate ``key``, if any."""
-        return self.data["gates"].get(key)
+        return self.doc.gates.get(key)
 
     async def record_gate(self, key: str, **fields) -> None:
-        """Record a gate's outcome or a decision and save."""
-        await self._change(lambda d: d["gates"].setdefault(key, {}).update(fields, at=time.time()))
+        """Record a gate's outcome or a decision (fields of :class:`GateRecord`) and save.
 
-    async def clear_decision(self, key: str) -> None:
-        """Forget the decision recorded for ``key`` (it was given for another plan)."""
-        def change(d):
-            rec = d["gates"].get(key)
-            if rec:
-                for k in ("decision", "by", "note", "plan_digest", "flow_run_id", "decided_at"):
-                    rec.pop(k, None)
+        Raises:
+            ValueError: a field :class:`GateRecord` does not have, or a value it refuses.
+        """
+        def change(d: LedgerDoc) -> None:
+            now = time.time()
+            rec = d.gates.get(key) or GateRecord(at=now)
+            for k, v in fields.items():
+                setattr(rec, k, v)
+            rec.at = now
+            d.gates[key] = rec
         await self._change(change)
 
     async def event(self, kind: str, message: str, **extra) -> None:
-        """Append an event (phase start/end, decisions, failures) and save."""
-        await self._change(lambda d: d["events"].append({"t": time.time(), "kind": kind, "message": message, **extra}))
+        """Append an event (phase start/end, decisions, failures; fields of :class:`Event`) and save."""
+        ev = Event(t=time.time(), kind=kind, message=message, **extra)  # a bad field raises before the lock
+        await self._change(lambda d: d.events.append(ev))
 
     async def set(self, **fields) -> None:
-        """Set top-level fields (state, plan_digest, ...) and save; a field set to ``None``
-        is removed (a run that completes clears a stale ``error``)."""
-        def change(d):
+        """Set top-level fields (``state``, ``plan_digest``, ``error``...) and save; ``error=None``
+        clears it (a run that completes clears a stale error)."""
+        def change(d: LedgerDoc) -> None:
             for k, v in fields.items():
-                if v is None and k not in ("plan_digest", "holder"):
-                    d.pop(k, None)
-                else:
-                    d[k] = v
+                if k in ("format", "nodes", "gates", "cluster_steps", "events", "holder"):
+                    raise ValueError(f"{k} is not set through Ledger.set")
+                setattr(d, k, v)
         await self._change(change)
 
     # ------------------------------------------------------------------ holder (see cluster_lock)
-    async def claim(self, holder: dict[str, Any], may_take: Callable[[dict | None], str | None]) -> dict | None:
+    async def claim(self, holder: Holder, may_take: Callable[[Holder | None], str | None]) -> ClaimRefused | None:
         """Make ``holder`` the ledger's holder if ``may_take(current)`` allows it.
 
-        ``may_take`` is called under the file lock with the current holder record (or
-        ``None``) and returns ``None`` to allow, or the reason to refuse. The check and the
-        write are one step under the lock, so two runs can never both claim the migration.
+        ``may_take`` is called under the file lock with the current holder (or ``None``) and
+        returns ``None`` to allow, or the reason to refuse. The check and the write are one
+        step under the lock, so two runs can never both claim the migration.
 
         Returns:
-            ``None`` when claimed (this ledger is then fenced by ``holder["token"]``), else the
-            current holder, with the refusal reason under ``"refused"``.
+            ``None`` when claimed (this ledger is then fenced by ``holder.token``), else who
+            holds it and why this claim was refused.
         """
-        def change(d):
-            cur = d.get("holder")
+        def change(d: LedgerDoc) -> ClaimRefused | None:
+            cur = d.holder
             reason = may_take(cur)
             if reason is not None:
-                return dict(cur or {}, refused=reason)
-            if cur and cur.get("token") != holder["token"]:
-                d.setdefault("events", []).append({
-                    "t": time.time(), "kind": "takeover",
-                    "message": f"run {holder.get('flow_run_id') or holder.get('pid')} took the migration over "
-                               f"from run {cur.get('flow_run_id') or cur.get('pid')}",
-                    "previous": {k: cur.get(k) for k in ("flow_run_id", "controller", "pid", "heartbeat")}})
-            d["holder"] = holder
+                return ClaimRefused(cur, reason)
+            if cur is not None and cur.token != holder.token:
+                d.events.append(Event(
+                    t=time.time(), kind="takeover",
+                    message=f"run {holder.who()} took the migration over from run {cur.who()}",
+                    previous=cur.info()))
+            d.holder = holder.model_copy()
             return None
         async with self._lock:
             refused = self.mutate(change, fenced=False)
         if refused is None:
-            self.token = holder["token"]
+            self.token = holder.token
         return refused
 
-    async def heartbeat(self, **fields) -> None:
+    async def heartbeat(self) -> None:
         """Refresh the holder's heartbeat (fenced)."""
         now = time.time()
-        await self._change(lambda d: d["holder"].update(heartbeat=now, **fields))
+
+        def change(d: LedgerDoc) -> None:
+            if d.holder is not None:  # fenced: it is ours
+                d.holder.heartbeat = now
+        await self._change(change)
 
     async def release_holder(self) -> None:
         """Drop this run's hold on the migration (fenced: only the holder releases)."""
-        def change(d):
-            d["holder"] = None
+        def change(d: LedgerDoc) -> None:
+            d.holder = None
         await self._change(change)
         self.token = None
 
     # ------------------------------------------------------------------ views
-    def table_rows(self, step_keys: list[str]) -> list[dict]:
+    def table_rows(self, step_keys: list[str]) -> list[dict[str, str]]:
         """One row per node for a table artifact: zone, versions, backup, each step's state."""
         rows = []
-        for name, rec in sorted(self.data["nodes"].items()):
-            row = {"node": name, "zone": rec.get("zone", ""), "version before": rec.get("version_before", ""),
-                   "version after": rec.get("running_version", ""),
-                   "backup": (rec.get("backup") or {}).get("path", ""),
-                   "backup sha256": ((rec.get("backup") or {}).get("sha256") or "")[:16]}
+        for name, rec in sorted(self.doc.nodes.items()):
+            row = {"node": name, "zone": rec.zone or "", "version before": rec.version_before or "",
+                   "version after": rec.running_version or "",
+                   "backup": rec.backup.path if rec.backup else "",
+                   "backup sha256": rec.backup.sha256[:16] if rec.backup else ""}
             for key in step_keys:
-                s = rec["steps"].get(key)
-                row[key] = f"{s['status']} {time.strftime('%H:%M:%S', time.localtime(s.get('finished') or s['started']))}" if s else ""
+                s = rec.steps.get(key)
+                row[key] = f"{s.status} {time.strftime('%H:%M:%S', time.localtime(s.when))}" if s else ""
             rows.append(row)
         return rows
 
     def progress(self, total_steps: int) -> float:
         """Completed node-steps as a percentage of ``total_steps`` (0-100)."""
-        done = sum(1 for rec in self.data["nodes"].values() for s in rec["steps"].values()
-                   if s["status"] in ("done", "skipped"))
+        done = sum(1 for rec in self.doc.nodes.values() for s in rec.steps.values() if s.completed)
         return min(100.0, 100.0 * done / max(1, total_steps))
-
-
-def _read(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text())
-    if data.get("format") != FORMAT:
-        raise LedgerFormatError(f"{path}: ledger format {data.get('format')!r}, this version reads {FORMAT}")
-    data.setdefault("holder", None)
-    return data

@@ -40,18 +40,19 @@ async def open_runtime(inventory: str | Path | Inventory, procedure: str, migrat
     inv = inventory if isinstance(inventory, Inventory) else load_inventory(inventory)
     mid = migration_id or default_migration_id(inv)
     ledger = ledger_for(inv, mid, procedure, persist)
-    if ledger.data.get("procedure") != procedure:
-        other = ledger.data.get("procedure")
-        if ledger.data.get("state") in ("done", "rolled-back"):
-            raise PlanError(f"migration {mid} was a {other} migration and is {ledger.data['state']}: "
+    doc = ledger.doc
+    if doc.procedure != procedure:
+        other = doc.procedure
+        if doc.state in ("done", "rolled-back"):
+            raise PlanError(f"migration {mid} was a {other} migration and is {doc.state}: "
                             f"a {procedure} run needs a new migration_id")
         # a migration of another procedure is under way with this id: as the cluster lock would,
         # refuse before anything is discovered or changed
         raise ClusterLockedError(
-            f"migration {mid} is a {other} migration (state {ledger.data.get('state')}): a {procedure} run "
+            f"migration {mid} is a {other} migration (state {doc.state}): a {procedure} run "
             f"was refused and touched nothing; finish or roll back that migration first",
-            holder=ledger.data.get("holder") or {})
-    resuming = bool(ledger.data["nodes"])
+            holder=doc.holder.model_dump() if doc.holder else {})
+    resuming = bool(doc.nodes)
     async with SshPool.from_inventory(inv) as pool:
         facts = await discover(inv, pool.shell, procedure=procedure, resuming=resuming)
         rt = Runtime(inv=inv, shells=pool.shell, ledger=ledger, facts=facts,
@@ -61,7 +62,7 @@ async def open_runtime(inventory: str | Path | Inventory, procedure: str, migrat
 
 def plan_for(rt: Runtime, procedure: str, options: MigrationOptions) -> MigrationPlan:
     """The plan of this run (the ledger's migration id)."""
-    return make_plan(rt.inv, rt.facts, procedure, rt.ledger.data["migration_id"], options)
+    return make_plan(rt.inv, rt.facts, procedure, rt.ledger.doc.migration_id, options)
 
 
 async def _live_versions(rt: Runtime) -> dict[str, str | None]:
@@ -102,19 +103,19 @@ async def observe_once(rt: Runtime) -> dict[str, tuple[str, ...]]:
 
 def watch_report(rt: Runtime, samples: list[dict[str, tuple[str, ...]]]) -> str:
     """The final report: what the watch window saw, and the ledger's summary."""
-    lines = [f"## Migration {rt.ledger.data['migration_id']}: report", ""]
+    doc = rt.ledger.doc
+    lines = [f"## Migration {doc.migration_id}: report", ""]
     clean = sum(1 for s in samples if not any(s.values()))
     lines.append(f"Watch window: {len(samples)} observations, {clean} with every queue empty and every node up.")
     if samples and any(samples[-1].values()):
         lines.append("\nLast observation:")
         lines += [f"- {node}: {'; '.join(r)}" for node, r in samples[-1].items() if r]
     lines.append("\n| node | zone | before | after | backup |\n|---|---|---|---|---|")
-    for name, rec in sorted(rt.ledger.data["nodes"].items()):
-        b = rec.get("backup") or {}
-        lines.append(f"| {name} | {rec.get('zone', '')} | {rec.get('version_before', '')} | "
-                     f"{rec.get('running_version', '')} | {b.get('path', '')} |")
-    decisions = [e for e in rt.ledger.data["events"] if e["kind"] in ("decision", "proceed-anyway")]
+    for name, rec in sorted(doc.nodes.items()):
+        lines.append(f"| {name} | {rec.zone or ''} | {rec.version_before or ''} | "
+                     f"{rec.running_version or ''} | {rec.backup.path if rec.backup else ''} |")
+    decisions = [e for e in doc.events if e.kind in ("decision", "proceed-anyway")]
     if decisions:
         lines.append("\nDecisions taken by people:")
-        lines += [f"- {e['message']} {e.get('note', '')}".rstrip() for e in decisions]
+        lines += [f"- {e.message} {e.note or ''}".rstrip() for e in decisions]
     return "\n".join(lines)

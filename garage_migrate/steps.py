@@ -168,7 +168,7 @@ async def preflight(rt: Runtime, node: str, backup_bytes_needed: bool = True) ->
     avail = int(df.stdout.splitlines()[-1].split()[0])
     if backup_bytes_needed and rt.inv.backup.mode == "on-node" and avail < size:
         raise StepError(f"not enough space next to {meta} for an on-node backup: {avail} B free, {size} B needed", node=node)
-    await rt.ledger.set_node(node, zone=f.zone, id64=f.id64, version_before=rt.ledger.node(node).get("version_before") or f.version,
+    await rt.ledger.set_node(node, zone=f.zone, id64=f.id64, version_before=rt.ledger.node(node).version_before or f.version,
                              metadata_bytes=size, binary_before=f.binary_target)
     res = StepResult("preflight", node, "done", "; ".join(notes) or "ok", {"metadata_bytes": size, "avail": avail})
     return await _record(rt, res)
@@ -229,13 +229,15 @@ async def start_node(rt: Runtime, node: str, expect_version: str) -> StepResult:
     if await service_active(rt, node):
         running = await daemon_version(rt, node)
         if running == expect_version:
+            if rt.ledger.node(node).running_version != running:  # the table's "version after"
+                await rt.ledger.set_node(node, running_version=running)
             return await _record(rt, _skip(rt, "start", node, f"already running {running}"), key)
         if running is not None:
             raise StepError(f"running {running}, expected {expect_version}: stop it first", node=node)
     installed = await binary_version(rt, node)
     if installed != expect_version:
         raise StepError(f"binary_path holds {installed}, expected {expect_version}", node=node)
-    if expect_version.startswith("0.8.") and not rt.ledger.node(node).get("backup"):
+    if expect_version.startswith("0.8.") and rt.ledger.node(node).backup is None:
         # the rule of both flows: no 0.8 start without a backup of this node's metadata
         raise StepError("refusing to start 0.8 on a node without a verified backup from this migration", node=node)
     await rt.act(node, A.start(rt.spec(node)).start)
@@ -317,7 +319,7 @@ async def switch_binary(rt: Runtime, node: str, to: str = "target") -> StepResul
     The original target is recorded in the ledger by preflight, so the flip is reversible.
     """
     ctx = rt.node(node).ctx
-    dest = _staged_path(rt, node) if to == "target" else rt.ledger.node(node).get("binary_before")
+    dest = _staged_path(rt, node) if to == "target" else rt.ledger.node(node).binary_before
     if not dest:
         raise StepError("no recorded original binary to switch back to", node=node)
     acts = A.switch(rt.spec(node), dest)
@@ -466,6 +468,10 @@ async def _original_config(rt: Runtime, node: str, text: str, keep: bool) -> str
     config changes, and removed when the API is restored; the ledger records only its sha256.
     A copy left by an earlier migration that cut the API and never restored it holds the real
     original, so a new migration adopts it instead of taking the cut config for the original.
+    A format-1 ledger of a version before 1ad4641 held the original itself; reading it kept
+    only its sha256 and, in this process, the text (:meth:`Ledger.legacy_config_original`):
+    it is moved to the node here, where format 2 keeps it. (A process that read such a ledger
+    and died before this step leaves only the digest: the error below says to restore by hand.)
     ``None``: the API was never cut in this migration (and ``keep`` is false).
 
     Raises:
@@ -473,14 +479,19 @@ async def _original_config(rt: Runtime, node: str, text: str, keep: bool) -> str
             from the recorded digest.
     """
     rec = rt.ledger.node(node)
-    if rec.get("config_original") is not None:  # written by an older version: resume with it
-        return rec["config_original"]
-    digest = rec.get("config_original_sha256")
+    digest = rec.config_original_sha256
     if digest is not None and _sha256(text) == digest:
         return text  # the config is the original (not cut yet, or restored)
-    acts = A.set_api(rt.spec(node), not keep)
-    path = acts.read_original.argv[-1]
-    res = await rt.observe(node, acts.read_original, check=False)
+    read = A.read_original(rt.node(node).ctx)
+    path = read.argv[-1]
+    legacy = rt.ledger.legacy_config_original(node)
+    if legacy is not None:
+        # on the node from now on: the ledger will never hold it again
+        await _upload_text(rt, node, legacy, path)
+        await rt.ledger.set_node(node, config_original_path=path)
+        rt.info(node, "the original config recorded by an older ledger format is kept at %s now", path)
+        return legacy
+    res = await rt.observe(node, read, check=False)
     kept = res.stdout if res.returncode == 0 else None
     if digest is not None:
         if kept is None or _sha256(kept) != digest:

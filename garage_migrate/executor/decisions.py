@@ -54,14 +54,14 @@ class Decisions:
         Raises:
             MigrationAborted: the answer is not one this kind accepts.
         """
-        rec = self.ledger.gate(key) or {}
-        if kind == "approval" and rec.get("by") == "person" and rec.get("decision"):
-            if rec.get("plan_digest") == self.digest:
+        rec = self.ledger.gate(key)
+        if kind == "approval" and rec is not None and rec.by == "person" and rec.decision:
+            if rec.plan_digest == self.digest:
                 self.log.info("gate %s: %r decided by a person earlier for this plan (%s): reused",
-                              key, rec["decision"], self.digest)
-                return rec["decision"]
+                              key, rec.decision, self.digest)
+                return rec.decision
             self.log.warning("gate %s: the recorded %r was given for plan %s, this run's plan is %s: asking again",
-                             key, rec["decision"], rec.get("plan_digest"), self.digest)
+                             key, rec.decision, rec.plan_digest, self.digest)
         if self.auto_approve and clean and kind == "approval":
             await self.ledger.record_gate(key, decision="approve", by="auto-approve", plan_digest=self.digest,
                                           note="gate passed cleanly")

@@ -39,6 +39,7 @@ from ..backup.manifest import write_private_file
 from ..errors import CommandError
 from ..gates import Clock, GateOutcome
 from ..journal import CommandJournal, JournalShell
+from ..ledger_model import BackupRef
 from ..plan import MigrationOptions, MigrationPlan, backup_actions
 from ..ssh import Result
 from ..steps import Runtime, StepResult
@@ -230,8 +231,8 @@ class DryRunSteps(EngineSteps):
         from ..backup.engine import observe_stopped
 
         await observe_stopped(rt.shell(node), rt.node(node).ctx)
-        version = rt.ledger.node(node).get("version_before") or rt.nfacts(node).version
-        acts = backup_actions(rt.inv, rt.facts, rt.ledger.data["migration_id"], node, version)
+        version = rt.ledger.node(node).version_before or rt.nfacts(node).version
+        acts = backup_actions(rt.inv, rt.facts, rt.ledger.doc.migration_id, node, version)
         for op in acts.ops():
             if op.kind == "act":
                 if isinstance(op, A.Upload):
@@ -240,8 +241,8 @@ class DryRunSteps(EngineSteps):
                     await rt.shell(node).run(op)
         where = acts.stream.dest if acts.stream is not None else acts.install.argv[-1]
         # in memory only (a dry run never writes the ledger): lets the 0.8 start go on
-        await rt.ledger.set_node(node, backup={"path": where, "manifest": "", "sha256": "", "version": version,
-                                               "reused": False, "dry_run": True})
+        await rt.ledger.set_node(node, backup=BackupRef(path=where, manifest="", sha256=None, version=version,
+                                                        dry_run=True))
         return StepResult("backup", node, "would-run", f"would back up to {where}")
 
     async def sync_gate(self, rt: Runtime, opts: MigrationOptions, name: str) -> GateOutcome:

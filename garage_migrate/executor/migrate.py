@@ -70,16 +70,16 @@ async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions
         from .dryrun import dry_run_migration  # the dry run runs the same executor
 
         return await dry_run_migration(rt, plan, opts, reporter=reporter, clock=clock, log=log)
-    if led.data.get("state") in ("done", "rolled-back"):
-        msg = f"migration {plan.migration_id} is already {led.data['state']}: nothing to do"
-        if led.data["state"] == "rolled-back":
+    if led.doc.state in ("done", "rolled-back"):
+        msg = f"migration {plan.migration_id} is already {led.doc.state}: nothing to do"
+        if led.doc.state == "rolled-back":
             # its backups, steps and decisions belong to the attempt that was rolled back:
             # reusing them would restore stale backups and lose every write since
             msg += " (start a new attempt with a new migration_id)"
         log.info(msg)
         await led.event("rerun", msg)
         await reporter.report(plan.migration_id, f"**{msg}** (ledger `{led.path}`)", "Nothing to do")
-        return {"migration_id": plan.migration_id, "ledger": str(led.path), "state": led.data["state"],
+        return {"migration_id": plan.migration_id, "ledger": str(led.path), "state": led.doc.state,
                 "changed": False}
     rt = with_journal(rt, CommandJournal.beside(led.path))  # every command from here on is journalled
     with in_step(None, "cluster-lock"):
@@ -95,7 +95,7 @@ async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions
     except BaseException as exc:
         await lock.stop_heartbeats()
         # a rollback already set its own final state: keep it, record the error beside it
-        rolled_back = led.refresh().get("state") == "rolled-back"
+        rolled_back = led.refresh().state == "rolled-back"
         try:
             await led.set(state="rolled-back" if rolled_back else "failed", error=f"{type(exc).__name__}: {exc}")
             if rolled_back:

@@ -19,7 +19,7 @@ from .interfaces import StepRunner
 async def rollback_nodes(rt: Runtime, steps: StepRunner, nodes: list[str]) -> None:
     """Stop, switch back, restore and start ``nodes`` (together), then check health."""
     async def one(node: str):
-        before = rt.ledger.node(node).get("version_before")
+        before = rt.ledger.node(node).version_before
         rt.ledger.check_holder()  # a superseded process never acts
         with in_step("rollback", "stop"):
             await steps.stop_node(rt, node)

@@ -79,13 +79,13 @@ class Executor:
     async def run(self) -> None:
         """Execute every phase of the plan, recording each step in the ledger."""
         led, digest = self.rt.ledger, self.plan.digest()
-        previous = led.data.get("plan_digest")
+        previous = led.doc.plan_digest
         if previous and previous != digest:
             # a resumed run re-plans from what the nodes are now (some already on 0.8); the steps
             # the ledger records as done are skipped, so the new plan only fills the gaps
             await led.event("replan", f"plan changed since the last run ({previous} -> {digest})")
-        if led.data.get("error"):
-            await led.event("previous-error", f"the previous attempt failed: {led.data['error']}")
+        if led.doc.error:
+            await led.event("previous-error", f"the previous attempt failed: {led.doc.error}")
         await led.set(plan_digest=digest, state="running", error=None)
         await self.reporter.plan(self.plan.migration_id, self.plan.to_markdown(), "The migration plan")
         for phase in self.plan.phases:

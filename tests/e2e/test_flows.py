@@ -49,8 +49,8 @@ def test_minimal_downtime_migration_keeps_every_acknowledged_write(make_lab, pre
     from garage_migrate.ledger import Ledger
 
     led = Ledger.load(res["ledger"])
-    assert led.data["state"] == "done"
-    assert all(rec.get("backup") for rec in led.data["nodes"].values())
+    assert led.doc.state == "done"
+    assert all(rec.backup is not None for rec in led.doc.nodes.values())
 
 
 def test_rerun_of_a_finished_migration_changes_nothing(make_lab, prefect_server):

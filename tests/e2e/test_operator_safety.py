@@ -83,9 +83,9 @@ def _retry_until_it_pauses(stack, frid, first: str) -> str:
 
 
 def _no_decision(led: Ledger, gate: str) -> None:
-    g = led.gate(gate) or {}
-    assert not g.get("decision") and g.get("by") in (None, ""), g
-    assert not [e for e in led.data["events"] if e["kind"] == "decision"], led.data["events"]
+    g = led.gate(gate)
+    assert g is None or (not g.decision and g.by is None), g
+    assert not [e for e in led.doc.events if e.kind == "decision"], led.doc.events
 
 
 def test_no_deployment_carries_a_concurrency_limit(stack):
@@ -103,7 +103,7 @@ def test_retry_of_a_run_crashed_through_the_api_while_its_process_lives_asks_aga
     frid = stack.run_deployment(SIMPLE, **_params(lab))
     first = stack.wait_paused(frid).state.state_details.pause_key
     assert first.startswith("approve-shutdown-"), first
-    old = _ledger(lab).data["holder"]
+    old = _ledger(lab).doc.holder
     stack.flow_pids.add(old["pid"])
     t0 = time.time()
     _crash_through_the_api_and_retry(stack, frid)
@@ -114,8 +114,8 @@ def test_retry_of_a_run_crashed_through_the_api_while_its_process_lives_asks_aga
     assert service_events(lab, t0) == [], "a node was stopped or started after the crash"
     led = _ledger(lab)
     _no_decision(led, "approve-shutdown")
-    assert led.data["holder"]["token"] != old["token"] and led.data["holder"]["flow_run_id"] == str(frid)
-    assert [e for e in led.data["events"] if e["kind"] == "takeover"], led.data["events"][-5:]
+    assert led.doc.holder.token != old.token and led.doc.holder.flow_run_id == str(frid)
+    assert [e for e in led.doc.events if e.kind == "takeover"], led.doc.events[-5:]
     _abort(stack, frid)
     assert service_events(lab, t0) == []
 
@@ -125,7 +125,7 @@ def test_a_killed_paused_run_is_asked_again_by_its_retry_and_by_a_new_run(stack,
     lab = make_lab(version="0.7.3", zones=3, per_zone=1)
     frid = stack.run_deployment(SIMPLE, **_params(lab))
     first = stack.wait_paused(frid).state.state_details.pause_key
-    pid = _ledger(lab).data["holder"]["pid"]
+    pid = _ledger(lab).doc.holder.pid
     t0 = time.time()
     os.kill(pid, signal.SIGKILL)  # what the lease renewal did to a paused run
     assert process_gone(pid)
@@ -135,7 +135,7 @@ def test_a_killed_paused_run_is_asked_again_by_its_retry_and_by_a_new_run(stack,
     assert service_events(lab, t0) == []
     _no_decision(_ledger(lab), "approve-shutdown")
     # the process of the retry dies too; a new run of the same migration takes it over
-    pid2 = _ledger(lab).data["holder"]["pid"]
+    pid2 = _ledger(lab).doc.holder.pid
     os.kill(pid2, signal.SIGKILL)
     assert process_gone(pid2)
     stack.wait_state(frid, _worker_saw_the_crash, 120, "Crashed by the worker (it saw its process die)")
@@ -145,7 +145,7 @@ def test_a_killed_paused_run_is_asked_again_by_its_retry_and_by_a_new_run(stack,
     assert service_events(lab, t0) == []
     led = _ledger(lab)
     _no_decision(led, "approve-shutdown")
-    assert led.data["holder"]["flow_run_id"] == str(rerun)
+    assert led.doc.holder.flow_run_id == str(rerun)
     _abort(stack, rerun)
 
 
@@ -179,7 +179,7 @@ def test_a_sync_gate_decision_is_never_taken_from_a_retry(stack, make_lab):
     frid = stack.run_deployment(SIMPLE, **_params(lab, options=opts))
     first = stack.wait_paused(frid).state.state_details.pause_key
     assert first.startswith("sync-before-1-"), first
-    pid = _ledger(lab).data["holder"]["pid"]
+    pid = _ledger(lab).doc.holder.pid
     t0 = time.time()
     _crash_through_the_api_and_retry(stack, frid)
     again = stack.wait_paused(frid, not_key={first}).state.state_details.pause_key
@@ -187,8 +187,8 @@ def test_a_sync_gate_decision_is_never_taken_from_a_retry(stack, make_lab):
     assert process_gone(pid)
     assert service_events(lab, t0) == []
     led = _ledger(lab)
-    assert not (led.gate("sync-before-1") or {}).get("decision"), led.gate("sync-before-1")
-    assert not [e for e in led.data["events"] if e["kind"] in ("decision", "proceed-anyway")]
+    assert not (led.gate("sync-before-1") and led.gate("sync-before-1").decision), led.gate("sync-before-1")
+    assert not [e for e in led.doc.events if e.kind in ("decision", "proceed-anyway")]
     # an answer that is not a choice of this form is refused by the server
     assert stack.resume(frid, {"action": "approve"}).status.value == "REJECT"
     _abort(stack, frid)
@@ -202,7 +202,7 @@ def test_a_paused_run_outlives_the_lease_while_every_other_run_on_the_cluster_is
     fr = stack.wait_paused(frid)
     paused_at = time.monotonic()
     key = fr.state.state_details.pause_key
-    holder = _ledger(lab).data["holder"]
+    holder = _ledger(lab).doc.holder
     stack.flow_pids.add(holder["pid"])
     t0 = time.time()
     others = {
@@ -230,8 +230,8 @@ def test_a_paused_run_outlives_the_lease_while_every_other_run_on_the_cluster_is
     fr = stack.wait_final(frid, timeout=400)
     assert fr.state.is_completed(), (fr.state, stack.logs())
     led = _ledger(lab)
-    assert led.data["state"] == "done" and led.data["holder"] is None
-    assert (led.gate("approve-shutdown")["by"], led.gate("approve-shutdown")["note"]) == ("person", "after the lease")
+    assert led.doc.state == "done" and led.doc.holder is None
+    assert (led.gate("approve-shutdown").by, led.gate("approve-shutdown").note) == ("person", "after the lease")
     assert {n["running_version"] for n in lab.inspect(checksums=False)["nodes"].values()} == {"0.8.7"}
     assert not any(os.path.lexists(str(lab.node_dir(n["name"]) / "meta") + ".garage-migrate.lock")
                    for n in lab.nodes), "the lock records were not released"
@@ -299,7 +299,8 @@ def test_two_terminal_runs_one_cluster_unlock_and_nothing_left_running(make_lab)
         deadline = time.monotonic() + 300
         while True:
             try:
-                if (_ledger(lab).gate("approve-shutdown") or {}).get("status") == "waiting":
+                g = _ledger(lab).gate("approve-shutdown")
+                if g is not None and g.status == "waiting":
                     break
             except (OSError, ValueError):
                 pass
@@ -328,11 +329,11 @@ def test_two_terminal_runs_one_cluster_unlock_and_nothing_left_running(make_lab)
     c = _cli("run", "simple", "--inventory", inv, "--migration-id", "other-migration", "--no-input")
     out, err = c.communicate(timeout=240)
     assert c.returncode == 3 and "cluster is locked by migration" in err, (c.returncode, err)
-    mid = _ledger(lab).data["migration_id"]
+    mid = _ledger(lab).doc.migration_id
     u = subprocess.run([sys.executable, "-m", "garage_migrate.cli", "unlock", "--inventory", inv,
                         "--migration-id", mid], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert u.returncode == 0 and "broken on" in u.stdout, (u.stdout, u.stderr)
-    assert [e for e in _ledger(lab).data["events"] if e["kind"] == "unlock"]
+    assert [e for e in _ledger(lab).doc.events if e.kind == "unlock"]
     d = _cli("run", "simple", "--inventory", inv, "--migration-id", "other-migration", "--no-input",
              "--gate-deadline", "90")
     out, err = d.communicate(timeout=400)
@@ -362,7 +363,7 @@ def test_a_flip_failure_decision_is_never_taken_from_a_retry(stack, make_lab):
     while True:  # the operator's fault: the victim refuses to start on 0.8 during the flip
         try:
             led = _ledger(lab)
-            if (led.gate("approve-flip") or {}).get("decision"):
+            if led.gate("approve-flip") is not None and led.gate("approve-flip").decision:
                 lab.fault(victim, "refuse-start", count=50)
                 break
         except (OSError, ValueError):
@@ -371,7 +372,7 @@ def test_a_flip_failure_decision_is_never_taken_from_a_retry(stack, make_lab):
         time.sleep(0.1)
     first = stack.wait_paused(frid, timeout=400).state.state_details.pause_key
     assert first.startswith("flip-failure-1-"), first
-    pid = _ledger(lab).data["holder"]["pid"]
+    pid = _ledger(lab).doc.holder.pid
     t0 = time.time()
     # a simple run while this minimal-downtime run is paused is refused, touching nothing
     simple = stack.wait_final(stack.run_deployment(SIMPLE, **_params(lab)), timeout=180)
@@ -384,9 +385,9 @@ def test_a_flip_failure_decision_is_never_taken_from_a_retry(stack, make_lab):
     touched = [e for e in service_events(lab, t0) if e["event"] in ("stop", "kill") or e["node"] != victim]
     assert touched == [], touched  # the retry re-ran only the victim's failed start; nobody was stopped
     led = _ledger(lab)
-    assert not (led.gate("flip-failure-1") or {}).get("decision"), led.gate("flip-failure-1")
-    assert not [e for e in led.data["events"] if e["kind"] == "decision"]
-    assert not [e for e in led.data["events"] if e["kind"] == "rollback"]
+    assert not (led.gate("flip-failure-1") and led.gate("flip-failure-1").decision), led.gate("flip-failure-1")
+    assert not [e for e in led.doc.events if e.kind == "decision"]
+    assert not [e for e in led.doc.events if e.kind == "rollback"]
     stack.set_state(frid, Cancelled(message="test over"))
     stack.wait_final(frid)
 
@@ -449,8 +450,8 @@ def test_a_terminal_run_asks_at_the_prompt_and_takes_only_a_choice(make_lab):
             pass
         os.close(fd)
     led = _ledger(lab)
-    assert led.data["state"] == "done"
-    assert [(g, led.gate(g)["by"], led.gate(g)["note"]) for g in ("approve-shutdown", "approve-reopen")] == \
+    assert led.doc.state == "done"
+    assert [(g, led.gate(g).by, led.gate(g).note) for g in ("approve-shutdown", "approve-reopen")] == \
         [("approve-shutdown", "person", "from the pty"), ("approve-reopen", "person", "from the pty")]
     time.sleep(1)
     assert _servers_of(before) == []

@@ -189,9 +189,9 @@ def _cli_plan_json(inv: str, procedure: str) -> dict:
 
 # ---------------------------------------------------------------------------- end-state checks
 def _phase_window(led: Ledger, phase: str) -> tuple[float, float]:
-    ev = led.data["events"]
-    start = [e["t"] for e in ev if e["kind"] == "phase" and e["message"] == f"start {phase}"]
-    end = [e["t"] for e in ev if e["kind"] == "phase" and e["message"] == f"end {phase}"]
+    ev = led.doc.events
+    start = [e.t for e in ev if e.kind == "phase" and e.message == f"start {phase}"]
+    end = [e.t for e in ev if e.kind == "phase" and e.message == f"end {phase}"]
     assert start and end, f"no start/end events of phase {phase} in the ledger"
     return start[0], end[0]
 
@@ -253,7 +253,7 @@ def _assert_end_state(lab, res: dict, procedure: str, target: str, tr: traffic.T
     """What issue 4's "Done when" asks of every finished migration."""
     assert res["state"] == "done", res
     led = Ledger.load(res["ledger"])
-    assert led.data["state"] == "done" and led.data["procedure"] == procedure
+    assert led.doc.state == "done" and led.doc.procedure == procedure
     # no secret in the ledger (the original garage.toml stays on the node; issue 9 §5)
     assert lab.info["rpc_secret"] not in Path(res["ledger"]).read_text()
     # the command journal beside it: every act that started finished, no secret (issue 9 §3)
@@ -265,10 +265,10 @@ def _assert_end_state(lab, res: dict, procedure: str, target: str, tr: traffic.T
     assert started and collections.Counter(started) == collections.Counter(finished)
     assert {e["node"] for e in lines} == {n["name"] for n in lab.nodes}
     assert lab.info["rpc_secret"] not in journal.read_text()
-    executed = json.loads(Path(res["ledger"]).with_name(f"plan-{led.data['plan_digest']}.json").read_text())
+    executed = json.loads(Path(res["ledger"]).with_name(f"plan-{led.doc.plan_digest}.json").read_text())
     assert executed == res["cli_plan"], "the plan that ran is not the one `garage-migrate plan --json` showed"
     assert_journal_is_the_plan(lines, executed)
-    mid = led.data["migration_id"]
+    mid = led.doc.migration_id
     assert mid.endswith(f"-to-v{target}")
 
     # every node runs the target
@@ -287,9 +287,11 @@ def _assert_end_state(lab, res: dict, procedure: str, target: str, tr: traffic.T
     # every node has a backup of this migration, and its archive exists
     backups_root = lab.dir / "backups"
     for node in (n["name"] for n in lab.nodes):
-        b = led.data["nodes"].get(node, {}).get("backup")
-        assert b and b.get("sha256"), f"{node}: no backup recorded in the ledger"
-        path = Path(b["path"])
+        b = led.node(node).backup
+        assert b is not None, f"{node}: no backup recorded in the ledger"
+        # the "version after" of the table and the report is a field the start step writes
+        assert led.node(node).running_version == target, (node, led.node(node))
+        path = Path(b.path)
         assert path.is_file() and path.stat().st_size > 0, f"{node}: backup archive {path} missing"
         assert path.is_relative_to(backups_root) and mid in path.parts and node in path.parts, path
         assert b["version"] == "0.7.3", b
@@ -310,10 +312,10 @@ def _assert_end_state(lab, res: dict, procedure: str, target: str, tr: traffic.T
 def _assert_gates(led: Ledger, procedure: str, by: str, note: str) -> None:
     for key in APPROVAL_GATES[procedure]:
         g = led.gate(key)
-        assert g, f"gate {key} not in the ledger: {led.data['gates']}"
-        assert (g.get("decision"), g.get("by"), g.get("note")) == ("approve", by, note), (key, g)
+        assert g, f"gate {key} not in the ledger: {led.doc.gates}"
+        assert (g.decision, g.by, g.note) == ("approve", by, note), (key, g)
     # only clean gates in these tests: no "proceed anyway" and no other decision
-    assert not [e for e in led.data["events"] if e["kind"] == "proceed-anyway"]
+    assert not [e for e in led.doc.events if e.kind == "proceed-anyway"]
 
 
 def _assert_one_zone_down_at_a_time(lab, led: Ledger) -> dict:
@@ -351,8 +353,8 @@ def test_minimal_downtime_to_087_with_every_gate_resumed_through_the_api(make_la
     assert [gate_of(k) for k, _ in answerer.resumed] == APPROVAL_GATES["minimal-downtime"]
     led = _assert_end_state(lab, res, "minimal-downtime", "0.8.7", tr)
     _assert_gates(led, "minimal-downtime", by="person", note=NOTE)
-    decisions = [e for e in led.data["events"] if e["kind"] == "decision"]
-    assert [e["message"] for e in decisions] == ["approve-flip: approve"] and decisions[0]["note"] == NOTE
+    decisions = [e for e in led.doc.events if e.kind == "decision"]
+    assert [e.message for e in decisions] == ["approve-flip: approve"] and decisions[0].note == NOTE
     # the flip started only after the approval
     assert _phase_window(led, "flip")[0] >= answerer.resumed[0][1] - 1.0
     print(_assert_one_zone_down_at_a_time(lab, led))
@@ -456,16 +458,16 @@ def test_second_run_of_a_finished_migration_changes_nothing_and_says_so(minimal_
 
     # the ledger: no node step ran again, the backups are the same, gates were not asked again
     led = Ledger.load(res["ledger"])
-    for name, rec in led.data["nodes"].items():
-        assert rec["backup"] == led_before.data["nodes"][name]["backup"], name
-        for key, step in rec["steps"].items():
-            assert step == led_before.data["nodes"][name]["steps"][key], f"{name} {key} re-recorded"
-            assert (step["finished"] or 0) < t0, f"{name} {key} ran again"
-    assert led.data["gates"]["approve-flip"] == led_before.data["gates"]["approve-flip"]
+    for name, rec in led.doc.nodes.items():
+        assert rec.backup == led_before.node(name).backup, name
+        for key, step in rec.steps.items():
+            assert step == led_before.step(name, key), f"{name} {key} re-recorded"
+            assert (step.finished or 0) < t0, f"{name} {key} ran again"
+    assert led.gate("approve-flip") == led_before.gate("approve-flip")
 
     # ... and says so: in its result, the ledger, and the flow run's logs
     assert res["changed"] is False
-    assert led.data["events"][-1]["kind"] == "rerun" and "nothing to do" in led.data["events"][-1]["message"]
+    assert led.doc.events[-1].kind == "rerun" and "nothing to do" in led.doc.events[-1].message
     runs = _flow_runs("minimal-downtime", inv)
     assert len(runs) == 2
     second = runs[-1]

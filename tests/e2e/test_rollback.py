@@ -51,7 +51,7 @@ import zstandard
 from garage_lab import traffic
 from garage_migrate.facts import parse_status
 from garage_migrate.inventory import load_inventory
-from garage_migrate.ledger import Ledger
+from garage_migrate.ledger import Ledger, LedgerFormatError
 from garage_migrate.plan import MigrationOptions
 from tests.conftest import garage as _garage
 from garage_migrate.runtime import default_migration_id
@@ -124,11 +124,12 @@ class _Operator:
 
     def _flip_reached(self) -> bool:
         try:
-            d = json.loads(self.ledger_path.read_text())
-        except (OSError, ValueError):
+            d = Ledger.load(self.ledger_path).doc
+        except (OSError, LedgerFormatError):
             return False
-        return bool((d["gates"].get("approve-flip") or {}).get("decision")) or \
-            any(e["kind"] == "phase" and e["message"] == "start flip" for e in d["events"])
+        flip = d.gates.get("approve-flip")
+        return bool(flip and flip.decision) or \
+            any(e.kind == "phase" and e.message == "start flip" for e in d.events)
 
     def _paused_runs(self):
         from prefect.client.orchestration import get_client
@@ -230,27 +231,28 @@ def test_rollback_after_a_failed_08_start_restores_073_everywhere(make_lab, pref
 
     # -- the ledger: the failure, the person's decision, a rollback step per node
     flip_start = led.step(VICTIM, "flip:start")
-    assert flip_start and flip_start["status"] == "failed", flip_start
+    assert flip_start and flip_start.status == "failed", flip_start
     gate = led.gate("flip-failure-1")
-    assert (gate.get("decision"), gate.get("by"), gate.get("note")) == ("rollback", "person", NOTE), gate
-    assert any(e["kind"] == "rollback" for e in led.data["events"]), led.data["events"][-5:]
-    assert (led.gate("sync-rollback") or {}).get("status") == "passed", led.gate("sync-rollback")
+    assert (gate.decision, gate.by, gate.note) == ("rollback", "person", NOTE), gate
+    assert any(e.kind == "rollback" for e in led.doc.events), led.doc.events[-5:]
+    assert led.gate("sync-rollback") and led.gate("sync-rollback").status == "passed", led.gate("sync-rollback")
     for n in names:
         rec = led.node(n)
-        assert rec["steps"].get("rollback", {}).get("status") == "done", (n, rec["steps"].get("rollback"))
-        assert rec["restored"]["from"] == rec["backup"]["path"], (n, rec["restored"], rec["backup"])
+        assert rec.steps.get("rollback") and rec.steps["rollback"].status == "done", (n, rec.steps.get("rollback"))
+        assert rec.restored.source == rec.backup.path, (n, rec.restored, rec.backup)
         # the dir the 0.8 start may have touched is kept aside, never deleted
-        assert Path(rec["restored"]["moved_aside"]).is_dir(), rec["restored"]
+        assert Path(rec.restored.moved_aside).is_dir(), rec.restored
+        assert rec.running_version == SOURCE, rec  # back on 0.7: the "version after" says so
     # (the ledger's top-level state reads "failed", not "rolled-back": _migrate overwrites what
     # rollback_all set when MigrationAborted goes through it; reported, not asserted here)
-    assert "MigrationAborted" in (led.data.get("error") or ""), led.data.get("error")
+    assert "MigrationAborted" in (led.doc.error or ""), led.doc.error
 
     # -- metadata: each node's dir against its own backup archive (see the docstring)
     truth = lab.inspect()["nodes"]
     identical, explained = [], {}
     for n in names:
-        backup = Path(led.node(n)["backup"]["path"])
-        assert led.node(n)["backup"]["version"] == SOURCE
+        backup = Path(led.node(n).backup.path)
+        assert led.node(n).backup.version == SOURCE
         restored_from = _extract(backup, tmp_path / "backups" / n)
         want_sum, want_files = _tree_digest(restored_from)
         live = lab.node_dir(n) / "meta"
@@ -303,7 +305,7 @@ def test_rollback_after_a_failed_08_start_restores_073_everywhere(make_lab, pref
     t_of = {a["key"]: a["t"] for a in acks}
     before = [k for k, t in t_of.items() if t < boundary]
     during_rounds = [k for k in before if t_of[k] >= first_stop]
-    flip = min(e["t"] for e in led.data["events"] if e["kind"] == "phase" and e["message"] == "start flip")
+    flip = min(e.t for e in led.doc.events if e.kind == "phase" and e.message == "start flip")
     print(f"acks: {len(t_of)} in all, {len(before)} before the last zone's backup stop "
           f"({len(during_rounds)} of them during the earlier rounds); lost: {len(lost)}, "
           f"{sum(1 for k in lost if t_of[k] < flip)} acknowledged between that stop and the flip, "

@@ -139,7 +139,7 @@ def test_verify_fails_on_a_missing_archive_and_on_a_ledger_that_disagrees(inv_co
     assert "cannot open" in out
 
     led = Ledger.load(cluster_dir / "m-new" / "ledger.json")
-    led.mutate(lambda d: d["nodes"]["node-a1"]["backup"].update(sha256="0" * 64), fenced=False)
+    led.mutate(lambda d: setattr(d.nodes["node-a1"].backup, "sha256", "0" * 64), fenced=False)
     rc, out = _cli(capsys, "backups", "verify", "--inventory", inv, "--migration-id", "m-new")
     assert rc == 1 and "FAIL node-a1" in out and "the ledger records sha256 " + "0" * 64 in out, out
 

@@ -22,6 +22,11 @@ def _truth(lab, name):
     return lab.inspect()["nodes"][name]
 
 
+def _row(rt, node: str) -> dict:
+    """``node``'s row of the ledger table artifact."""
+    return next(r for r in rt.ledger.table_rows([]) if r["node"] == node)
+
+
 @pytest.mark.timeout(300)
 def test_node_steps_are_idempotent_on_073_to_087(make_lab):
     lab = make_lab(version="0.7.3", zones=3, per_zone=1)
@@ -44,7 +49,11 @@ def test_node_steps_are_idempotent_on_073_to_087(make_lab):
             out["after_second_repair"] = _truth(lab, node)
             out["start"] = [await steps.start_node(rt, node, "0.8.7")]
             out["started_truth"] = _truth(lab, node)
+            out["row_started"] = _row(rt, node)
+            # as if the run that started it died before recording it: the skipped start records it
+            await rt.ledger.set_node(node, running_version=None)
             out["start"].append(await steps.start_node(rt, node, "0.8.7"))
+            out["row_skipped"] = _row(rt, node)
             out["final_truth"] = _truth(lab, node)
         return out
     out = run(scenario(), limit=None)
@@ -60,6 +69,9 @@ def test_node_steps_are_idempotent_on_073_to_087(make_lab):
     assert [r.status for r in out["start"]] == ["done", "skipped"]
     assert out["started_truth"]["running_version"] == "0.8.7"
     assert out["final_truth"]["pid"] == out["started_truth"]["pid"]  # not restarted
+    # the ledger table's "version after" is what the start step saw the daemon answer
+    assert (out["row_started"]["version before"], out["row_started"]["version after"]) == ("0.7.3", "0.8.7")
+    assert out["row_skipped"]["version after"] == "0.8.7"
 
 
 def test_start_refuses_08_without_a_backup_of_this_migration(make_lab):

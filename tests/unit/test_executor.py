@@ -17,6 +17,7 @@ from garage_migrate.errors import MigrationAborted, StepError, SupersededError
 from garage_migrate.executor import Executor
 from garage_migrate.gates import FakeClock
 from garage_migrate.ledger import Ledger
+from garage_migrate.ledger_model import Holder
 from garage_migrate.plan import FanoutPolicy, MigrationOptions, make_plan
 from garage_migrate.steps import Runtime
 
@@ -56,8 +57,8 @@ def test_approval_approved_runs_every_phase_and_records_the_person(tmp_path):
     steps, decider = FakeSteps(), ScriptedDecider(approve_flip=["approve"])
     run(_executor(rt, plan, steps, decider).run())
     assert decider.asked == [("approval", "approve-flip")]
-    rec = rt.ledger.refresh()["gates"]["approve-flip"]
-    assert (rec["decision"], rec["by"], rec["plan_digest"]) == ("approve", "person", plan.digest())
+    rec = rt.ledger.refresh().gates["approve-flip"]
+    assert (rec.decision, rec.by, rec.plan_digest) == ("approve", "person", plan.digest())
     assert {c[1] for c in steps.calls if c[0] == "start_node" and c[2] == "0.8.7"} == {"n1", "n2", "n3"}
 
 
@@ -68,7 +69,7 @@ def test_approval_aborted_stops_before_the_flip(tmp_path):
         run(_executor(rt, plan, steps, decider).run())
     assert _flip_stops(steps) == 0
     assert not [c for c in steps.calls if c[0] == "switch_binary"]
-    assert rt.ledger.refresh()["gates"]["approve-flip"]["decision"] == "abort"
+    assert rt.ledger.refresh().gates["approve-flip"].decision == "abort"
 
 
 def test_auto_approve_answers_a_clean_approval_and_nothing_else(tmp_path):
@@ -76,7 +77,7 @@ def test_auto_approve_answers_a_clean_approval_and_nothing_else(tmp_path):
     steps, decider = FakeSteps(gates=["timeout"]), ScriptedDecider(sync_before=["proceed_anyway"])
     run(_executor(rt, plan, steps, decider, auto_approve=True).run())
     assert decider.asked == [("gate", "sync-before-1")]  # the gate still went to a person
-    assert rt.ledger.refresh()["gates"]["approve-flip"]["by"] == "auto-approve"
+    assert rt.ledger.refresh().gates["approve-flip"].by == "auto-approve"
 
 
 # ---------------------------------------------------------------------------- sync gates
@@ -86,7 +87,7 @@ def test_sync_gate_that_passes_asks_nobody(tmp_path):
     run(_executor(rt, plan, steps, decider).run())
     assert [c[2] for c in steps.calls if c[0] == "sync_gate"] == ["sync-before", "sync-after"]
     assert [k for _, k in decider.asked] == ["approve-flip"]
-    assert rt.ledger.refresh()["gates"]["sync-before"]["status"] == "passed"
+    assert rt.ledger.refresh().gates["sync-before"].status == "passed"
 
 
 def test_sync_gate_wait_more_runs_the_gate_again_until_it_passes(tmp_path):
@@ -96,9 +97,9 @@ def test_sync_gate_wait_more_runs_the_gate_again_until_it_passes(tmp_path):
     run(_executor(rt, plan, steps, decider).run())
     assert [c[2] for c in steps.calls if c[0] == "sync_gate"] == ["sync-before"] * 3 + ["sync-after"]
     assert [k for _, k in decider.asked] == ["sync-before-1", "sync-before-2", "approve-flip"]
-    gates = rt.ledger.refresh()["gates"]
-    assert (gates["sync-before"]["status"], gates["sync-before"]["attempt"]) == ("passed", 3)
-    assert gates["sync-before-1"]["decision"] == "wait_more"
+    gates = rt.ledger.refresh().gates
+    assert (gates["sync-before"].status, gates["sync-before"].attempt) == ("passed", 3)
+    assert gates["sync-before-1"].decision == "wait_more"
 
 
 def test_sync_gate_proceed_anyway_is_recorded_and_goes_on(tmp_path):
@@ -107,10 +108,10 @@ def test_sync_gate_proceed_anyway_is_recorded_and_goes_on(tmp_path):
     decider = ScriptedDecider(sync_before=["proceed_anyway"], approve_flip=["approve"])
     run(_executor(rt, plan, steps, decider).run())
     data = rt.ledger.refresh()
-    assert data["gates"]["sync-before-1"]["decision"] == "proceed_anyway"
-    assert data["gates"]["sync-before-1"]["by"] == "person"
-    pa = [e for e in data["events"] if e["kind"] == "proceed-anyway"]
-    assert len(pa) == 1 and pa[0]["reasons"] == ["n1: resync queue 12"]
+    assert data.gates["sync-before-1"].decision == "proceed_anyway"
+    assert data.gates["sync-before-1"].by == "person"
+    pa = [e for e in data.events if e.kind == "proceed-anyway"]
+    assert len(pa) == 1 and pa[0].reasons == ["n1: resync queue 12"]
     assert any(c[0] == "backup_metadata" for c in steps.calls)
 
 
@@ -138,7 +139,7 @@ def test_counters_decision_proceeds_or_aborts(tmp_path, action):
         run(ex.run())
         assert [c for c in steps.calls if c[0] == "observe_once"]
     assert ("counters", "counters") in decider.asked
-    assert rt.ledger.refresh()["gates"]["counters"]["decision"] == action
+    assert rt.ledger.refresh().gates["counters"].decision == action
 
 
 def test_counters_that_check_out_ask_nobody(tmp_path):
@@ -157,9 +158,11 @@ def test_flip_failure_then_retry_that_succeeds(tmp_path):
     assert ("flip-failure", "flip-failure-1") in decider.asked
     n2_starts = [c for c in steps.calls if c[:2] == ("start_node", "n2") and c[2] == "0.8.7"]
     assert len(n2_starts) == 3  # flip start, its retry, the offline-repair round's start
-    rec = rt.ledger.refresh()["nodes"]["n2"]["steps"]["flip:start"]
-    assert (rec["status"], rec["retried"]) == ("done", 1)
-    assert rt.ledger.data["gates"]["flip-failure-1"]["decision"] == "retry"
+    rec = rt.ledger.refresh().nodes["n2"].steps["flip:start"]
+    assert (rec.status, rec.retried) == ("done", 1)
+    # the failed start and the retried one are both attempts of the step
+    assert [a.status for a in rec.attempts] == ["failed", "done"] and rec.code is None
+    assert rt.ledger.doc.gates["flip-failure-1"].decision == "retry"
 
 
 def test_flip_failure_then_rollback_restores_every_node(tmp_path):
@@ -171,8 +174,8 @@ def test_flip_failure_then_rollback_restores_every_node(tmp_path):
     assert {c[1] for c in steps.calls if c[0] == "restore_node"} == {"n1", "n2", "n3"}
     assert {c[1] for c in steps.calls if c[0] == "switch_binary" and c[2] == "source"} == {"n1", "n2", "n3"}
     data = rt.ledger.refresh()
-    assert data["state"] == "rolled-back"
-    assert data["gates"]["sync-rollback"]["status"] == "passed"
+    assert data.state == "rolled-back"
+    assert data.gates["sync-rollback"].status == "passed"
     assert not [c for c in steps.calls if c[0] == "offline_repair"]
 
 
@@ -187,8 +190,8 @@ def test_resumed_run_whose_plan_changed_asks_again_and_records_the_replan(tmp_pa
     run(_executor(rt2, plan2, FakeSteps(), decider).run())
     assert decider.asked == [("approval", "approve-flip")]  # not reused from the old plan
     data = rt2.ledger.refresh()
-    assert [e for e in data["events"] if e["kind"] == "replan"]
-    assert data["gates"]["approve-flip"]["plan_digest"] == plan2.digest()
+    assert [e for e in data.events if e.kind == "replan"]
+    assert data.gates["approve-flip"].plan_digest == plan2.digest()
 
 
 def test_rerun_of_the_same_plan_reuses_the_approval_and_skips_done_steps(tmp_path):
@@ -219,12 +222,12 @@ def test_a_step_done_earlier_is_skipped_and_the_rest_runs(tmp_path):
 def _take_over(tmp_path, rt) -> None:
     """Another attempt claims the migration (through its own handle on the same file)."""
     other = Ledger.open(tmp_path, rt.inv.cluster, MID, "minimal-downtime")
-    other.mutate(lambda d: d.update(holder={"token": "other", "pid": 2}), fenced=False)
+    other.mutate(lambda d: setattr(d, "holder", Holder(token="other", pid=2)), fenced=False)
 
 
 def test_a_superseded_ledger_stops_the_executor_before_any_act(tmp_path):
     rt, plan = _setup(tmp_path)
-    assert run(rt.ledger.claim({"token": "mine", "pid": 1}, lambda cur: None)) is None
+    assert run(rt.ledger.claim(Holder(token="mine", pid=1), lambda cur: None)) is None
     _take_over(tmp_path, rt)
     steps = FakeSteps()
     with pytest.raises(SupersededError):
@@ -234,7 +237,7 @@ def test_a_superseded_ledger_stops_the_executor_before_any_act(tmp_path):
 
 def test_a_takeover_mid_run_stops_every_later_step(tmp_path):
     rt, plan = _setup(tmp_path)
-    assert run(rt.ledger.claim({"token": "mine", "pid": 1}, lambda cur: None)) is None
+    assert run(rt.ledger.claim(Holder(token="mine", pid=1), lambda cur: None)) is None
     taken = []
 
     def on_call(call):
@@ -337,8 +340,8 @@ def test_a_failed_batch_ends_the_wave_before_the_next_batch(tmp_path):
     with pytest.raises(StepError, match="scripted"):
         run(ex.run_wave(plan.phase("rolling-backup"), plan.phase("rolling-backup").waves[0]))
     assert not [c for c in steps.calls if c[1] == "n2"]  # n2 was never stopped
-    assert rt_step(ex, "n1", "rolling-backup:backup")["status"] == "failed"
+    assert rt_step(ex, "n1", "rolling-backup:backup").status == "failed"
 
 
 def rt_step(ex, node, key):
-    return ex.rt.ledger.refresh()["nodes"][node]["steps"][key]
+    return ex.rt.ledger.refresh().nodes[node].steps[key]

@@ -19,6 +19,7 @@ from garage_migrate import commands as C
 from garage_migrate.cluster_lock import ClusterLock, LockRecord, RunIdentity, break_lock, holder_gone, lock_path
 from garage_migrate.errors import ClusterLockedError, SupersededError
 from garage_migrate.ledger import Ledger
+from garage_migrate.ledger_model import Holder
 
 
 def run(coro):
@@ -41,7 +42,7 @@ def test_two_processes_writing_one_ledger_lose_no_event(tmp_path):
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    msgs = [e["message"] for e in Ledger.load(tmp_path / "c" / "m" / "ledger.json").data["events"]]
+    msgs = [e.message for e in Ledger.load(tmp_path / "c" / "m" / "ledger.json").doc.events]
     assert sorted(msgs) == sorted(f"{w}-{i}" for w in "ab" for i in range(150))
     assert not list((tmp_path / "c" / "m").glob("*.tmp")), "a temp file was left behind"
 
@@ -58,13 +59,13 @@ def test_a_write_applies_to_what_is_on_disk_not_to_a_stale_copy(tmp_path):
     b = Ledger.open(tmp_path, "c", "m", "simple")
     run(a.record_step("n1", "zone:stop", "done"))
     run(b.record_step("n2", "zone:stop", "done"))  # b never read a's write, and keeps it
-    d = Ledger.load(a.path).data
-    assert set(d["nodes"]) == {"n1", "n2"}
+    d = Ledger.load(a.path).doc
+    assert set(d.nodes) == {"n1", "n2"}
 
 
-def _holder(token: str, **kw) -> dict:
-    return dict(token=token, flow_run_id=None, controller="here", pid=os.getpid(), kind="migration",
-                since=time.time(), heartbeat=time.time(), **kw)
+def _holder(token: str, **kw) -> Holder:
+    return Holder(token=token, flow_run_id=None, controller="here", pid=os.getpid(), kind="migration",
+                  since=time.time(), heartbeat=time.time(), **kw)
 
 
 def test_a_superseded_writer_raises_and_writes_nothing(tmp_path):
@@ -79,7 +80,7 @@ def test_a_superseded_writer_raises_and_writes_nothing(tmp_path):
         old.check_holder()
     assert new.path.read_bytes() == before
     run(new.record_step("n1", "flip:stop", "running"))
-    assert [e["kind"] for e in Ledger.load(new.path).data["events"]] == ["takeover"]
+    assert [e.kind for e in Ledger.load(new.path).doc.events] == ["takeover"]
 
 
 def test_claim_is_refused_when_the_rule_says_so_and_nothing_changes(tmp_path):
@@ -87,8 +88,8 @@ def test_claim_is_refused_when_the_rule_says_so_and_nothing_changes(tmp_path):
     run(a.claim(_holder("a"), lambda cur: None))
     b = Ledger.open(tmp_path, "c", "m", "simple")
     refused = run(b.claim(_holder("b"), lambda cur: "alive"))
-    assert refused["token"] == "a" and refused["refused"] == "alive"
-    assert Ledger.load(a.path).data["holder"]["token"] == "a"
+    assert refused.holder.token == "a" and refused.reason == "alive"
+    assert Ledger.load(a.path).doc.holder.token == "a"
     assert b.token is None
 
 
@@ -96,24 +97,25 @@ def test_a_completed_run_clears_a_stale_error(tmp_path):
     led = Ledger.open(tmp_path, "c", "m", "simple")
     run(led.set(state="failed", error="CancelledError: lease"))
     run(led.set(state="done", error=None))
-    d = Ledger.load(led.path).data
-    assert d["state"] == "done" and "error" not in d
+    d = Ledger.load(led.path).doc
+    assert d.state == "done" and d.error is None
 
 
 # ---------------------------------------------------------------------------- holder rules
 def test_holder_gone_rules():
     now = 1000.0
-    alive = dict(controller="here", pid=os.getpid(), heartbeat=now - 5)
+    alive = Holder(token="t", controller="here", pid=os.getpid(), heartbeat=now - 5)
     assert holder_gone(alive, now=now, here="here") is None
     assert "completed" in holder_gone(alive, run_state="COMPLETED", now=now, here="here")
     assert "crashed" in holder_gone(alive, run_state="CRASHED", now=now, here="here")
     assert holder_gone(alive, run_state="PAUSED", now=now, here="here") is None
-    assert "heartbeat" in holder_gone(dict(alive, heartbeat=now - 61), now=now, here="here")
+    assert "heartbeat" in holder_gone(alive.model_copy(update={"heartbeat": now - 61}), now=now, here="here")
     dead = subprocess.Popen(["true"])
     dead.wait()
-    assert "no longer exists" in holder_gone(dict(alive, pid=dead.pid), now=now, here="here")
+    assert "no longer exists" in holder_gone(alive.model_copy(update={"pid": dead.pid}), now=now, here="here")
     # a pid on another controller says nothing about this one's process table
-    assert holder_gone(dict(alive, pid=dead.pid, controller="elsewhere"), now=now, here="here") is None
+    assert holder_gone(alive.model_copy(update={"pid": dead.pid, "controller": "elsewhere"}), now=now,
+                       here="here") is None
 
 
 # ---------------------------------------------------------------------------- the node records
@@ -174,7 +176,7 @@ def test_another_migration_is_refused_and_leaves_no_record(tmp_path):
     assert "mig-a" in str(err) and "unlock" in str(err)
     for _n, path, _s in nodes:
         assert LockRecord.parse(os.readlink(path)).migration_id == "mig-a"
-    assert Ledger.load(tmp_path / "backups" / "c" / "mig-b" / "ledger.json").data["holder"] is None
+    assert Ledger.load(tmp_path / "backups" / "c" / "mig-b" / "ledger.json").doc.holder is None
 
 
 def test_a_record_of_another_migration_on_the_last_node_releases_the_first_ones(tmp_path):
@@ -213,7 +215,7 @@ def test_the_same_migration_takes_over_from_a_dead_run_and_is_reentrant(tmp_path
     second = _lock(tmp_path, shells, nodes, "mig-a")
     run(second.acquire())
     run(second.stop_heartbeats())
-    assert Ledger.load(second.ledger.path).data["holder"]["token"] == second.identity.token
+    assert Ledger.load(second.ledger.path).doc.holder.token == second.identity.token
     with pytest.raises(SupersededError):
         first.check()
 
@@ -238,7 +240,7 @@ def test_release_drops_every_record_and_the_holder(tmp_path):
     run(a.acquire())
     run(a.release())
     assert not any(os.path.lexists(p) for _n, p, _s in nodes)
-    assert Ledger.load(a.ledger.path).data["holder"] is None
+    assert Ledger.load(a.ledger.path).doc.holder is None
 
 
 def test_unlock_refuses_a_live_holder_and_records_the_break(tmp_path):
@@ -252,11 +254,12 @@ def test_unlock_refuses_a_live_holder_and_records_the_break(tmp_path):
     assert all(os.path.lexists(p) for _n, p, _s in nodes)
     later = time.time() + 3600  # the holder stopped beating an hour ago (its pid is this test: alive)
     led2 = Ledger.load(a.ledger.path)
-    led2.mutate(lambda d: d["holder"].update(controller="elsewhere"), fenced=False)
+    led2.mutate(lambda d: setattr(d.holder, "controller", "elsewhere"), fenced=False)
     removed = run(break_lock(lambda n: shells[n], nodes, "mig-a", Ledger.load(a.ledger.path), by="me", now=later))
     assert removed == ["n0", "n1", "n2"]
-    d = Ledger.load(a.ledger.path).data
-    assert d["holder"] is None and d["events"][-1]["kind"] == "unlock" and "me" in d["events"][-1]["message"]
+    d = Ledger.load(a.ledger.path).doc
+    assert d.holder is None and d.events[-1].kind == "unlock" and "me" in d.events[-1].message
+    assert d.events[-1].previous.controller == "elsewhere" and d.events[-1].nodes == ["n0", "n1", "n2"]
     # unlocking names the migration to break: a lock of another one is never broken by mistake
     run(_relock(tmp_path, shells, nodes))
     with pytest.raises(ClusterLockedError, match="mig-a"):
