@@ -372,7 +372,7 @@ class Ledger:
             row = {"node": name, "zone": rec.zone or "", "version before": rec.version_before or "",
                    "version after": rec.running_version or "",
                    "backup": rec.backup.path if rec.backup else "",
-                   "backup sha256": rec.backup.sha256[:16] if rec.backup else ""}
+                   "backup sha256": (rec.backup.sha256 or "")[:16] if rec.backup else ""}
             for key in step_keys:
                 s = rec.steps.get(key)
                 row[key] = f"{s.status} {time.strftime('%H:%M:%S', time.localtime(s.when))}" if s else ""
