@@ -68,10 +68,8 @@ from .verify import VerifyReport, verify_backup
 __all__ = [
     "BackupOptions",
     "BackupRecord",
-    "NodeBackupJob",
     "RestoreReport",
     "StopProof",
-    "backup_many",
     "backup_node",
     "check_offline",
     "observe_stopped",
@@ -182,27 +180,6 @@ class RestoreReport:
     files_verified: int
     bytes: int
     seconds: float
-
-
-@dataclass(frozen=True)
-class NodeBackupJob:
-    """One node for :func:`backup_many`.
-
-    Attributes:
-        shell: the node's shell.
-        ctx: its command context.
-        node_id: its 64-hex ID.
-        metadata_dir: its metadata dir.
-        stopped: proof the daemon is stopped.
-        node_root: on-node mode: the backup root on the node.
-    """
-
-    shell: NodeShell
-    ctx: NodeContext
-    node_id: str
-    metadata_dir: str
-    stopped: StopProof
-    node_root: str | None = None
 
 
 # ---------------------------------------------------------------------------- stopped?
@@ -771,31 +748,6 @@ async def _on_node_backup(step: _Step, node_root: str) -> BackupRecord:
     return BackupRecord(node=node, manifest=manifest, manifest_path=paths.manifest, archive_path=None,
                         remote_archive=rarchive, reused=False, verify=report, seconds=time.monotonic() - step.t0,
                         transfer_seconds=transfer)
-
-
-async def backup_many(jobs: Sequence[NodeBackupJob], *, max_parallel: int = 2,
-                      **common) -> list[BackupRecord | BaseException]:
-    """Run :func:`backup_node` for several nodes, at most ``max_parallel`` at a time.
-
-    Each backup keeps its SSH channel and a zstd compressor busy, so the bound protects the
-    controller's CPU and disk as much as the nodes.
-
-    Args:
-        jobs: the nodes.
-        max_parallel: concurrent backups.
-        **common: the other :func:`backup_node` arguments (``dest_root``, ``cluster`` ...).
-
-    Returns:
-        One result per job, in order: its record, or the exception it raised.
-    """
-    sem = asyncio.Semaphore(max(1, max_parallel))
-
-    async def one(job: NodeBackupJob) -> BackupRecord:
-        async with sem:
-            return await backup_node(job.shell, job.ctx, node_id=job.node_id, metadata_dir=job.metadata_dir,
-                                     stopped=job.stopped, node_root=job.node_root, **common)
-
-    return list(await asyncio.gather(*(one(j) for j in jobs), return_exceptions=True))
 
 
 # ---------------------------------------------------------------------------- restore

@@ -328,35 +328,12 @@ def test_on_node_backup_on_a_full_disk_fails_and_leaves_nothing(lab, stopped, no
         "mode": "x", "file": "/v/a", "dirs": ["/v"]}
 
 
-def test_backup_many_bounds_concurrency_and_reports_each_node(lab, stopped, node):
-    a, c = node(stopped("node-a1")), node(stopped("node-c1"))
-    active = peak = 0
-    real = engine._controller_backup
-
-    async def counting(*args, **kw):
-        nonlocal active, peak
-        active += 1
-        peak = max(peak, active)
-        try:
-            return await real(*args, **kw)
-        finally:
-            active -= 1
-
-    async def go():
-        jobs = [B.NodeBackupJob(n.shell, n.ctx, n.node_id, n.meta, await n.proof()) for n in (a, c)]
-        jobs.append(B.NodeBackupJob(a.shell, a.ctx, a.node_id, a.meta, B.StopProof("node-b1", "inactive", 0.0)))
-        try:
-            engine._controller_backup = counting
-            return await B.backup_many(jobs, max_parallel=1, dest_root=a.dest_root, cluster=CLUSTER,
-                                       migration_id="m-many", source_version="0.7.3")
-        finally:
-            engine._controller_backup = real
-
-    first, second, wrong = run(go())
-    assert isinstance(first, B.BackupRecord) and first.node == "node-a1" and first.verify.ok
-    assert isinstance(second, B.BackupRecord) and second.node == "node-c1" and second.verify.ok
-    assert isinstance(wrong, LockHeldError)  # a proof for another node is no proof
-    assert peak == 1
+def test_a_stop_proof_for_another_node_is_no_proof(lab, stopped, node):
+    # the concurrency of backups is the scheduler's now (one bound for every step of a wave)
+    n = node(stopped("node-a1"))
+    with pytest.raises(LockHeldError):
+        run(n.backup(stopped=B.StopProof("node-b1", "inactive", 0.0)))
+    assert not (n.dest_root / CLUSTER / MIGRATION / "node-a1" / "manifest.json").exists()
 
 
 # ---------------------------------------------------------------------------- helpers
