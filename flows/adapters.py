@@ -24,10 +24,10 @@ from garage_migrate.steps import Runtime, StepResult
 
 
 @task(name="restore-metadata", task_run_name="restore-{node}", **T.ONCE)
-async def restore_node(rt: Runtime, node: str) -> StepResult:
+async def restore_node(rt: Runtime, node: str, tag: str | None = None) -> StepResult:
     """Restore one stopped node's metadata from its verified backup (never cached: a restore
     must run every time it is asked for)."""
-    return await backup_step.restore_node(T._rt(rt), node)
+    return await backup_step.restore_node(T._rt(rt), node, tag)
 
 
 class PrefectSteps(EngineSteps):

@@ -385,6 +385,75 @@ def backup(n: NodeSpec, *, mode: str, metadata_bytes: int | None, local_archive:
                          cleanup=(C.remove_file(tmp, sudo=ctx.sudo), C.remove_file(rarchive, sudo=ctx.sudo)))
 
 
+def size_timeout(nbytes: int) -> float:
+    """A command timeout for moving or reading ``nbytes`` (the backup engine's default rule)."""
+    return BACKUP_TIMEOUT_FLOOR + nbytes / BACKUP_MIN_RATE
+
+
+@dataclass(frozen=True)
+class RestorePaths:
+    """Where a restore works on the node, named by the rollback plan's ``tag`` (so the plan
+    shows the very paths): the extracted copy, the current dir moved aside, the uploaded archive."""
+
+    meta: str
+    parent: str
+    staging_name: str
+    staging: str
+    aside: str
+    remote_archive: str
+
+
+def restore_paths(metadata_dir: str, tag: str, archive_on_node: str | None) -> RestorePaths:
+    """The paths of a restore of ``metadata_dir`` tagged ``tag``; ``archive_on_node``: an
+    on-node backup's archive (none is uploaded then)."""
+    meta = metadata_dir.rstrip("/")
+    parent, name = posixpath.split(meta)
+    staging_name = f".{name}.restore-{tag}"
+    return RestorePaths(meta=meta, parent=parent or "/", staging_name=staging_name,
+                        staging=posixpath.join(parent or "/", staging_name), aside=f"{meta}.pre-restore-{tag}",
+                        remote_archive=archive_on_node or posixpath.join(parent or "/", f".{name}.restore-{tag}.tar.zst"))
+
+
+@dataclass(frozen=True)
+class RestoreActions:
+    """A restore from a verified backup (node stopped): the archive on the node, extracted
+    beside the metadata dir and checked, the current dir moved aside (never deleted), the
+    extracted one renamed into place; the uploaded archive removed afterwards."""
+
+    probes: Probes
+    upload: Upload | None
+    hash_: RemoteCommand
+    extract: RemoteCommand
+    exists: RemoteCommand
+    move_aside: RemoteCommand
+    install: RemoteCommand
+    sync: RemoteCommand
+    remove_upload: RemoteCommand | None
+    put_back: RemoteCommand  # on failure: the moved-aside dir goes back
+
+    def ops(self) -> tuple[Op, ...]:
+        """Every action of a clean restore, in order."""
+        return tuple(x for x in (self.probes.is_active, self.probes.lock, self.upload, self.hash_, self.extract,
+                                 self.exists, self.move_aside, self.install, self.sync, self.remove_upload)
+                     if x is not None)
+
+
+def restore(n: NodeSpec, *, tag: str, member_root: str, compressed_bytes: int, uncompressed_bytes: int,
+            archive_on_node: str | None) -> RestoreActions:
+    """The restore step's actions on ``n`` (see :class:`RestoreActions`)."""
+    ctx = n.ctx
+    p = restore_paths(n.metadata_dir, tag, archive_on_node)
+    return RestoreActions(
+        probes=Probes.of(n), upload=None if archive_on_node else Upload(p.remote_archive, "the backup archive"),
+        hash_=C.sha256sum_files([p.remote_archive], sudo=ctx.sudo, timeout=size_timeout(compressed_bytes)),
+        extract=C.tar_extract_as(p.remote_archive, p.parent, member_root, p.staging_name,
+                                 timeout=size_timeout(uncompressed_bytes), sudo=ctx.sudo),
+        exists=C.exists(p.meta, sudo=ctx.sudo), move_aside=C.rename(p.meta, p.aside, sudo=ctx.sudo),
+        install=C.rename(p.staging, p.meta, sudo=ctx.sudo), sync=C.sync(sudo=ctx.sudo),
+        remove_upload=None if archive_on_node else C.remove_file(p.remote_archive, sudo=ctx.sudo),
+        put_back=C.rename(p.aside, p.meta, sudo=ctx.sudo))
+
+
 def gate_command(argv: tuple[str, ...]) -> RemoteCommand:
     """A cluster-level API gate command (``api_gate.kind: commands``) as the inventory gives it."""
     return RemoteCommand(tuple(argv), timeout=60.0)

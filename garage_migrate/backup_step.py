@@ -35,7 +35,7 @@ async def backup_metadata(rt: Runtime, node: str) -> StepResult:
                       f"{'reused ' if rec.reused else ''}{where} ({rec.manifest.archive_sha256[:16]}, verified)")
 
 
-async def restore_node(rt: Runtime, node: str) -> StepResult:
+async def restore_node(rt: Runtime, node: str, tag: str | None = None) -> StepResult:
     """Restore ``node``'s metadata from this migration's verified backup (node stopped)."""
     n = rt.node(node)
     b = rt.ledger.node(node).backup
@@ -47,7 +47,7 @@ async def restore_node(rt: Runtime, node: str) -> StepResult:
         raise StepError("refusing to restore metadata while the daemon runs", node=node)
     stopped = await observe_stopped(rt.shell(node), n.ctx)
     rep = await restore_metadata(rt.shell(node), n.ctx, b.manifest, stopped=stopped,
-                                 metadata_dir=rt.nfacts(node).config.metadata_dir)
+                                 metadata_dir=rt.nfacts(node).config.metadata_dir, tag=tag)
     await rt.ledger.set_node(node, restored=RestoreRef(source=b.path, moved_aside=rep.moved_aside))
     return StepResult("restore", node, "done", f"restored {rep.files_verified} files; old dir kept at {rep.moved_aside}")
 

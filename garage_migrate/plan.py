@@ -33,7 +33,7 @@ from .discovery import REPLICATION, ClusterFacts
 from .errors import PlanError
 from .inventory import Inventory
 
-Procedure = Literal["simple", "minimal-downtime"]
+Procedure = Literal["simple", "minimal-downtime", "rollback"]  # rollback: garage_migrate.rollback_plan
 
 
 class FanoutPolicy(BaseModel):
@@ -78,7 +78,7 @@ class MigrationOptions(BaseModel):
 
 StepKind = Literal[
     "preflight", "disable-api", "enable-api", "repair", "sync-gate", "approval", "stop", "backup",
-    "stage", "switch", "offline-repair", "start", "wait-healthy", "check-counters", "watch",
+    "stage", "switch", "offline-repair", "start", "wait-healthy", "check-counters", "watch", "restore",
 ]
 
 

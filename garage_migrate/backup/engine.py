@@ -39,7 +39,7 @@ import zstandard
 
 from .. import commands as C
 from .. import probes
-from ..actions import on_node_temp
+from ..actions import on_node_temp, restore_paths
 from ..commands import NodeContext, RemoteCommand
 from ..errors import BackupError, CommandError, CommandRefused, CommandTimeout, LockHeldError, TransportError
 from ..nodelog import NodeLog, node_log
@@ -755,7 +755,7 @@ async def _on_node_backup(step: _Step, node_root: str) -> BackupRecord:
 
 async def restore_metadata(shell: NodeShell, ctx: NodeContext, backup: BackupRecord | str | os.PathLike[str], *,
                            stopped: StopProof, metadata_dir: str | None = None,
-                           options: BackupOptions | None = None) -> RestoreReport:
+                           options: BackupOptions | None = None, tag: str | None = None) -> RestoreReport:
     """Put a verified backup back as the node's metadata dir.
 
     The node must be stopped (proof plus lock probe). The archive is verified first (on the
@@ -772,6 +772,8 @@ async def restore_metadata(shell: NodeShell, ctx: NodeContext, backup: BackupRec
         stopped: proof the daemon is stopped.
         metadata_dir: where to restore; the manifest's ``metadata_dir`` by default.
         options: tuning.
+        tag: names the restore's paths on the node (:func:`garage_migrate.actions.restore_paths`):
+            the rollback plan's, so the commands are the ones it shows; default: a new one.
 
     Returns:
         A :class:`RestoreReport`.
@@ -794,11 +796,12 @@ async def restore_metadata(shell: NodeShell, ctx: NodeContext, backup: BackupRec
         raise BackupError(f"{node}: refusing to restore the backup of node {manifest.node!r}", node=node)
     # never while a backup of this node (or another restore) runs from this controller
     with _dir_lock(manifest_path.parent / ".lock", node):
-        return await _restore(shell, ctx, manifest, manifest_path, stopped, metadata_dir, opts, log, t0)
+        return await _restore(shell, ctx, manifest, manifest_path, stopped, metadata_dir, opts, log, t0, tag)
 
 
 async def _restore(shell: NodeShell, ctx: NodeContext, manifest: Manifest, manifest_path: Path, stopped: StopProof,
-                   metadata_dir: str | None, opts: BackupOptions, log: NodeLog, t0: float) -> RestoreReport:
+                   metadata_dir: str | None, opts: BackupOptions, log: NodeLog, t0: float,
+                   tag: str | None) -> RestoreReport:
     node = ctx.name
     meta, parent, name = _meta_dir(metadata_dir or manifest.metadata_dir, node)
     local_archive = manifest_path.parent / manifest.archive if manifest.mode == "controller" else None
@@ -807,16 +810,17 @@ async def _restore(shell: NodeShell, ctx: NodeContext, manifest: Manifest, manif
         report.raise_for_problems(node, "refusing to restore a backup that does not verify")
     await check_offline(shell, ctx, meta, stopped)
 
-    tag = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
-    staging_name = f".{name}.restore-{tag}"
-    staging = posixpath.join(parent, staging_name)
-    aside = f"{meta}.pre-restore-{tag}"
+    # the rollback plan names the paths (so it shows the very commands); a restore outside a
+    # plan gets a tag of its own
+    tag = tag or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    rp = restore_paths(meta, tag, None if local_archive else manifest.archive)
+    staging_name, staging, aside = rp.staging_name, rp.staging, rp.aside
     need = manifest.uncompressed_bytes + (manifest.compressed_bytes if local_archive else 0) + opts.space_headroom
     free = await _df(shell, parent, node)
     if free < need:
         raise BackupError(f"{node}: not enough space in {parent} to restore: {free} bytes free, {need} needed",
                           node=node)
-    remote_archive = posixpath.join(parent, f".{name}.restore-{tag}.tar.zst") if local_archive else manifest.archive
+    remote_archive = rp.remote_archive
     uploaded = False
     try:
         if local_archive is not None:

@@ -139,8 +139,8 @@ class StepRunner(Protocol):
         """Bucket counters consistent with the object tables."""
         ...
 
-    async def restore_node(self, rt: Runtime, node: str) -> StepResult:
-        """Restore one stopped node's metadata from its verified backup."""
+    async def restore_node(self, rt: Runtime, node: str, tag: str | None = None) -> StepResult:
+        """Restore one stopped node's metadata from its verified backup (paths named by ``tag``)."""
         ...
 
     async def sync_gate(self, rt: Runtime, opts: MigrationOptions, name: str) -> GateOutcome:
@@ -199,9 +199,9 @@ class EngineSteps:
         """:func:`garage_migrate.steps.check_counters`."""
         return await steps.check_counters(rt)
 
-    async def restore_node(self, rt: Runtime, node: str) -> StepResult:
+    async def restore_node(self, rt: Runtime, node: str, tag: str | None = None) -> StepResult:
         """:func:`garage_migrate.backup_step.restore_node`."""
-        return await backup_step.restore_node(rt, node)
+        return await backup_step.restore_node(rt, node, tag)
 
     async def sync_gate(self, rt: Runtime, opts: MigrationOptions, name: str) -> GateOutcome:
         """:func:`garage_migrate.runtime.run_sync_gate`."""

@@ -15,12 +15,9 @@ reporter; this module decides what a run does:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
-from ..backup.manifest import write_private_file
 from ..cluster_lock import ClusterLock
 from ..errors import SupersededError
 from ..gates import Clock
@@ -28,19 +25,8 @@ from ..journal import CommandJournal, in_step, with_journal
 from ..plan import MigrationOptions, MigrationPlan
 from ..steps import Runtime
 from .interfaces import Decider, Reporter, StepRunner
+from .planfile import save_plan
 from .run import Executor
-
-
-def plan_path(ledger_path: Path, digest: str) -> Path:
-    """Where a run keeps the plan it executed: ``plan-<digest>.json`` beside the ledger."""
-    return Path(ledger_path).with_name(f"plan-{digest}.json")
-
-
-def save_plan(plan: MigrationPlan, ledger_path: Path) -> Path:
-    """Write ``plan``'s JSON (:meth:`MigrationPlan.to_json`) beside the ledger, owner-only."""
-    path = plan_path(ledger_path, plan.digest())
-    write_private_file(path, (json.dumps(plan.to_json(), indent=2) + "\n").encode())
-    return path
 
 
 async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions, *, dry_run: bool,

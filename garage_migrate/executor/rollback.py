@@ -1,59 +1,51 @@
-"""Rolling nodes back to 0.7 with their verified metadata backups, through a step runner.
+"""Rolling nodes back to 0.7 with their verified metadata backups: a plan
+(:mod:`garage_migrate.rollback_plan`) executed by the :class:`~.run.Executor`.
 
-Per node: stop, switch the binary back to the recorded original, restore the metadata from
-this migration's verified backup (the current dir is moved aside, never deleted), start on
-the original version; then the cluster must be healthy and pass a sync gate. Used by the
-rollback flow and by the executor's "roll back every node" decision.
+Used by the rollback flow (which begins with the plan's approval) and by the executor's
+"roll back every node" answer to a failed flip (the answer is the approval: the question
+showed the plan).
 """
 
 from __future__ import annotations
 
-import asyncio
+import logging
 
-from ..journal import in_step
-from ..plan import MigrationOptions
+from ..gates import Clock
+from ..plan import MigrationOptions, MigrationPlan
+from ..rollback_plan import make_rollback_plan, new_tag
 from ..steps import Runtime
-from .interfaces import StepRunner
+from .interfaces import Decider, Reporter, StepRunner
+from .planfile import save_plan
+
+#: How long the sync gate after a rollback waits before asking a person.
+ROLLBACK_GATE_DEADLINE_S = 300.0
 
 
-async def rollback_nodes(rt: Runtime, steps: StepRunner, nodes: list[str]) -> None:
-    """Stop, switch back, restore and start ``nodes`` (together), then check health."""
-    async def one(node: str):
-        before = rt.ledger.node(node).version_before
-        rt.ledger.check_holder()  # a superseded process never acts
-        with in_step("rollback", "stop"):
-            await steps.stop_node(rt, node)
-        with in_step("rollback", "switch"):
-            await steps.switch_binary(rt, node, "source")
-        with in_step("rollback", "restore"):
-            await steps.restore_node(rt, node)
-        with in_step("rollback", "start"):
-            await steps.start_node(rt, node, before)
-        await rt.ledger.record_step(node, "rollback", "done", f"back on {before}")
-    results = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
-    failed = {n: r for n, r in zip(nodes, results) if isinstance(r, BaseException)}
-    if failed:
-        raise next(iter(failed.values()))
-    with in_step("rollback", "wait-healthy"):
-        await steps.wait_healthy(rt, [n.name for n in rt.facts.nodes], "all")
+def rollback_plan_for(rt: Runtime, *, nodes: list[str] | None = None, approve: bool = True,
+                      tag: str | None = None) -> MigrationPlan:
+    """The rollback plan of ``nodes`` (default: all) of the migration in ``rt``'s ledger."""
+    return make_rollback_plan(rt.inv, rt.facts, rt.ledger.doc, tag=tag or new_tag(), nodes=nodes, approve=approve)
 
 
-async def sync_gate_after_rollback(rt: Runtime, steps: StepRunner, gate_deadline_s: float):
-    """The sync gate that ends a rollback, recorded in the ledger (``sync-rollback``).
+async def run_rollback(rt: Runtime, plan: MigrationPlan, *, steps: StepRunner, decider: Decider,
+                       reporter: Reporter, clock: Clock | None = None, auto_approve: bool = False,
+                       gate_deadline_s: float = ROLLBACK_GATE_DEADLINE_S,
+                       log: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+    """Execute the rollback ``plan``; the ledger ends ``rolled-back`` when every node went back.
 
-    It reports; it does not fail the rollback, which is done by then.
+    The plan is saved beside the ledger (``plan-<digest>.json``) like a migration's, and its
+    commands are journalled and checked against it the same way.
     """
-    with in_step("rollback", "sync-gate"):
-        outcome = await steps.sync_gate(rt, MigrationOptions(gate_deadline_s=gate_deadline_s), "rollback")
-    await rt.ledger.record_gate("sync-rollback", status=outcome.status, reasons=list(outcome.reasons))
-    if outcome.status != "passed":
-        rt.log.warning("sync gate after the rollback: %s (%s)", outcome.status, "; ".join(outcome.reasons))
-    return outcome
+    from .run import Executor  # run imports this module
 
-
-async def rollback_all(rt: Runtime, steps: StepRunner, gate_deadline_s: float = 300.0) -> None:
-    """Roll every node back (the "roll back every node" decision), ending with the sync gate."""
-    await rt.ledger.event("rollback", "rolling back every node")
-    await rollback_nodes(rt, steps, [n.name for n in rt.facts.nodes])
-    await sync_gate_after_rollback(rt, steps, gate_deadline_s)
-    await rt.ledger.set(state="rolled-back")
+    led = rt.ledger
+    save_plan(plan, led.path)
+    await led.event("rollback", f"rolling back {', '.join(sorted({s.node for s in plan.steps() if s.node}))} "
+                                f"(plan {plan.digest()})")
+    await reporter.plan(plan.migration_id, plan.to_markdown(), "The rollback plan")
+    opts = MigrationOptions(gate_deadline_s=gate_deadline_s, gate_consecutive=2, watch_s=0.0)
+    ex = Executor(rt, plan, opts, steps=steps, decider=decider, reporter=reporter, clock=clock,
+                  auto_approve=auto_approve, log=log)
+    await ex.run_phases()
+    if {s.node for s in plan.steps() if s.node} == {n.name for n in rt.facts.nodes}:
+        await led.set(state="rolled-back")

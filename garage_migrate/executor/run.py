@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 
-from ..errors import MigrationAborted, SupersededError
+from ..errors import MigrationAborted, PlanError, SupersededError
 from ..gates import Clock, SystemClock
 from ..journal import in_step
 from ..plan import MigrationOptions, MigrationPlan, Phase, Step, Wave
@@ -30,7 +30,7 @@ from ..runtime import watch_report
 from ..steps import Runtime, StepResult
 from .decisions import Decisions
 from .interfaces import Decider, NullReporter, Reporter, StepRunner
-from .rollback import rollback_all
+from .rollback import rollback_plan_for, run_rollback
 from .schedule import NodeSequence, schedule_wave
 
 
@@ -88,6 +88,12 @@ class Executor:
             await led.event("previous-error", f"the previous attempt failed: {led.doc.error}")
         await led.set(plan_digest=digest, state="running", error=None)
         await self.reporter.plan(self.plan.migration_id, self.plan.to_markdown(), "The migration plan")
+        await self.run_phases()
+
+    async def run_phases(self) -> None:
+        """Execute every phase of the plan in order (no header: a rollback plan runs inside a
+        migration's ledger without taking over its plan digest)."""
+        led = self.rt.ledger
         for phase in self.plan.phases:
             await led.event("phase", f"start {phase.name}")
             for wave in phase.waves:
@@ -154,7 +160,9 @@ class Executor:
             case "stage":
                 return await T.stage_binary(rt, n)
             case "switch":
-                return await T.switch_binary(rt, n, "target")
+                return await T.switch_binary(rt, n, s.arg("to") or "target")
+            case "restore":
+                return await T.restore_node(rt, n, s.arg("tag"))
             case "offline-repair":
                 return await T.offline_repair(rt, n)
         raise ValueError(f"no node task for step {s.kind}")
@@ -237,11 +245,20 @@ class Executor:
         attempt = 0
         while failed:
             attempt += 1
+            try:
+                back, why = rollback_plan_for(self.rt, approve=False), None  # what "roll back" will run
+            except PlanError as exc:
+                back, why = None, exc
             md = ("**Nodes failed to start on 0.8** after the simultaneous restart; the cluster must not stay "
-                  "split across versions.\n\n" + "\n".join(f"- {n}: {e}" for n, e in failed.items()))
+                  "split across versions.\n\n" + "\n".join(f"- {n}: {e}" for n, e in failed.items())
+                  + "\n\nRetry starts them again on 0.8; "
+                  + (f"roll back runs this plan:\n\n{back.to_markdown()}" if back else f"roll back is not possible: {why}"))
             decision = await self.decide("flip-failure", f"flip-failure-{attempt}", md, clean=False)
             if decision == "rollback":
-                await rollback_all(self.rt, self.steps)
+                if back is None:
+                    raise MigrationAborted(f"roll back was chosen but cannot run: {why}")
+                await run_rollback(self.rt, back, steps=self.steps, decider=self.decisions.decider,
+                                   reporter=self.reporter, clock=self.clock, log=self.log)
                 raise MigrationAborted("rolled back every node to 0.7 after a failed 0.8 start")
             self.rt.ledger.check_holder()
             allowed = frozenset().union(*(st.allowed() for w in self.plan.phase("flip").waves for st in w.steps

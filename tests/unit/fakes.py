@@ -40,16 +40,35 @@ class FakeSteps(EngineSteps):
         self._rec(step, node, arg)
         return StepResult(step, node, "done")
 
-    async def preflight(self, rt, node): return await self._done("preflight", node)
+    async def preflight(self, rt, node):
+        # what the real preflight records and a rollback plan reads
+        f = rt.nfacts(node)
+        await rt.ledger.set_node(node, zone=f.zone, version_before=f.version, binary_before=f.binary_target)
+        return await self._done("preflight", node)
     async def set_api(self, rt, node, enabled): return await self._done("set_api", node, enabled)
     async def launch_repair(self, rt, what): return await self._done("launch_repair", None, what)
     async def stop_node(self, rt, node): return await self._done("stop_node", node)
     async def wait_healthy(self, rt, nodes, scope): return await self._done("wait_healthy", None, scope)
-    async def backup_metadata(self, rt, node): return await self._done("backup_metadata", node)
+    async def backup_metadata(self, rt, node):
+        # a manifest on the controller, as the real step leaves (a rollback plan reads it)
+        from garage_migrate.backup.manifest import Manifest, backup_paths, write_private_file
+        from garage_migrate.ledger_model import BackupRef
+
+        f, version = rt.nfacts(node), rt.ledger.node(node).version_before or "0.7.3"
+        paths = backup_paths(rt.inv.backup.root, rt.inv.cluster, rt.ledger.doc.migration_id, node, version)
+        paths.dir.mkdir(parents=True, exist_ok=True)
+        m = Manifest(cluster=rt.inv.cluster, migration_id=rt.ledger.doc.migration_id, node=node, node_id=f.id64,
+                     source_version=version, metadata_dir=f.config.metadata_dir, mode="controller",
+                     archive=paths.archive.name, created_at="2026-12-01T12:00:00Z", zstd_level=3, du_bytes=10,
+                     uncompressed_bytes=10240, compressed_bytes=512, archive_sha256="ab" * 32, members=())
+        write_private_file(paths.manifest, m.model_dump_json().encode())
+        await rt.ledger.set_node(node, backup=BackupRef(path=str(paths.archive), manifest=str(paths.manifest),
+                                                        sha256="ab" * 32, version=version))
+        return await self._done("backup_metadata", node)
     async def stage_binary(self, rt, node): return await self._done("stage_binary", node)
     async def switch_binary(self, rt, node, to="target"): return await self._done("switch_binary", node, to)
     async def offline_repair(self, rt, node): return await self._done("offline_repair", node)
-    async def restore_node(self, rt, node): return await self._done("restore_node", node)
+    async def restore_node(self, rt, node, tag=None): return await self._done("restore_node", node)
 
     async def start_node(self, rt, node, version):
         self._rec("start_node", node, version)
@@ -80,9 +99,11 @@ class ScriptedDecider:
     def __init__(self, **answers: list[str]):
         self.answers = {k.replace("_", "-"): list(v) for k, v in answers.items()}
         self.asked: list[tuple[str, str]] = []
+        self.descriptions: dict[str, str] = {}
 
     async def ask(self, kind, key, description):
         self.asked.append((kind, key))
+        self.descriptions[key] = description
         for prefix, actions in self.answers.items():
             if key.startswith(prefix) and actions:
                 return Answer(action=actions.pop(0), note=f"scripted {kind}", pause_key=f"{key}-p", flow_run_id="fr")

@@ -177,6 +177,15 @@ def test_flip_failure_then_rollback_restores_every_node(tmp_path):
     assert data.state == "rolled-back"
     assert data.gates["sync-rollback"].status == "passed"
     assert not [c for c in steps.calls if c[0] == "offline_repair"]
+    # the rollback is a plan run by the executor: its steps are recorded per node, in its phases,
+    # and it was shown in the question ("roll back runs this plan")
+    for n in ("n1", "n2", "n3"):
+        assert [data.nodes[n].steps[k].status for k in ("rollback-stop:stop", "rollback-switch:switch",
+                                                        "rollback-restore:restore", "rollback-start:start")] == ["done"] * 4
+    assert "Restore the metadata" in decider.descriptions["flip-failure-1"]
+    rb = [c for c in steps.calls if c[0] in ("stop_node", "switch_binary", "restore_node", "start_node")][-12:]
+    assert [c[0] for c in rb] == ["stop_node"] * 3 + ["switch_binary"] * 3 + ["restore_node"] * 3 + ["start_node"] * 3
+    assert {c[2] for c in rb if c[0] == "start_node"} == {"0.7.3"}
 
 
 # ---------------------------------------------------------------------------- resumption
