@@ -223,7 +223,14 @@ def _assert_buckets_match_ground_truth(lab, via: str, settle_s: float = 60.0) ->
         time.sleep(2.0)
 
 
-def assert_journal_is_the_plan(journal: list[dict], plan: dict) -> None:
+def skipped_steps(led: Ledger) -> set[tuple[str, str, str]]:
+    """``(node, phase, step kind)`` of the node steps the ledger records as skipped (they
+    observed the node already in the wanted state, so they ran none of their acts)."""
+    return {(n, *k.split(":", 1)) for n, rec in led.doc.nodes.items() for k, st in rec.steps.items()
+            if st.status == "skipped" and ":" in k}
+
+
+def assert_journal_is_the_plan(journal: list[dict], plan: dict, skipped=frozenset()) -> None:
     """The journal's acts are the plan's acts, per node and step (issue 9 "Done when").
 
     Every act the journal holds for a plan step (phase, step kind) is one its plan steps list
@@ -243,7 +250,7 @@ def assert_journal_is_the_plan(journal: list[dict], plan: dict) -> None:
                 alternatives_cleanup.update(cleanup)
     alternatives = set().union(*one_of) if one_of else set()
     assert ran - listed - alternatives - alternatives_cleanup == set(), "acts that no plan step lists"
-    assert listed - ran == set(), "acts the plan lists that never ran"
+    assert {a for a in listed - ran if a[:3] not in skipped} == set(), "acts the plan lists that never ran"
     for acts in one_of:
         assert len({a[0] for a in acts & ran}) >= 1, f"a one-of step ran nowhere: {sorted(acts)[:1]}"
     assert sum(1 for e in journal if e["event"] == "refused") == 0
@@ -267,7 +274,7 @@ def _assert_end_state(lab, res: dict, procedure: str, target: str, tr: traffic.T
     assert lab.info["rpc_secret"] not in journal.read_text()
     executed = json.loads(Path(res["ledger"]).with_name(f"plan-{led.doc.plan_digest}.json").read_text())
     assert executed == res["cli_plan"], "the plan that ran is not the one `garage-migrate plan --json` showed"
-    assert_journal_is_the_plan(lines, executed)
+    assert_journal_is_the_plan(lines, executed, skipped_steps(led))
     mid = led.doc.migration_id
     assert mid.endswith(f"-to-v{target}")
 

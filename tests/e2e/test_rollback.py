@@ -238,11 +238,26 @@ def test_rollback_after_a_failed_08_start_restores_073_everywhere(make_lab, pref
     assert led.gate("sync-rollback") and led.gate("sync-rollback").status == "passed", led.gate("sync-rollback")
     for n in names:
         rec = led.node(n)
-        assert rec.steps.get("rollback") and rec.steps["rollback"].status == "done", (n, rec.steps.get("rollback"))
+        # the rollback plan's steps, each recorded done for this node
+        done = {k: rec.steps[k].status for k in rec.steps if k.startswith("rollback-")}
+        # the node whose 0.8 start failed is already stopped: its stop observes that and skips
+        want_stop = "skipped" if n == VICTIM else "done"
+        assert done == {"rollback-stop:stop": want_stop, "rollback-switch:switch": "done",
+                        "rollback-restore:restore": "done", "rollback-start:start": "done"}, (n, done)
         assert rec.restored.source == rec.backup.path, (n, rec.restored, rec.backup)
         # the dir the 0.8 start may have touched is kept aside, never deleted
         assert Path(rec.restored.moved_aside).is_dir(), rec.restored
         assert rec.running_version == SOURCE, rec  # back on 0.7: the "version after" says so
+    # the rollback ran as its plan says: its journalled acts are the plan's (saved beside the ledger)
+    from tests.e2e.test_procedures import assert_journal_is_the_plan, skipped_steps
+
+    (msg,) = [e.message for e in led.doc.events if e.kind == "rollback"]
+    digest = msg.rsplit("(plan ", 1)[1].rstrip(")")
+    rb_plan = json.loads(led.path.with_name(f"plan-{digest}.json").read_text())
+    journal = [json.loads(x) for x in led.path.with_name("commands.jsonl").read_text().splitlines()]
+    assert_journal_is_the_plan([e for e in journal if str(e.get("phase")).startswith("rollback-")], rb_plan,
+                               skipped_steps(led))
+    assert (VICTIM, "rollback-stop", "stop") in skipped_steps(led)  # the failed node was stopped already
     # (the ledger's top-level state reads "failed", not "rolled-back": _migrate overwrites what
     # rollback_all set when MigrationAborted goes through it; reported, not asserted here)
     assert "MigrationAborted" in (led.doc.error or ""), led.doc.error
