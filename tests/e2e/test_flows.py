@@ -22,9 +22,15 @@ def _run(flow_fn, **kw):
 def test_dry_run_changes_nothing_on_any_node(make_lab, prefect_server):
     from flows.migration import minimal_downtime_migration
 
-    lab = make_lab(version="0.7.3", zones=3, per_zone=1, wait_prometheus=False)
+    # The dry run executes every step (over shells that record the acts), which takes tens of
+    # seconds; the daemons' own first anti-entropy sync (20 s after start) would merge the
+    # lab's unsynced entries into a node's DB meanwhile. Pushed back, so that the metadata
+    # checksums below speak of what the dry run did.
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1, wait_prometheus=False,
+                   knobs={"anti_entropy_startup_s": 3600.0})
     before = _truth(lab)
     res = _run(minimal_downtime_migration, inventory=str(lab.dir / "inventory.yaml"), options=FAST, dry_run=True)
+    assert res["acts"] > 0 and not res["not_listed"], res  # it did execute the plan
     assert res["dry_run"] is True
     after = _truth(lab)
     for name, b in before.items():

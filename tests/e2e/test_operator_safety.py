@@ -104,13 +104,13 @@ def test_retry_of_a_run_crashed_through_the_api_while_its_process_lives_asks_aga
     first = stack.wait_paused(frid).state.state_details.pause_key
     assert first.startswith("approve-shutdown-"), first
     old = _ledger(lab).doc.holder
-    stack.flow_pids.add(old["pid"])
+    stack.flow_pids.add(old.pid)
     t0 = time.time()
     _crash_through_the_api_and_retry(stack, frid)
     again = stack.wait_paused(frid, not_key={first}).state.state_details.pause_key
     assert again.startswith("approve-shutdown-") and again != first, again
     # the paused process saw its run leave Paused through a retry: it stopped, touching nothing
-    assert process_gone(old["pid"]), f"the superseded process {old['pid']} is still running"
+    assert process_gone(old.pid), f"the superseded process {old.pid} is still running"
     assert service_events(lab, t0) == [], "a node was stopped or started after the crash"
     led = _ledger(lab)
     _no_decision(led, "approve-shutdown")
@@ -203,7 +203,7 @@ def test_a_paused_run_outlives_the_lease_while_every_other_run_on_the_cluster_is
     paused_at = time.monotonic()
     key = fr.state.state_details.pause_key
     holder = _ledger(lab).doc.holder
-    stack.flow_pids.add(holder["pid"])
+    stack.flow_pids.add(holder.pid)
     t0 = time.time()
     others = {
         "a second run of the same deployment": stack.run_deployment(SIMPLE, **_params(lab)),
@@ -222,7 +222,7 @@ def test_a_paused_run_outlives_the_lease_while_every_other_run_on_the_cluster_is
         time.sleep(1)
     fr = stack.flow_run(frid)
     assert fr.state.is_paused() and fr.state.state_details.pause_key == key, fr.state
-    assert not process_gone(holder["pid"], timeout=0.5), "the paused run's process died"
+    assert not process_gone(holder.pid, timeout=0.5), "the paused run's process died"
     stack.resume(frid, {"action": "approve", "note": "after the lease"})
     reopen = stack.wait_paused(frid, not_key={key}, timeout=400).state.state_details.pause_key
     assert reopen.startswith("approve-reopen-"), reopen
