@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .backup.engine import BackupRecord, backup_node, observe_stopped, restore_metadata
 from .ledger_model import BackupRef, RestoreRef
-from .plan import backup_actions
+from .actions import for_node_backup as backup_actions
 from .steps import Runtime, StepResult, service_active
 
 

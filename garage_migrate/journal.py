@@ -31,8 +31,8 @@ from .actions import Upload
 from .commands import RemoteCommand
 from .errors import GarageMigrateError, NotInPlanError, tail_text
 
-_STEP: contextvars.ContextVar[tuple[str | None, str | None, int, frozenset | None]] = contextvars.ContextVar(
-    "garage_migrate_journal_step", default=(None, None, 1, None))
+_STEP: contextvars.ContextVar[tuple[str | None, str | None, int, frozenset | None, dict | None]] = \
+    contextvars.ContextVar("garage_migrate_journal_step", default=(None, None, 1, None, None))
 _SECRET_WORD = re.compile(r"(?i)(secret|token|password|passwd)")
 _SECRET_ASSIGN = re.compile(r"(?i)((?:[\w.-]*)(?:secret|token|password|passwd)[\w.-]*\s*[=:]\s*)(\S+)")
 REDACTED = "<redacted>"
@@ -48,8 +48,11 @@ def in_step(phase: str | None, step: str | None, attempt: int = 1,
             (:meth:`garage_migrate.plan.Step.allowed`): any other act raises
             :class:`~garage_migrate.errors.NotInPlanError` before it runs. ``None``: not a
             plan step (the cluster lock's records), nothing is checked.
+
+    An act that runs again inside the same block is a retry of it (a task retry repeats the
+    step): it is journalled with the next attempt number.
     """
-    token = _STEP.set((phase, step, attempt, allowed))
+    token = _STEP.set((phase, step, attempt, allowed, {}))
     try:
         yield
     finally:
@@ -115,7 +118,11 @@ class JournalShell:
         return getattr(self.inner, name)
 
     def _base(self, kind: str, argv: list[str], rendered: str) -> dict[str, Any]:
-        phase, step, attempt, _allowed = _STEP.get()
+        phase, step, attempt, _allowed, seen = _STEP.get()
+        if kind == "act" and seen is not None:
+            # the same act again in this step: a retry, numbered from the step's attempt on
+            n = seen[(self.node, rendered)] = seen.get((self.node, rendered), -1) + 1
+            attempt += n
         return {"t": time.time(), "node": self.node, "phase": phase, "step": step, "attempt": attempt,
                 "kind": kind, "argv": argv, "command": rendered}
 

@@ -219,64 +219,17 @@ class MigrationPlan:
         return [(a.node, ph.name, s.kind, a.op.render()) for ph in self.phases for w in ph.waves
                 for s in w.steps for a in s.acts]
 
-    def _where(self, w: Wave) -> str:
-        """The zones a wave is about, as a prefix ("dc1: ", "dc1 + dc2: ") or "" for all/none."""
-        if w.zone:
-            return f"{w.zone}: "
-        zone_of = {n: z for z, ns in self.zones for n in ns}
-        zs = list(dict.fromkeys([zone_of[s.node] for s in w.steps if s.node in zone_of] +
-                                [s.arg("scope") for s in w.steps if s.kind == "wait-healthy" and s.arg("scope") != "all"]))
-        return f"{' + '.join(zs)}: " if zs and len(zs) < len(self.zones) else ""
-
     def to_markdown(self, from_phase: str | None = None) -> str:
         """Markdown for approval forms and artifacts (optionally from ``from_phase`` on)."""
-        from .executor.schedule import schedule_wave  # lazily: the executor package imports this module
+        from .plan_render import to_markdown
 
-        out = [f"### Migration plan `{self.migration_id}`: {self.procedure} procedure, "
-               f"{self.cluster} to Garage v{self.target_version}",
-               f"Replication mode `{self.replication_mode}`; zones: " +
-               ", ".join(f"**{z}** ({', '.join(ns)})" for z, ns in self.zones),
-               f"At most {self.max_parallel_nodes} node(s) at once in a wave, except the simultaneous restart "
-               "(every node at once).", ""]
-        for w in self.warnings:
-            out.append(f"> warning: {w}")
-        started = from_phase is None
-        for i, ph in enumerate(self.phases, 1):
-            started = started or ph.name == from_phase
-            if not started:
-                continue
-            out.append(f"**{i}. {ph.title}**" + (" (needs approval)" if ph.risky else ""))
-            for w in ph.waves:
-                ws = schedule_wave(w, self.max_parallel_nodes)
-                kinds = sorted({s.kind for s in w.steps}, key=[s.kind for s in w.steps].index)
-                what = ", ".join(kinds) + (f" on {', '.join(ws.nodes)}" if ws.nodes else "")
-                out.append(f"- {self._where(w)}{what}" + (f" ({ws.label()})" if ws.label() else ""))
-                for s in w.steps[:1]:
-                    for c in s.commands:
-                        out.append(f"  - `{c}`")
-        return "\n".join(out)
+        return to_markdown(self, from_phase)
 
     def to_text(self) -> str:
         """Plain text for the terminal (every step and command)."""
-        from .executor.schedule import schedule_wave  # lazily: the executor package imports this module
+        from .plan_render import to_text
 
-        out = [f"Migration {self.migration_id}: {self.procedure}, cluster {self.cluster} -> v{self.target_version}",
-               f"replication_mode {self.replication_mode}; " +
-               "; ".join(f"{z}: {' '.join(ns)}" for z, ns in self.zones),
-               f"max_parallel_nodes {self.max_parallel_nodes} (the simultaneous restart is never split)"]
-        out += [f"warning: {w}" for w in self.warnings]
-        for i, ph in enumerate(self.phases, 1):
-            out.append(f"\n{i}. {ph.title}" + ("  [approval]" if ph.risky else ""))
-            for w in ph.waves:
-                label = schedule_wave(w, self.max_parallel_nodes).label()
-                out.append(f"   wave {w.name}" + (f" ({label})" if label else ""))
-                for s in w.steps:
-                    out.append(f"     - {s.kind}" + (f" {s.node}" if s.node else "") +
-                               (f" ({', '.join(f'{k}={v}' for k, v in s.args)})" if s.args else "") +
-                               (f"  # {s.note}" if s.note else ""))
-                    for c in s.commands:
-                        out.append(f"         $ {c}")
-        return "\n".join(out)
+        return to_text(self)
 
 
 # ---------------------------------------------------------------------------- building
@@ -306,7 +259,7 @@ class _Builder:
             case "start":
                 ops = A.start(n).ops()
             case "backup":
-                b = backup_actions(self.inv, self.facts, self.migration_id, node, self.source(node))
+                b = A.for_node_backup(self.inv, self.facts, self.migration_id, node, self.source(node))
                 return A.bind(node, b.ops(), b.cleanup)
             case "stage":
                 ops = A.stage(n).ops()
@@ -339,20 +292,6 @@ class _Builder:
         else:
             actions = ()
         return Step(kind, node, tuple(sorted(args.items())), actions, one_of, note)
-
-
-def backup_actions(inv: Inventory, facts: ClusterFacts, migration_id: str, node: str,
-                   source_version: str) -> A.BackupActions:
-    """The backup step's actions on ``node`` (used by the planner and by the backup step)."""
-    from .backup.manifest import backup_paths, remote_backup_paths
-
-    f = facts.node(node)
-    local = backup_paths(inv.backup.root, inv.cluster, migration_id, node, source_version).archive
-    remote = (remote_backup_paths(inv.node(node).backup_root, inv.cluster, migration_id, node,
-                                  source_version.removeprefix("v"))
-              if inv.backup.mode == "on-node" else None)
-    return A.backup(A.spec(inv, facts, node), mode=inv.backup.mode, metadata_bytes=f.metadata_bytes,
-                    local_archive=str(local), remote_paths=remote)
 
 
 def _check_policy(facts: ClusterFacts, procedure: Procedure, opts: MigrationOptions) -> list[str]:

@@ -39,7 +39,7 @@ import zstandard
 
 from .. import commands as C
 from .. import probes
-from ..actions import on_node_temp, restore_paths
+from ..actions import BACKUP_MIN_RATE, BACKUP_TIMEOUT_FLOOR, on_node_temp, restore_paths
 from ..commands import NodeContext, RemoteCommand
 from ..errors import BackupError, CommandError, CommandRefused, CommandTimeout, LockHeldError, TransportError
 from ..nodelog import NodeLog, node_log
@@ -121,8 +121,8 @@ class BackupOptions:
     chunk: int = 1 * _MiB
     batch: int = 4 * _MiB
     queue_depth: int = 4
-    min_rate: float = 20.0 * _MiB
-    timeout_floor: float = 300.0
+    min_rate: float = BACKUP_MIN_RATE  # the plan's timeouts use the same figures
+    timeout_floor: float = BACKUP_TIMEOUT_FLOOR
     space_headroom: int = 64 * _MiB
     check_mtime: bool = True
     hash_batch: int = 256

@@ -40,7 +40,8 @@ from ..errors import CommandError
 from ..gates import Clock, GateOutcome
 from ..journal import CommandJournal, JournalShell
 from ..ledger_model import BackupRef
-from ..plan import MigrationOptions, MigrationPlan, backup_actions
+from ..actions import for_node_backup as backup_actions
+from ..plan import MigrationOptions, MigrationPlan
 from ..ssh import Result
 from ..steps import Runtime, StepResult
 from .interfaces import Answer, EngineSteps, Reporter

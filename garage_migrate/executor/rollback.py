@@ -42,7 +42,8 @@ async def run_rollback(rt: Runtime, plan: MigrationPlan, *, steps: StepRunner, d
     save_plan(plan, led.path)
     await led.event("rollback", f"rolling back {', '.join(sorted({s.node for s in plan.steps() if s.node}))} "
                                 f"(plan {plan.digest()})")
-    await reporter.plan(plan.migration_id, plan.to_markdown(), "The rollback plan")
+    # its own artifact key: the migration's plan artifact stays what the migration ran
+    await reporter.plan(f"{plan.migration_id}-rollback", plan.to_markdown(), "The rollback plan")
     opts = MigrationOptions(gate_deadline_s=gate_deadline_s, gate_consecutive=2, watch_s=0.0)
     ex = Executor(rt, plan, opts, steps=steps, decider=decider, reporter=reporter, clock=clock,
                   auto_approve=auto_approve, log=log)

@@ -33,7 +33,8 @@ from tests.e2e.stack import gate_of
 FAST = MigrationOptions(watch_s=2.0, gate_deadline_s=90.0, gate_consecutive=2)
 ZONES, PER_ZONE = 3, 2
 APPROVAL_GATES = {"minimal-downtime": ["approve-flip"], "simple": ["approve-shutdown", "approve-reopen"]}
-FLOW_NAMES = {"minimal-downtime": "minimal-downtime-migration", "simple": "simple-migration"}
+FLOW_NAMES = {"minimal-downtime": "minimal-downtime-migration", "simple": "simple-migration",
+              "rollback": "rollback-migration"}
 NOTE = "e2e"
 # what the auto-approve rule records (garage_migrate.executor.decisions, since issue 8)
 AUTO_NOTE = "gate passed cleanly"
@@ -485,3 +486,53 @@ def test_second_run_of_a_finished_migration_changes_nothing_and_says_so(minimal_
             break
         time.sleep(1)
     assert any("already done: nothing to do" in m for m in logs), logs[-5:]
+
+
+@pytest.mark.timeout(600)
+def test_the_rollback_flow_asks_for_its_plan_then_returns_every_node_to_073(minimal_080_done):
+    """The rollback is a plan like a migration's (issue 9): the flow pauses for its approval,
+    then runs it; every node is back on 0.7.3 with its backup, and the journal holds exactly
+    the rollback plan's acts. Last in the module: it takes the shared lab back to 0.7.3."""
+    from flows.rollback import rollback_migration
+
+    lab = minimal_080_done["lab"]
+    inv = str(lab.dir / "inventory.yaml")
+    box: dict = {}
+    finished = threading.Event()
+
+    def worker():
+        try:
+            box["result"] = asyncio.run(rollback_migration(inventory=inv, procedure="minimal-downtime",
+                                                           gate_deadline_s=90.0))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            box["error"] = exc
+        finally:
+            finished.set()
+
+    th = threading.Thread(target=worker, daemon=True, name="e2e-rollback-flow")
+    th.start()
+    answerer = _Answerer("rollback", inv, approve=True)
+    answerer.run_until(finished)
+    th.join(30)
+    assert "error" not in box, box.get("error")
+    res = box["result"]
+    names = sorted(n["name"] for n in lab.nodes)
+    assert [gate_of(k) for k, _ in answerer.resumed] == ["approve-rollback"] and not answerer.unexpected
+    assert res["rolled_back"] == names and res["gate"] == "passed", res
+
+    truth = lab.inspect(checksums=False)["nodes"]
+    assert {n: t["running_version"] for n, t in truth.items()} == {n: "0.7.3" for n in names}
+    assert all(t["binary_target"].endswith("garage-v0.7.3") for t in truth.values())
+    led = Ledger.load(minimal_080_done["res"]["ledger"])
+    assert led.doc.state == "rolled-back" and led.doc.holder is None
+    gate = led.gate("approve-rollback")
+    assert (gate.decision, gate.by, gate.note) == ("approve", "person", NOTE)
+    for n in names:
+        rec = led.node(n)
+        assert rec.restored and rec.restored.source == rec.backup.path and rec.running_version == "0.7.3"
+    journal = [json.loads(x) for x in led.path.with_name("commands.jsonl").read_text().splitlines()]
+    rb_plan = json.loads(led.path.with_name(f"plan-{res['plan_digest']}.json").read_text())
+    assert [p["name"] for p in rb_plan["phases"]][0] == "approve-rollback"
+    assert_journal_is_the_plan([e for e in journal if str(e.get("phase")).startswith("rollback-")], rb_plan,
+                               skipped_steps(led))
+

@@ -149,3 +149,22 @@ def test_a_run_journals_each_step_s_commands_beside_the_ledger(tmp_path):
     assert sorted(stops) == sorted((n, p) for n in ("n1", "n2", "n3")
                                    for p in ("rolling-backup", "flip", "offline-repair"))
     assert with_journal(rt, journal).shell("n1").node == "n1"
+
+
+def test_an_act_repeated_in_the_same_step_is_journalled_as_the_next_attempt(tmp_path):
+    # a task retry runs the step again: its acts are the plan's, numbered by attempt
+    j = CommandJournal(tmp_path / "commands.jsonl")
+    shell = JournalShell(FakeShell(j), "n1", j)
+    sig, stop = C.service_signal(CTX, "SIGINT"), C.service_stop(CTX)
+    with in_step("flip", "stop"):
+        for _ in range(2):
+            run(shell.run(sig))
+            run(shell.run(stop))
+        run(shell.run(C.service_status(CTX), check=False))
+        run(shell.run(C.service_status(CTX), check=False))
+    started = [(e["command"], e["attempt"]) for e in j.read() if e["event"] == "started"]
+    assert started == [(sig.render(), 1), (stop.render(), 1), (sig.render(), 2), (stop.render(), 2)]
+    assert {e["attempt"] for e in j.read() if e["kind"] == "observe"} == {1}
+    with in_step("flip", "stop", 3):  # a flip-failure retry numbers from its own attempt
+        run(shell.run(sig))
+    assert j.read()[-1]["attempt"] == 3
