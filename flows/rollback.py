@@ -43,14 +43,14 @@ async def rollback_migration(inventory: str, migration_id: str | None = None, no
     log = get_run_logger()
     try:
         async with R.open_runtime(inventory, procedure, migration_id, log=log) as rt:
-            plan = rollback_plan_for(rt, nodes=nodes)  # refused before anything is locked if a backup is missing
             rt = with_journal(rt, CommandJournal.beside(rt.ledger.path))  # every command is journalled
-            # the migration's own lock: refused while the migration's run is alive, taken over
-            # when it is gone; another migration's lock refuses the rollback
+            # the migration's own lock first: refused while the migration's run is alive, taken
+            # over when it is gone; another migration's lock refuses the rollback
             with in_step(None, "cluster-lock"):
                 lock = await hold_cluster(rt, procedure, "rollback", log)
             decider = PrefectDecider(Asker(lock.identity.token, lock.superseded, log), pause_timeout)
             try:
+                plan = rollback_plan_for(rt, nodes=nodes)  # PlanError: a node has nothing to go back to
                 await run_rollback(rt, plan, steps=PrefectSteps(), decider=decider, reporter=PrefectReporter(),
                                    gate_deadline_s=gate_deadline_s, log=log)
             except BaseException:

@@ -178,6 +178,23 @@ def service_events(lab, since: float) -> list[dict]:
     return [e for e in (json.loads(x) for x in path.read_text().splitlines() if x.strip()) if e["t"] > since]
 
 
+def flow_run_pids(flow_run_id) -> list[int]:
+    """The live processes the worker started for ``flow_run_id`` (its ``PREFECT__FLOW_RUN_ID``)."""
+    want = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = (d / "environ").read_bytes().split(b"\0")
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if want in env and state != "Z":
+            out.append(int(d.name))
+    return sorted(out)
+
+
 def process_gone(pid: int, timeout: float = 30) -> bool:
     """Whether ``pid`` exits (or is a zombie) within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

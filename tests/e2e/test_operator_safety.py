@@ -9,6 +9,7 @@ recorded that no person gave.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import yaml
 
 from garage_migrate.ledger import Ledger
 from garage_migrate.plan import MigrationOptions
-from tests.e2e.stack import ROOT, PrefectStack, process_gone, service_events
+from tests.e2e.stack import ROOT, PrefectStack, flow_run_pids, process_gone, service_events
 
 FAST = MigrationOptions(watch_s=2.0, gate_deadline_s=90.0, gate_consecutive=2).model_dump(mode="json")
 SIMPLE = "simple-migration/simple"
@@ -134,10 +135,14 @@ def test_a_killed_paused_run_is_asked_again_by_its_retry_and_by_a_new_run(stack,
     assert again.startswith("approve-shutdown-") and again != first
     assert service_events(lab, t0) == []
     _no_decision(_ledger(lab), "approve-shutdown")
-    # the process of the retry dies too; a new run of the same migration takes it over
-    pid2 = _ledger(lab).doc.holder.pid
-    os.kill(pid2, signal.SIGKILL)
-    assert process_gone(pid2)
+    # the process of the retry dies too; a new run of the same migration takes it over. Every
+    # process of the flow run is killed: when a late crash report made the test retry twice,
+    # two attempts were started and the second may take the migration over after we look
+    pids = set(flow_run_pids(frid)) | {_ledger(lab).doc.holder.pid}
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    assert all(process_gone(p) for p in pids) and flow_run_pids(frid) == []
     stack.wait_state(frid, _worker_saw_the_crash, 120, "Crashed by the worker (it saw its process die)")
     rerun = stack.run_deployment(SIMPLE, **_params(lab))
     key = stack.wait_paused(rerun).state.state_details.pause_key
