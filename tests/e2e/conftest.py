@@ -34,9 +34,32 @@ def module_lab(module_lab):
 
 
 @pytest.fixture(scope="session")
-def prefect_server():
-    """A real Prefect server with a temporary SQLite database, for the whole session."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_stack():
+    """One real Prefect server (``prefect server start``, fresh SQLite) for the whole session.
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    The flow tests run their flows in this process against its API (``prefect_server``); the
+    operator tests add a work pool, the deployments and a worker to it (their ``stack``). A
+    server start on a fresh database takes 15-60 s on these machines, so the tier starts one,
+    not one per kind of test. It is stopped by PID at the end of the session, even after a
+    failure.
+    """
+    from tests.e2e.stack import PrefectStack
+
+    s = PrefectStack(lease_s=30)
+    try:
+        yield s.start_server()
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(prefect_stack):
+    """This process's Prefect client talks to the session's server (as under
+    ``prefect_test_harness``, through settings: ``os.environ`` is left alone, so the CLI runs
+    of the operator tests still start their own temporary servers)."""
+    import prefect.context
+    import prefect.settings
+
+    with prefect.settings.temporary_settings(updates={prefect.settings.PREFECT_API_URL: prefect_stack.api}):
+        with prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
+            yield prefect_stack
