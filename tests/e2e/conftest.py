@@ -63,3 +63,27 @@ def prefect_server(prefect_stack):
     with prefect.settings.temporary_settings(updates={prefect.settings.PREFECT_API_URL: prefect_stack.api}):
         with prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
             yield prefect_stack
+            _drain_prefect_workers()
+
+
+def _drain_prefect_workers() -> None:
+    """Ship the logs and events still queued in this process before the server stops (as
+    ``prefect_test_harness`` does), so that nothing tries to reach a stopped server at exit."""
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain():
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # the worker was never started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    run_coro_as_sync(drain())
