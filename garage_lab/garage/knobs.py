@@ -37,7 +37,10 @@ class Knobs:
     anti_entropy_interval_s: float = 600.0  # then every 10 min (ANTI_ENTROPY_INTERVAL)
     gc_delay_s: float = 86400.0  # TABLE_GC_DELAY
     resync_backoff_base_s: float = 60.0  # 60 s x 2^min(errors-1, 6)
-    peer_retry_s: float = 1.0  # reconnection attempts to a down peer
+    # reconnection attempts to a down peer (a peer counts as up only once this node has
+    # connected to it, so each lab start and each restart waited up to this long: 0.25 s
+    # brings a 6-node lab up in ~1.1 s instead of ~1.8 s)
+    peer_retry_s: float = 0.25
     disk_stats_interval_s: float = 10.0  # 0.8.2+ disk figures refresh
     s3_anonymous: float = 1.0  # serve S3 requests without Authorization (0: refuse them like Garage)
 
