@@ -37,7 +37,9 @@ class Gate:
     outcome asks the caller to decide (:attr:`GateOutcome.choices`), when:
 
     - the ``deadline`` is reached (``timeout``; or ``unreachable`` / ``errored_blocks`` when
-      that is what still blocks at the end);
+      that is what still blocks at the end). Observations stay ``interval`` apart up to the
+      end, so the last one is the first at or past the deadline (at most ``interval`` plus
+      one observation late): one squeezed in at the deadline would repeat the last scrape;
     - a node has shown errored blocks continuously for ``errored_blocks_grace`` seconds;
     - a node has been unreadable continuously for ``unreachable_grace`` seconds.
 
@@ -194,7 +196,11 @@ class Gate:
             status = self._status(obs, streak, now, elapsed, errors_since, down_since)
             if status is not None:
                 return self._finish(status, streak, elapsed, obs, summaries, tuple(history), index)
-            await clock.sleep(min(self.interval, self.deadline - elapsed))
+            # always a full interval, also before the last look: a look cut short to land on
+            # the deadline comes sooner than the next scrape, so it repeats the previous one and
+            # can never be the pass that completes the streak (the gate then timed out with
+            # every node passing); the last look is the first one at or past the deadline
+            await clock.sleep(self.interval)
 
     def _status(self, obs: Mapping[str, NodeQueues], streak: int, now: float, elapsed: float,
                 errors_since: Mapping[str, float], down_since: Mapping[str, float]) -> GateStatus | None:

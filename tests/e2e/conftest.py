@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -16,10 +17,73 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
 
 
-@pytest.fixture(scope="session")
-def prefect_server():
-    """A real Prefect server with a temporary SQLite database, for the whole session."""
-    from prefect.testing.utilities import prefect_test_harness
+@pytest.fixture
+def make_lab(make_lab):
+    """Labs of this tier start on 0.7.3, which exports no queue metrics: the flows' gates read
+    ``garage stats`` until every node runs 0.8, tens of seconds in (a 0.8 node whose series
+    are absent is read through ``stats`` too). So the labs do not wait the ~4 s for
+    Prometheus's first scrape (targets are applied in 5 s batches); it still runs and scrapes
+    from the start."""
+    return functools.partial(make_lab, wait_prometheus=False)
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+
+@pytest.fixture(scope="module")
+def module_lab(module_lab):
+    """See ``make_lab``."""
+    return functools.partial(module_lab, wait_prometheus=False)
+
+
+@pytest.fixture(scope="session")
+def prefect_stack():
+    """One real Prefect server (``prefect server start``, fresh SQLite) for the whole session.
+
+    The flow tests run their flows in this process against its API (``prefect_server``); the
+    operator tests add a work pool, the deployments and a worker to it (their ``stack``). A
+    server start on a fresh database takes 15-60 s on these machines, so the tier starts one,
+    not one per kind of test. It is stopped by PID at the end of the session, even after a
+    failure.
+    """
+    from tests.e2e.stack import PrefectStack
+
+    s = PrefectStack(lease_s=30)
+    try:
+        yield s.start_server()
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(prefect_stack):
+    """This process's Prefect client talks to the session's server (as under
+    ``prefect_test_harness``, through settings: ``os.environ`` is left alone, so the CLI runs
+    of the operator tests still start their own temporary servers)."""
+    import prefect.context
+    import prefect.settings
+
+    with prefect.settings.temporary_settings(updates={prefect.settings.PREFECT_API_URL: prefect_stack.api}):
+        with prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
+            yield prefect_stack
+            _drain_prefect_workers()
+
+
+def _drain_prefect_workers() -> None:
+    """Ship the logs and events still queued in this process before the server stops (as
+    ``prefect_test_harness`` does), so that nothing tries to reach a stopped server at exit."""
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain():
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # the worker was never started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    run_coro_as_sync(drain())

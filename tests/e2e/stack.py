@@ -73,6 +73,11 @@ class PrefectStack:
         return res
 
     def start(self) -> "PrefectStack":
+        """The whole stack: the server, then the work pool, the deployments and the worker."""
+        return self.start_server().start_operator()
+
+    def start_server(self) -> "PrefectStack":
+        """``prefect server start`` on a fresh SQLite database; returns once it is healthy."""
         env = self.env(PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.home}/prefect.db",
                        PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION=str(self.lease_s))
         env.pop("PREFECT_API_URL")
@@ -90,7 +95,11 @@ class PrefectStack:
                 if time.monotonic() > deadline:
                     raise RuntimeError("prefect server did not become healthy in 120 s") from None
                 time.sleep(0.5)
-        self._cli("work-pool", "create", POOL, "--type", "process")
+        return self
+
+    def start_operator(self) -> "PrefectStack":
+        """On the running server: the work pool, ``prefect deploy --all`` and a worker."""
+        self._cli("work-pool", "create", POOL, "--type", "process", "--overwrite")
         self._cli("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all", timeout=300)
         self.worker = subprocess.Popen(
             [PREFECT, "worker", "start", "--pool", POOL, "--type", "process"], cwd=ROOT,
@@ -100,13 +109,20 @@ class PrefectStack:
         return self
 
     def stop(self) -> None:
+        """Stop the worker, the flow-run processes it started, and the server (by PID)."""
+        self.stop_operator()
+        _stop(self.server, (signal.SIGTERM, signal.SIGKILL))
+
+    def stop_operator(self) -> None:
+        """Stop the worker and any flow-run process it started that outlived it (by PID)."""
         _stop(self.worker)
+        self.worker = None
         for pid in self.flow_pids:  # flow-run processes the worker started (if any outlived it)
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        _stop(self.server, (signal.SIGTERM, signal.SIGKILL))
+        self.flow_pids.clear()
 
     def logs(self) -> str:
         return "".join((self.home / f).read_text(errors="replace")[-6000:] for f in ("worker.log",)

@@ -22,7 +22,7 @@ import yaml
 
 from garage_migrate.ledger import Ledger
 from garage_migrate.plan import MigrationOptions
-from tests.e2e.stack import ROOT, PrefectStack, flow_run_pids, process_gone, service_events
+from tests.e2e.stack import ROOT, flow_run_pids, process_gone, service_events
 
 FAST = MigrationOptions(watch_s=2.0, gate_deadline_s=90.0, gate_consecutive=2).model_dump(mode="json")
 SIMPLE = "simple-migration/simple"
@@ -31,12 +31,13 @@ ROLLBACK = "rollback-migration/rollback"
 
 
 @pytest.fixture(scope="module")
-def stack():
-    s = PrefectStack(lease_s=30)
+def stack(prefect_stack):
+    """The session's server with this module's work pool, deployments and worker; the worker
+    (and any flow-run process it left) is stopped by PID at the end of the module."""
     try:
-        yield s.start()
+        yield prefect_stack.start_operator()
     finally:
-        s.stop()
+        prefect_stack.stop_operator()
 
 
 def _params(lab, **kw) -> dict:

@@ -1,5 +1,5 @@
 """Issue 4's "Done when": both procedures end to end on a 3-zone x 2-node lab, under client
-traffic, with a real Prefect API (``prefect_test_harness``).
+traffic, with a real Prefect API (the session's ``prefect server start``, ``prefect_server``).
 
 Every approval gate is paused by the flow and resumed through the Prefect API with a RunInput
 (or auto-approved when it passed cleanly), and the end state is checked against the lab's

@@ -1,4 +1,8 @@
-"""The lab harness: bring-up on real sshd and Prometheus, SSH context, faults, teardown."""
+"""The lab harness: bring-up on real sshd and Prometheus, SSH context, faults, teardown.
+
+Tests that never read Prometheus pass ``wait_prometheus=False``: it still runs, but they do not
+wait the ~4 s until its first scrape (targets are applied in 5 s batches).
+"""
 
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ def test_up_3x2_is_healthy_reachable_over_ssh_with_host_keys_and_scraped(make_la
 
 
 def test_ssh_refuses_an_unknown_host_key(make_lab, tmp_path):
-    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    lab = make_lab(wait_prometheus=False, version="0.7.3", zones=3, per_zone=1)
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     with pytest.raises(asyncssh.HostKeyNotVerifiable):
@@ -102,7 +106,7 @@ def test_service_stop_and_start_cycle_releases_the_lock(make_lab):
 
 
 def test_fault_command_failing_n_times_then_succeeding(make_lab):
-    lab = make_lab(version="0.8.7", zones=3, per_zone=1)
+    lab = make_lab(wait_prometheus=False, version="0.8.7", zones=3, per_zone=1)
     name = lab.nodes[0]["name"]
     lab.fault(name, "fail-command", count=2, match="status")
     assert garage(lab, name, "status").returncode == 1
@@ -128,7 +132,7 @@ def test_fault_refuse_start_and_slow_stop(make_lab):
 
 
 def test_fault_hang_stop_ends_in_sigkill_after_the_stop_timeout(make_lab):
-    lab = make_lab(version="0.8.7", zones=3, per_zone=1)
+    lab = make_lab(wait_prometheus=False, version="0.8.7", zones=3, per_zone=1)
     name = lab.nodes[0]["name"]
     lab.fault(name, "hang-stop")
     time.sleep(1.2)  # the daemon re-reads faults.json once a second
@@ -139,7 +143,7 @@ def test_fault_hang_stop_ends_in_sigkill_after_the_stop_timeout(make_lab):
 
 
 def test_fault_ssh_refuse_closes_only_that_node(make_lab):
-    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    lab = make_lab(wait_prometheus=False, version="0.7.3", zones=3, per_zone=1)
     bad, good = lab.nodes[0], lab.nodes[1]
     lab.fault(bad["name"], "ssh-refuse")
     with pytest.raises(OSError):
@@ -166,7 +170,7 @@ def test_fault_metrics_down_makes_the_target_down_in_prometheus(make_lab):
 def test_traffic_acknowledged_writes_are_readable(make_lab):
     from garage_lab import traffic
 
-    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    lab = make_lab(wait_prometheus=False, version="0.7.3", zones=3, per_zone=1)
     rep = traffic.write(lab, duration=2, rate=20, seed=1)
     assert rep.acknowledged >= 20 and rep.refused == 0
     res = traffic.verify(lab)
@@ -178,7 +182,7 @@ def test_traffic_acknowledged_writes_are_readable(make_lab):
 
 
 def test_inspect_reports_ground_truth(make_lab):
-    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    lab = make_lab(wait_prometheus=False, version="0.7.3", zones=3, per_zone=1)
     truth = lab.inspect()
     for name, n in truth["nodes"].items():
         assert n["running_version"] == "0.7.3"
@@ -189,7 +193,7 @@ def test_inspect_reports_ground_truth(make_lab):
 
 
 def test_meta_size_pads_metadata_compressibly(make_lab):
-    lab = make_lab(version="0.7.3", zones=3, per_zone=1, meta_size=8 << 20)
+    lab = make_lab(wait_prometheus=False, version="0.7.3", zones=3, per_zone=1, meta_size=8 << 20)
     meta = lab.node_dir(lab.nodes[0]["name"]) / "meta"
     size = sum(p.stat().st_size for p in meta.rglob("*") if p.is_file())
     assert size >= 8 << 20
@@ -201,7 +205,7 @@ def test_meta_size_pads_metadata_compressibly(make_lab):
 
 
 def test_binary_swap_changes_the_version_the_service_starts(make_lab):
-    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    lab = make_lab(wait_prometheus=False, version="0.7.3", zones=3, per_zone=1)
     name = lab.nodes[0]["name"]
     nd = lab.node_dir(name)
     service(lab, name, "stop", "--signal", "INT")

@@ -179,15 +179,16 @@ def test_single_pass_gate():
 # ---------------------------------------------------------------------------------- deadline
 
 
-def test_deadline_times_out_with_a_decision_and_a_final_look_at_the_deadline():
+def test_deadline_times_out_with_a_decision_and_a_final_look_at_or_past_the_deadline():
     clock = FakeClock()
     src = ScriptedSource([with_node("node-a1", resync_queue=12, merkle_todo={**{t: 0 for t in REQUIRED_TABLES}, "object": 3})])
     out = run(gate(src, clock, deadline=25.0).run())
     assert out.status == "timeout"
     assert out.decision_needed and out.choices == ("wait_more", "proceed_anyway", "abort") == CHOICES
-    # the last sleep is cut so that one observation happens exactly at the deadline
-    assert clock.sleeps == [10.0, 10.0, 5.0]
-    assert out.elapsed == 25.0 and out.observations == 4 and out.passes == 0
+    # the last sleep is not cut short: looks stay an interval apart, the last is the first
+    # at or past the deadline
+    assert clock.sleeps == [10.0, 10.0, 10.0]
+    assert out.elapsed == 30.0 and out.observations == 4 and out.passes == 0
     assert out.reasons == ("node-a1: resync queue 12, merkle object 3",)
     assert out.last["node-a1"].resync_queue == 12
 
@@ -197,8 +198,8 @@ def test_slow_observations_count_against_the_deadline():
     src = ScriptedSource([with_node("node-c1", resync_queue=1)], clock=clock, step=7.0)
     out = run(gate(src, clock, deadline=30.0, interval=10.0).run())
     assert out.status == "timeout"
-    # observe 7 s, sleep 10, observe 7 (24), sleep 6, observe 7 (37 >= 30)
-    assert out.elapsed == 37.0 and clock.sleeps == [10.0, 6.0]
+    # observe 7 s, sleep 10, observe 7 (24), sleep 10, observe 7 (41 >= 30)
+    assert out.elapsed == 41.0 and clock.sleeps == [10.0, 10.0]
 
 
 def test_not_enough_passes_before_the_deadline_is_not_a_pass():
@@ -585,6 +586,51 @@ def test_a_failure_on_a_repeated_scrape_still_resets():
 
     out = run(gate(Src(), FakeClock(), deadline=100).run())
     assert [r.streak for r in out.history] == [0, 0, 1, 2, 3] and out.passed
+
+
+class HalfSecondScrapes:
+    """Prometheus as the lab runs it: every target scraped once a second (at .5 s), each look
+    reads the last scrape and takes ``look_s``; node-a1's queue is non-empty before ``clean_at``
+    (client traffic refilling it), every node is synced after."""
+
+    name = "prometheus"
+
+    def __init__(self, clock: FakeClock, clean_at: float, look_s: float, first_look_s: float | None = None):
+        self.clock, self.clean_at, self.look_s = clock, clean_at, look_s
+        self.first_look_s = look_s if first_look_s is None else first_look_s
+        self.looks = 0
+
+    async def observe(self, nodes):
+        import math
+
+        t = self.clock.monotonic()
+        scrape = math.floor(t - 0.5) + 0.5  # the newest scrape a query at t sees
+        self.clock.advance(self.first_look_s if self.looks == 0 else self.look_s)
+        self.looks += 1
+        busy = scrape < self.clean_at
+        return {n: ok(n, observed_at=1000.0 + scrape,
+                      merkle_todo={**{tb: 0 for tb in REQUIRED_TABLES}, "object": 1 if busy and n == "node-a1" else 0})
+                for n in nodes}
+
+
+def test_the_pass_that_completes_the_streak_is_not_lost_to_a_look_squeezed_in_at_the_deadline():
+    """The sync-after flake (e2e minimal-downtime under traffic): the queues were clean for
+    the last two scrapes before the deadline, but the gate timed out with "only 1 of 2
+    consecutive passes" and every node passing its last look. It cut its last sleep to look
+    exactly at the deadline, sooner than the next scrape: that look repeated the scrape of the
+    first pass, was not counted, and was the last one."""
+    clock = FakeClock()
+    src = HalfSecondScrapes(clock, clean_at=88.0, look_s=0.3, first_look_s=1.5)
+    out = run(gate(src, clock, deadline=90.0, consecutive=2, interval=1.0).run())
+    # looks start at 0, 2.5, 3.8 ... 1.3 s apart; the one at 88.3 reads the 87.5 scrape (busy),
+    # the one at 89.6 the 89.5 scrape (the first pass, 0.1 s before the deadline); a look at
+    # 90.0 would read the 89.5 scrape again; the one at 90.9 reads the 90.5 scrape: the second
+    first_pass = next(r for r in out.history if r.passed and r.fresh)
+    assert first_pass.elapsed == pytest.approx(89.9) and first_pass.streak == 1
+    assert out.passed, out.summary()
+    assert [(r.passed, r.fresh, r.streak) for r in out.history[-3:]] == [(False, True, 0), (True, True, 1), (True, True, 2)]
+    assert out.elapsed == pytest.approx(91.2)
+    assert all(s == 1.0 for s in clock.sleeps)
 
 
 class _PromHandler(BaseHTTPRequestHandler):
