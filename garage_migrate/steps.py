@@ -96,8 +96,9 @@ class Runtime:
 
     async def act(self, node: str, cmd: C.RemoteCommand, check: bool = True):
         """Run a changing command (a dry run's shell records it instead: :mod:`.executor.dryrun`)."""
-        self.info(node, "run %s", cmd.render())
-        return await self.shell(node).run(cmd, check=check)
+        shell = self.shell(node)
+        self.info(node, ("dry run: record %s" if getattr(shell, "records_only", False) else "run %s"), cmd.render())
+        return await shell.run(cmd, check=check)
 
 
 # ---------------------------------------------------------------------------- observations

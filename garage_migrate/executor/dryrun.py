@@ -87,6 +87,9 @@ class SimShell:
         target_version: the version of the staged binary.
     """
 
+    #: acts are recorded, never run (read by :meth:`garage_migrate.steps.Runtime.act` for its log)
+    records_only = True
+
     def __init__(self, inner, spec: A.NodeSpec, target_version: str):
         self.inner = inner
         self.spec = spec

@@ -84,6 +84,29 @@ def _retry_until_it_pauses(stack, frid, first: str) -> str:
     raise AssertionError(f"the retried run never paused again: {fr.state}")
 
 
+def _kill_every_attempt(stack, frid, holder_pid: int, quiet_s: float = 5.0, timeout: float = 180.0) -> None:
+    """SIGKILL every process of flow run ``frid`` (the holder first) until none is left, the
+    worker reported the crash and no new attempt started for ``quiet_s`` seconds: a retry the
+    test requested twice (after a late crash report) starts a second attempt, maybe later."""
+    deadline = time.monotonic() + timeout
+    quiet_since = None
+    pids = {holder_pid}
+    while time.monotonic() < deadline:
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        assert all(process_gone(p) for p in pids), pids
+        pids = set(flow_run_pids(frid))
+        if not pids and _worker_saw_the_crash(stack.flow_run(frid).state):
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= quiet_s:
+                return
+        else:
+            quiet_since = None
+        time.sleep(0.5)
+    raise AssertionError(f"flow run {frid} kept starting attempts or was never reported crashed")
+
+
 def _no_decision(led: Ledger, gate: str) -> None:
     g = led.gate(gate)
     assert g is None or (not g.decision and g.by is None), g
@@ -139,12 +162,7 @@ def test_a_killed_paused_run_is_asked_again_by_its_retry_and_by_a_new_run(stack,
     # the process of the retry dies too; a new run of the same migration takes it over. Every
     # process of the flow run is killed: when a late crash report made the test retry twice,
     # two attempts were started and the second may take the migration over after we look
-    pids = set(flow_run_pids(frid)) | {_ledger(lab).doc.holder.pid}
-    for p in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGKILL)
-    assert all(process_gone(p) for p in pids) and flow_run_pids(frid) == []
-    stack.wait_state(frid, _worker_saw_the_crash, 120, "Crashed by the worker (it saw its process die)")
+    _kill_every_attempt(stack, frid, _ledger(lab).doc.holder.pid)
     rerun = stack.run_deployment(SIMPLE, **_params(lab))
     key = stack.wait_paused(rerun).state.state_details.pause_key
     assert key.startswith("approve-shutdown-")

@@ -302,7 +302,7 @@ def _assert_end_state(lab, res: dict, procedure: str, target: str, tr: traffic.T
         path = Path(b.path)
         assert path.is_file() and path.stat().st_size > 0, f"{node}: backup archive {path} missing"
         assert path.is_relative_to(backups_root) and mid in path.parts and node in path.parts, path
-        assert b["version"] == "0.7.3", b
+        assert b.version == "0.7.3", b
 
     # counters equal the ground truth (after traffic stopped)
     _assert_buckets_match_ground_truth(lab, first)
