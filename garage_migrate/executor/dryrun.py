@@ -35,7 +35,6 @@ from pathlib import Path
 
 from .. import actions as A
 from .. import commands as C
-from ..backup.manifest import write_private_file
 from ..errors import CommandError
 from ..gates import Clock, GateOutcome
 from ..journal import CommandJournal, JournalShell
@@ -45,6 +44,7 @@ from ..plan import MigrationOptions, MigrationPlan
 from ..ssh import Result
 from ..steps import Runtime, StepResult
 from .interfaces import Answer, EngineSteps, Reporter
+from .planfile import save_plan
 from .run import Executor
 
 log = logging.getLogger("garage_migrate.dryrun")
@@ -316,9 +316,7 @@ async def dry_run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOpt
     """
     log = log or rt.log
     d = dry_run_dir(rt.ledger.path)
-    import json
-
-    write_private_file(d / f"plan-{plan.digest()}.json", (json.dumps(plan.to_json(), indent=2) + "\n").encode())
+    save_plan(plan, d)
     journal = CommandJournal(d / "commands.jsonl")
     srt, _sims = simulate(rt, journal)
     decider = DryRunDecider()

@@ -70,7 +70,7 @@ async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions
     rt = with_journal(rt, CommandJournal.beside(led.path))  # every command from here on is journalled
     with in_step(None, "cluster-lock"):
         lock = await hold(rt)  # the cluster lock, before any command that changes anything
-    save_plan(plan, led.path)  # what this run executes, as data, beside its journal
+    save_plan(plan, led.path.parent)  # what this run executes, as data, beside its journal
     executor = Executor(rt, plan, opts, steps=steps, decider=decider_for(lock), reporter=reporter, clock=clock,
                         auto_approve=auto_approve, log=log)
     try:

@@ -39,7 +39,7 @@ async def run_rollback(rt: Runtime, plan: MigrationPlan, *, steps: StepRunner, d
     from .run import Executor  # run imports this module
 
     led = rt.ledger
-    save_plan(plan, led.path)
+    save_plan(plan, led.path.parent)
     await led.event("rollback", f"rolling back {', '.join(sorted({s.node for s in plan.steps() if s.node}))} "
                                 f"(plan {plan.digest()})")
     # its own artifact key: the migration's plan artifact stays what the migration ran
