@@ -90,7 +90,7 @@ async def run_sync_gate(rt: Runtime, opts: MigrationOptions, name: str = "sync")
     """The sync gate: every queue empty on every node for N consecutive observations."""
     source = _gate_source(rt, await _live_versions(rt))
     gate = Gate(name=name, source=source, nodes=tuple(n.name for n in rt.facts.nodes), deadline=opts.gate_deadline_s,
-                consecutive=opts.gate_consecutive, interval=1.0, clock=SystemClock())
+                consecutive=opts.gate_consecutive, interval=1.0, settle=opts.gate_settle_s, clock=SystemClock())
     return await gate.run()
 
 

@@ -945,3 +945,38 @@ def test_every_log_line_names_its_node(caplog):
         assert getattr(r, "node", None) in NODES and msg.startswith(f"[{r.node}] ") or all(n in msg for n in NODES), msg
     assert any(r.getMessage() == "[node-b1] gate test: blocking: resync queue 3" for r in records)
     assert any(r.getMessage() == "[node-b1] gate test: passes" for r in records)
+
+
+# ---------------------------------------------------------------------------------- settle (repair start race)
+
+
+def test_idle_looks_before_any_work_is_seen_do_not_count_until_settle_is_over():
+    # a repair launched just before the gate shows no work at first (source audit, "Repair
+    # start"): with nothing seen at work, the passes of the first 25 s do not count
+    clock = FakeClock()
+    out = run(gate(ScriptedSource([all_ok()]), clock, interval=10.0, settle=25.0).run())
+    assert out.passed
+    assert [(r.elapsed, r.streak) for r in out.history] == [(0, 0), (10, 0), (20, 0), (30, 1), (40, 2), (50, 3)]
+
+
+def test_work_seen_ends_the_settle_at_once():
+    clock = FakeClock()
+    busy = with_node("node-b1", merkle_todo={t: 5 for t in REQUIRED_TABLES})
+    out = run(gate(ScriptedSource([all_ok(), busy, all_ok()]), clock, interval=10.0, settle=1000.0).run())
+    assert out.passed and out.elapsed == 40.0
+    assert [r.streak for r in out.history] == [0, 0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("change", [{"reachable": False}, {"resync_queue": None}], ids=["unreadable", "unknown"])
+def test_an_unreadable_node_or_an_unknown_figure_is_not_work_seen(change):
+    clock = FakeClock()
+    odd = with_node("node-b1", **change)
+    out = run(gate(ScriptedSource([odd, all_ok()]), clock, interval=10.0, settle=25.0).run())
+    assert out.passed and [r.streak for r in out.history] == [0, 0, 0, 1, 2, 3]
+
+
+def test_settle_zero_is_the_plain_gate_and_a_negative_one_is_refused():
+    out = run(gate(ScriptedSource([all_ok()]), FakeClock(), settle=0.0).run())
+    assert out.passed and out.observations == 3
+    with pytest.raises(ValueError, match="settle"):
+        gate(ScriptedSource([all_ok()]), FakeClock(), settle=-1)
