@@ -202,12 +202,12 @@ def test_087_errored_blocks_need_a_decision(make_lab):
     wait_truth(lab, lambda t: t["node-b1"]["resync_errors"] == 2)
 
     async def body(c: Cluster):
-        return await c.gate(c.source("0.8.7"), name="errored", deadline=15, errored_blocks_grace=2).run()
+        return await c.gate(c.source("0.8.7"), name="errored", deadline=45, errored_blocks_grace=2).run()
 
     out = with_cluster(lab, body)
     assert out.status == "errored_blocks" and out.decision_needed, out.summary()
     assert out.choices == ("wait_more", "proceed_anyway", "abort")
-    assert out.elapsed < 10
+    assert out.elapsed < out.deadline  # stopped by the grace, not by the deadline
     assert len(out.reasons) == 1
     assert out.reasons[0].startswith("node-b1: ") and "errored blocks 2" in out.reasons[0]
     assert out.last["node-b1"].resync_errors == 2 and out.last["node-b1"].resync_queue == 2
@@ -225,7 +225,7 @@ def test_087_metrics_down_falls_back_to_stats_for_that_node(make_lab):
         while (await c.prom.observe(c.nodes))["node-a1"].reachable:  # scaffolding: Prometheus notices
             assert time.monotonic() < deadline, "Prometheus never marked node-a1 down"
             await asyncio.sleep(0.3)
-        return await c.gate(c.source("0.8.7"), name="metrics-down", deadline=15, consecutive=2).run()
+        return await c.gate(c.source("0.8.7"), name="metrics-down", deadline=40, consecutive=2).run()
 
     out = with_cluster(lab, body)
     assert out.passed, out.summary()
