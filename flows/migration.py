@@ -27,30 +27,14 @@ from prefect.exceptions import Abort
 from pydantic import Field
 
 from flows.adapters import PrefectReporter, PrefectSteps
-from flows.approvals import (
-    Approval,
-    Asker,
-    CountersDecision,
-    GateDecision,
-    NodeFailureDecision,
-    PrefectDecider,
-)
+from flows.approvals import (Approval, Asker, CountersDecision, GateDecision, NodeFailureDecision,
+                             PrefectDecider)
 from flows.holding import hold_cluster, refused
 from garage_migrate import runtime as R
-from garage_migrate.errors import (
-    ClusterLockedError,
-    MigrationAborted,
-    PlanError,
-    SupersededError,
-)
+from garage_migrate.errors import ClusterLockedError, MigrationAborted, PlanError, SupersededError
 from garage_migrate.executor import run_migration
 from garage_migrate.plan import MigrationOptions
-from garage_migrate.window import (
-    DEFAULT_BACKUP_MAX_AGE_HOURS,
-    MaintenanceWindow,
-    SystemWallClock,
-    WindowPolicy,
-)
+from garage_migrate.window import DEFAULT_BACKUP_MAX_AGE_HOURS, MaintenanceWindow, SystemWallClock, WindowPolicy
 
 DEFAULT_PAUSE_TIMEOUT = 3600
 
