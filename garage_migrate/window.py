@@ -197,6 +197,17 @@ class WindowGuard:
         wave = next(w for w in self.plan.phase(phase).waves if step in w.steps)
         return any(s.kind == "backup" and s.node == step.node for s in wave.steps)
 
+    def reruns(self, phase: str, wave: str) -> bool:
+        """Whether the cluster steps of ``(phase, wave)`` run again although done (the health
+        wait of a round whose backup is taken again: the next round must wait for it)."""
+        if not self.retakes or phase != self._retake_phase:
+            return False
+        waves = {w.name: w for w in self.plan.phase(phase).waves}
+        for u in E.units(self.plan):
+            if (phase, wave) in u.parts:
+                return any(s.node in self.retakes for _, w in u.parts for s in waves[w].steps)
+        return False
+
     def done(self, phase: str, step: Step) -> bool:
         """Whether the executor skips ``step`` (done earlier in this migration, and not retaken)."""
         return (step.node is not None and self.ledger.step_done(step.node, f"{phase}:{step.kind}")

@@ -183,7 +183,8 @@ class Executor:
         launch fails while a node is down. Approvals follow the decision rule instead.
         """
         key = ":".join([phase.name, wave.name, s.kind] + [f"{k}={v}" for k, v in s.args])
-        if s.kind in SKIPPABLE_WHEN_DONE and self.rt.ledger.cluster_step_done(key):
+        if (s.kind in SKIPPABLE_WHEN_DONE and self.rt.ledger.cluster_step_done(key)
+                and not self.window.reruns(phase.name, wave.name)):  # a round whose backup is retaken
             self.log.info("[cluster] %s: skipped: done earlier in this migration (ledger)", key)
             return None
         res = await self.run_cluster_step(phase, s)
