@@ -277,11 +277,15 @@ class WindowGuard:
         await self.ledger.event("window", f"{what}: {'asking' if at_approval else 'starting'}")
 
     def next_unit(self, phase: Phase, wave: Wave) -> E.Unit | None:
-        """The first unit that starts after ``(phase, wave)``."""
+        """What an approval at ``(phase, wave)`` lets run: the rest of the unit it is part of
+        (the simple procedure's offline part), else the first unit that starts after it."""
+        here = (phase.name, wave.name)
+        for u in E.units(self.plan):
+            if here in u.parts[1:]:
+                return E.Unit(u.name, phase.name, u.parts[u.parts.index(here) + 1:])
         order = [(ph.name, w.name) for ph in self.plan.phases for w in ph.waves]
-        i = order.index((phase.name, wave.name))
         starts = {u.start: u for u in E.units(self.plan)}
-        return next((starts[k] for k in order[i + 1:] if k in starts), None)
+        return next((starts[k] for k in order[order.index(here) + 1:] if k in starts), None)
 
     def approval_note(self, phase: Phase, wave: Wave) -> str:
         """Markdown for an approval: the next unit's estimate against the window, each backup's age."""

@@ -254,3 +254,14 @@ def test_no_backup_is_retaken_once_the_flip_has_started(tmp_path, wall):
     steps = StepsThatTakeTime(wall)
     _run(rt, plan, steps, ScriptedDecider(approve_flip=["approve"]), wall, minutes=240, max_age_h=24)
     assert not _calls(steps, "backup_metadata")  # a new "0.7 backup" of a node 0.8 may have touched: never
+
+
+def test_an_approval_inside_the_simple_offline_part_gives_the_rest_of_it_against_the_window(tmp_path, wall):
+    rt, plan = _setup(tmp_path, "simple")
+    steps = StepsThatTakeTime(wall)
+    decider = ScriptedDecider(approve_shutdown=["approve"], approve_reopen=["approve"])
+    _run(rt, plan, steps, decider, wall, minutes=240)
+    md = decider.descriptions["approve-shutdown"]
+    assert "this phase (the offline part) takes about" in md and "min left in the window" in md
+    assert "**Backups:**" not in md  # none taken yet
+    assert "**Backups:** n1 " in decider.descriptions["approve-reopen"]
