@@ -63,7 +63,8 @@ def window_policy(window_end: datetime | None, window_minutes: float | None,
     now = clock.now()
     ctx = FlowRunContext.get()
     expected = ctx.flow_run.expected_start_time if ctx is not None else None
-    started = min(now, expected.astimezone(timezone.utc)) if expected is not None else now
+    # Prefect's times are pendulum's, which cannot be compared with the stdlib's: convert
+    started = min(now, datetime.fromtimestamp(expected.timestamp(), timezone.utc)) if expected is not None else now
     return WindowPolicy(MaintenanceWindow.from_params(window_end, window_minutes, started), clock,
                         backup_max_age_hours * 3600)
 

@@ -27,14 +27,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from .executor.schedule import schedule_wave
-
 if TYPE_CHECKING:
     from .ledger_model import LedgerDoc
     from .plan import MigrationPlan, Step
 
-__all__ = ["DEFAULT_SECONDS", "Defaults", "Rates", "Unit", "checkpoints", "estimate", "minutes", "phase_estimates",
-           "units"]
+__all__ = ["DEFAULT_SECONDS", "Defaults", "Rates", "Unit", "checkpoints", "estimate", "minutes", "minutes_left",
+           "phase_estimates", "units"]
 
 #: Seconds per step kind before anything was measured (conservative: a step's timeout where it
 #: has one: a stop is given 120 s to exit, a start 60 s to answer, a health wait 60 s).
@@ -171,6 +169,8 @@ def checkpoints(plan: MigrationPlan) -> dict[tuple[str, str], Unit]:
 def estimate(plan: MigrationPlan, unit: Unit, rates: Rates, done: Callable[[str, Step], bool] | None = None) -> float:
     """Seconds ``unit`` takes from its start, counting zero for node steps ``done(phase, step)``
     says are done (0 when every node step is done: nothing of it is left to run)."""
+    from .executor.schedule import schedule_wave  # lazily: the executor package imports this module
+
     done = done or (lambda phase, step: False)
     waves = {(ph.name, w.name): w for ph in plan.phases for w in ph.waves}
     total, left_to_run = 0.0, False
@@ -196,3 +196,8 @@ def phase_estimates(plan: MigrationPlan, rates: Rates | None = None) -> dict[str
 def minutes(seconds: float) -> int:
     """Whole minutes, rounded up (an estimate is never shown shorter than it is)."""
     return int(-(-max(0.0, seconds) // 60))
+
+
+def minutes_left(seconds: float) -> int:
+    """Whole minutes, rounded down (time left is never shown longer than it is)."""
+    return int(max(0.0, seconds) // 60)

@@ -77,6 +77,12 @@ class FakeWallClock:
         self.t += timedelta(seconds=seconds)
 
 
+def _stdlib(t: datetime) -> datetime:
+    """``t`` as a plain :class:`datetime` (a subclass such as pendulum's, which Prefect hands
+    out, does not subtract from the stdlib's)."""
+    return datetime.fromisoformat(t.isoformat()) if type(t) is not datetime else t
+
+
 @dataclass(frozen=True)
 class MaintenanceWindow:
     """A maintenance window: work may run until :attr:`end`."""
@@ -102,11 +108,11 @@ class MaintenanceWindow:
             if window_end.tzinfo is None or window_end.utcoffset() is None:
                 raise PlanError(f"window_end {window_end.isoformat()} has no time zone: write it with one "
                                 "(e.g. 2026-12-06T04:00:00+00:00)")
-            return cls(window_end)
+            return cls(_stdlib(window_end))
         if window_minutes is not None:
             if window_minutes <= 0:
                 raise PlanError(f"window_minutes must be above 0, got {window_minutes}")
-            return cls(started + timedelta(minutes=window_minutes))
+            return cls(_stdlib(started) + timedelta(minutes=window_minutes))
         return None
 
     def left(self, now: datetime) -> float:
@@ -266,7 +272,7 @@ class WindowGuard:
             self.log.info("window: %s is done already: nothing to check", unit.name)
             return
         at_approval = (phase.name, wave.name) != unit.start
-        what = f"{unit.name} takes about {E.minutes(est)} min; {E.minutes(left)} min left in the window"
+        what = f"{unit.name} takes about {E.minutes(est)} min; {E.minutes_left(left)} min left in the window"
         if est > left:
             msg = (f"{what} (until {self.policy.window.end.isoformat()}): "
                    + ("not asking for its approval" if at_approval else "not starting it")
@@ -294,7 +300,7 @@ class WindowGuard:
         if unit is not None:
             est, left = self.estimate(unit), self.policy.left()
             lines.append(f"**Time:** this phase ({unit.name}) takes about {E.minutes(est)} min"
-                         + (f"; {E.minutes(left)} min left in the window" if left is not None else
+                         + (f"; {E.minutes_left(left)} min left in the window" if left is not None else
                             " (no maintenance window given)") + ".")
         ages = self._backup_ages()
         if ages:

@@ -198,8 +198,8 @@ def test_a_flip_that_cannot_finish_is_not_even_asked_for(tmp_path, wall):
     assert all(rt.ledger.node(n).backup is not None for n in ("n1", "n2", "n3"))
     assert [e.message.split(":")[0] for e in rt.ledger.doc.events if e.kind == "window"] == [
         "rolling-backup dc1 takes about 10 min; 30 min left in the window",
-        "rolling-backup dc2 takes about 9 min; 24 min left in the window",
-        "rolling-backup dc3 takes about 9 min; 17 min left in the window"]
+        "rolling-backup dc2 takes about 9 min; 23 min left in the window",
+        "rolling-backup dc3 takes about 9 min; 16 min left in the window"]
 
 
 # ---------------------------------------------------------------------------- backups and their age
