@@ -13,7 +13,10 @@ Guarantees (issue 8):
   failure;
 - a step the ledger records as done in this migration is skipped (and the log says why);
 - a run whose plan changed since the last run records a ``replan`` event; approvals given for
-  the old plan are asked again (see :mod:`.decisions`).
+  the old plan are asked again (see :mod:`.decisions`);
+- before each wave, the window guard (:mod:`garage_migrate.window`) refuses a unit (a round, the
+  flip, the simple procedure's offline part) that cannot finish in the maintenance window, and
+  marks the backup round of a node whose backup is too old to run again.
 """
 
 from __future__ import annotations
