@@ -265,3 +265,13 @@ def test_an_approval_inside_the_simple_offline_part_gives_the_rest_of_it_against
     assert "this phase (the offline part) takes about" in md and "min left in the window" in md
     assert "**Backups:**" not in md  # none taken yet
     assert "**Backups:** n1 " in decider.descriptions["approve-reopen"]
+
+
+def test_the_maintenance_window_deployment_has_a_window_and_its_schedule_ships_inactive():
+    import yaml
+    from pathlib import Path
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "deployments" / "prefect.yaml").read_text())
+    d = next(d for d in doc["deployments"] if d["name"] == "minimal-downtime-maintenance-window")
+    assert d["parameters"]["window_minutes"] > 0 and d["parameters"]["backup_max_age_hours"] == 24
+    assert d["schedules"] and all(s["active"] is False for s in d["schedules"])
