@@ -169,7 +169,8 @@ def checkpoints(plan: MigrationPlan) -> dict[tuple[str, str], Unit]:
 def estimate(plan: MigrationPlan, unit: Unit, rates: Rates, done: Callable[[str, Step], bool] | None = None) -> float:
     """Seconds ``unit`` takes from its start, counting zero for node steps ``done(phase, step)``
     says are done (0 when every node step is done: nothing of it is left to run)."""
-    from .executor.schedule import schedule_wave  # lazily: the executor package imports this module
+    # lazily: the executor package imports this module
+    from .executor.schedule import schedule_wave
 
     done = done or (lambda phase, step: False)
     waves = {(ph.name, w.name): w for ph in plan.phases for w in ph.waves}

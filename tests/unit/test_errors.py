@@ -28,8 +28,8 @@ from garage_migrate.errors import (
     PlanError,
     StepError,
     SupersededError,
-    WindowTooShort,
     TransportError,
+    WindowTooShort,
     is_transient,
     tail_text,
 )
