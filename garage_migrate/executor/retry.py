@@ -89,31 +89,47 @@ class Selection:
 
 @dataclass
 class RetryReport:
-    """What a retry did: printed by the CLI, returned by the flow, summarised in the ledger."""
+    """What a retry did: printed by the CLI, returned by the flow, summarised in the ledger.
+
+    Attributes:
+        steps: ``(ledger key, ran|skipped|held, why)`` of each of the node's steps, in plan order.
+        gates: ``(gate, outcome)`` of the health gates after them.
+        zones_down_before: the zones with a node down when the retry began.
+    """
 
     migration_id: str
     node: str
     phase: str
-    ran: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    held: list[tuple[str, str]] = field(default_factory=list)
+    steps: list[tuple[str, str, str]] = field(default_factory=list)
     gates: list[tuple[str, str]] = field(default_factory=list)
     zones_down_before: list[str] = field(default_factory=list)
 
+    @property
+    def ran(self) -> list[str]:
+        """The steps this retry ran."""
+        return [k for k, what, _w in self.steps if what == "ran"]
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """The steps skipped as done, with why."""
+        return [(k, why) for k, what, why in self.steps if what == "skipped"]
+
+    @property
+    def held(self) -> list[tuple[str, str]]:
+        """The steps left to the migration run, with why."""
+        return [(k, why) for k, what, why in self.steps if what == "held"]
+
     def lines(self) -> list[str]:
-        """The report, one line per step."""
+        """The report, one line per step, in plan order."""
         out = [f"retry of {self.node} in phase {self.phase} (migration {self.migration_id}):"]
-        out += [f"  ran      {k}" for k in self.ran]
-        out += [f"  skipped  {k}: {why}" for k, why in self.skipped]
-        out += [f"  held     {k}: {why}" for k, why in self.held]
+        out += [f"  {what:8} {k}" + (f": {why}" if why else "") for k, what, why in self.steps]
         out += [f"  gate     {k}: {what}" for k, what in self.gates]
         return out
 
     def to_dict(self) -> dict:
         """The report as data (the flow's result)."""
-        return {"migration_id": self.migration_id, "node": self.node, "phase": self.phase, "ran": self.ran,
-                "skipped": [{"step": k, "why": w} for k, w in self.skipped],
-                "held": [{"step": k, "why": w} for k, w in self.held],
+        return {"migration_id": self.migration_id, "node": self.node, "phase": self.phase,
+                "steps": [{"step": k, "outcome": what, "why": why} for k, what, why in self.steps],
                 "gates": [{"gate": k, "outcome": w} for k, w in self.gates],
                 "zones_down_before": self.zones_down_before}
 
@@ -306,14 +322,14 @@ async def retry_node(rt: Runtime, plan: MigrationPlan, node: str, step: str | No
         for p in sel.steps:
             if p.action == "skip":
                 log.info("[%s] %s: skipped: %s", node, p.key, p.why)
-                report.skipped.append((p.key, p.why))
+                report.steps.append((p.key, "skipped", p.why))
             elif p.action == "held":
                 log.info("[%s] %s: not run by this retry: %s", node, p.key, p.why)
-                report.held.append((p.key, p.why))
+                report.steps.append((p.key, "held", p.why))
             else:
                 log.info("[%s] %s: running (retry)", node, p.key)
                 await ex.run_recorded(sel.phase, p.step)
-                report.ran.append(p.key)
+                report.steps.append((p.key, "ran", ""))
         doc = led.refresh()
         zone = _zone_of(plan)
         for w, s in sel.gates:
