@@ -24,6 +24,12 @@ FAST = MigrationOptions(watch_s=2.0, gate_deadline_s=120.0, gate_consecutive=2).
 MD = "minimal-downtime-migration/minimal-downtime"
 RETRY_NODE = "retry-node/retry-node"
 VICTIM = "node-b1"
+#: A 0.8 daemon's first anti-entropy sync (20 s after its start) that meets a node down for its
+#: offline-repair round leaves ``bucket_object_counter sync`` with consecutive errors, which
+#: ``repair tables`` does not clear (it does not sync the counter tables, as Garage's), so the
+#: final sync gate would wait for the next anti-entropy sync (10 min). On a loaded machine the
+#: rounds are slow enough for that to happen; this test is about the retry, so it is pushed back.
+QUIET = {"anti_entropy_startup_s": 3600.0}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +68,7 @@ def _archives(journal: list[dict]) -> dict[str, list]:
 
 @pytest.mark.timeout(1500)
 def test_a_flow_run_retry_reruns_only_what_did_not_finish(stack, make_lab):
-    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1, knobs=QUIET)
     inv = str(lab.dir / "inventory.yaml")
     lab.fault(VICTIM, "kill-tar", bytes=1024)  # every backup of the victim is cut mid-stream
     frid = stack.run_deployment(MD, inventory=inv, options=FAST, auto_approve=True, pause_timeout=600)
