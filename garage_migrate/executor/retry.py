@@ -342,8 +342,9 @@ async def retry_node(rt: Runtime, plan: MigrationPlan, node: str, step: str | No
                       "not run: steps were held"
                 report.gates.append((f"{w.name}:{s.kind}:{scope}", why))
                 continue
-            await ex.run_cluster_once(sel.phase, w, s)
-            report.gates.append((f"{w.name}:{s.kind}:{scope}", "passed"))
+            res = await ex.run_cluster_once(sel.phase, w, s)  # None: recorded done earlier
+            report.gates.append((f"{w.name}:{s.kind}:{scope}", "passed" if res is not None else
+                                 "skipped: done earlier in this migration (ledger)"))
     except BaseException as exc:
         await lock.stop_heartbeats()
         if isinstance(exc, PlanError):  # refused (the zone rule): nothing was done

@@ -113,7 +113,7 @@ def test_a_flow_run_retry_reruns_only_what_did_not_finish(stack, make_lab):
     assert len(archives[VICTIM]) == 2
     redone = [(e["node"], e["step"], e["command"]) for e in journal
               if e["t"] > t1 and e["kind"] == "act" and e.get("phase") == "rolling-backup"
-              and (e["node"] == "node-a1" or e["step"] == "stop")]
+              and (e["node"] == "node-a1" or (e["node"] == VICTIM and e["step"] == "stop"))]
     assert redone == [], redone
     # service events: after the retry, the victim's first event is its start (no second stop);
     # node-a1 and the victim go down twice more (the flip, the offline repair), node-c1 three times

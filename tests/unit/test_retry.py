@@ -225,6 +225,11 @@ def test_retry_then_a_normal_run_carries_on_and_nothing_runs_twice(tmp_path):
     assert "×2" in next(r for r in rt.ledger.table_rows(["rolling-backup:backup"])
                         if r["node"] == "n2")["rolling-backup:backup"]
     assert [e.kind for e in doc.events[-2:]] == ["retry-node", "retry-node"]
+    # the same retry again (named: nothing failed now) runs nothing and does not wait again
+    again = FakeSteps()
+    report = run(retry_node(rt, saved, "n2", "backup", hold=hold, steps=again))
+    assert report.ran == [] and again.calls == []
+    assert report.gates == [("healthy-dc2:wait-healthy:dc2", "skipped: done earlier in this migration (ledger)")]
     # the migration's next run: n1 and n2 are not touched again before the flip, n3 gets its round
     rest = FakeSteps()
     ex = Executor(rt, plan, opts, steps=rest, decider=ScriptedDecider(approve_flip=["approve"]), clock=FakeClock())
