@@ -6,16 +6,15 @@ The rules are :mod:`garage_migrate.executor.retry`'s: the migration's saved plan
 ledger records done skipped (and said so), the migration's cluster lock (refused while its run
 is alive, exit 3), refused when it would take more zones down than the phase allows (exit 1).
 It asks nothing, so it runs the same from a terminal, cron or CI. A normal run of the migration
-then carries on from there. No Prefect server is needed; with ``PREFECT_API_URL`` set, the
-state of the flow run that holds the migration is asked there (a failed run is gone at once,
-not only once its heartbeat is stale).
+then carries on from there. No Prefect is involved (the engine never imports it): the run that
+held the migration is gone when its process no longer exists on this controller, or its
+heartbeat is older than a minute (the ``retry-node`` deployment also asks Prefect for its state).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -27,12 +26,6 @@ def add_parser(sub) -> None:
     r.add_argument("--node", required=True, help="the node to retry (see status)")
     r.add_argument("--step", help="PHASE:KIND or KIND (default: the node's failed step)")
     r.add_argument("--migration-id")
-
-
-async def _state_from_prefect(flow_run_id: str) -> str | None:
-    from flows.holding import flow_run_state
-
-    return await flow_run_state(flow_run_id)
 
 
 async def _retry(args) -> int:
@@ -52,11 +45,10 @@ async def _retry(args) -> int:
         print(f"garage-migrate: no migration {mid} (no ledger at {path}): nothing to retry", file=sys.stderr)
         return 1
     procedure = Ledger.load(path).doc.procedure
-    run_state = _state_from_prefect if os.environ.get("PREFECT_API_URL") else None
 
     async def hold(rt):
         lock = ClusterLock(rt.shell, lock_nodes(rt.inv, rt.facts), rt.ledger, procedure, RunIdentity(kind="retry"),
-                           run_state=run_state, log=log)
+                           log=log)
         await lock.acquire()
         return lock
 
