@@ -4,6 +4,7 @@
     garage-migrate run    simple|minimal-downtime --inventory inv.yaml [--auto-approve] [--dry-run]
     garage-migrate status --inventory inv.yaml [--migration-id ID]
     garage-migrate unlock --inventory inv.yaml --migration-id ID
+    garage-migrate retry  --inventory inv.yaml --node NODE [--step STEP] [--migration-id ID]
     garage-migrate backups list   --inventory inv.yaml [--migration-id ID] [--json]
     garage-migrate backups verify --inventory inv.yaml [--migration-id ID]
     garage-migrate backups prune  --inventory inv.yaml --keep N [--dry-run]
@@ -62,7 +63,8 @@ async def _status(args) -> int:
     if d.error:
         print(f"  error: {d.error}")
     for name, rec in sorted(d.nodes.items()):
-        steps = ", ".join(f"{k}={v.status}" for k, v in rec.steps.items())
+        steps = ", ".join(f"{k}={v.status}" + (f" ×{len(v.attempts)}" if len(v.attempts) > 1 else "")
+                          for k, v in rec.steps.items())
         print(f"  {name} [{rec.zone or '?'}] {rec.version_before or '?'} -> {rec.running_version or '-'}: {steps}")
     if d.holder is not None:
         from .cluster_lock import describe_holder
@@ -686,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--live", action="store_true")
     s.add_argument("--commands", action="store_true", help="the command journal (every remote command run)")
     s.add_argument("--node", help="with --commands: only this node's commands")
+    from .cli_retry import add_parser as add_retry
+
+    add_retry(sub)
     b = sub.add_parser("backups", help="list, verify or prune this cluster's metadata backups")
     bsub = b.add_subparsers(dest="backups_cmd", required=True)
     bl = bsub.add_parser("list", help="per node: archive, size, sha256, time, source version")
@@ -711,6 +716,10 @@ def main(argv: list[str] | None = None) -> int:
             return _backups(args)
         if args.cmd == "unlock":
             return asyncio.run(_unlock(args))
+        if args.cmd == "retry":
+            from .cli_retry import main as retry
+
+            return retry(args)
         code = _run(args)
         # Prefect's log and event workers would try, at interpreter exit, to reach the
         # temporary server that is gone by now, and hang: the run is over, its server stopped,

@@ -255,7 +255,7 @@ class ClusterLock:
                 f"this run was refused and touched nothing", holder=refused.as_dict())
         gone = holder_gone(cur, run_state=state, stale_after=self.stale_after) if cur else None
         if cur and cur.token != mine.token:
-            why = "a new attempt of the same flow run" if cur.flow_run_id == mine.flow_run_id else gone
+            why = "a new attempt of the same flow run" if cur.flow_run_id and cur.flow_run_id == mine.flow_run_id else gone
             self._info("took migration %s over from %s (%s)", self.migration_id, describe_holder(cur), why)
 
     async def _take_nodes(self) -> None:

@@ -366,16 +366,19 @@ class Ledger:
 
     # ------------------------------------------------------------------ views
     def table_rows(self, step_keys: list[str]) -> list[dict[str, str]]:
-        """One row per node for a table artifact: zone, versions, backup, each step's state."""
+        """One row per node for a table artifact: zone, versions, backup, the node's attempts
+        (how many, and which steps took more than one), each step's state (``×N``: N attempts)."""
         rows = []
         for name, rec in sorted(self.doc.nodes.items()):
             row = {"node": name, "zone": rec.zone or "", "version before": rec.version_before or "",
                    "version after": rec.running_version or "",
                    "backup": rec.backup.path if rec.backup else "",
-                   "backup sha256": (rec.backup.sha256 or "")[:16] if rec.backup else ""}
+                   "backup sha256": (rec.backup.sha256 or "")[:16] if rec.backup else "",
+                   "attempts": attempts_summary(rec)}
             for key in step_keys:
                 s = rec.steps.get(key)
-                row[key] = f"{s.status} {time.strftime('%H:%M:%S', time.localtime(s.when))}" if s else ""
+                row[key] = (f"{s.status} {time.strftime('%H:%M:%S', time.localtime(s.when))}"
+                            + (f" ×{len(s.attempts)}" if len(s.attempts) > 1 else "")) if s else ""
             rows.append(row)
         return rows
 
@@ -383,3 +386,11 @@ class Ledger:
         """Completed node-steps as a percentage of ``total_steps`` (0-100)."""
         done = sum(1 for rec in self.doc.nodes.values() for s in rec.steps.values() if s.completed)
         return min(100.0, 100.0 * done / max(1, total_steps))
+
+
+def attempts_summary(rec: NodeRecord) -> str:
+    """``7`` or ``8 (rolling-backup:backup ×2)``: a node's step attempts, and the steps that
+    took more than one (a failure retried, a crashed run resumed)."""
+    total = sum(max(1, len(s.attempts)) for s in rec.steps.values())
+    again = [f"{k} ×{len(s.attempts)}" for k, s in rec.steps.items() if len(s.attempts) > 1]
+    return f"{total}" + (f" ({', '.join(again)})" if again else "")

@@ -2,7 +2,7 @@
 
 Modules: :mod:`.interfaces` (what callers implement), :mod:`.decisions` (the reuse and
 auto-approve rules), :mod:`.run` (the :class:`Executor`), :mod:`.rollback` (the rollback plan, executed), :mod:`.dryrun`, :mod:`.planfile`, :mod:`.migrate`
-(one run of a migration, lock to final state).
+(one run of a migration, lock to final state), :mod:`.retry` (one node's failed step again).
 """
 
 from .decisions import Decisions

@@ -145,8 +145,9 @@ class Executor:
             self.log.info("[%s] %s: skipped: done earlier in this migration (ledger)", node, key)
             return
         await led.record_step(node, key, "running")  # raises in a superseded process: it never acts
+        attempt = len(led.step(node, key).attempts)  # the journal numbers its commands as the ledger does
         try:
-            with in_step(phase.name, s.kind, allowed=s.allowed()):  # only the acts its plan step lists
+            with in_step(phase.name, s.kind, attempt, allowed=s.allowed()):  # only the acts its plan step lists
                 res = await self.run_node_step(s)
         except BaseException as exc:
             await led.record_step(node, key, "failed", f"{type(exc).__name__}: {exc}",

@@ -115,7 +115,8 @@ def _no_decision(led: Ledger, gate: str) -> None:
 
 def test_no_deployment_carries_a_concurrency_limit(stack):
     deps = stack.deployments()
-    assert {d.name for d in deps} >= {"simple", "minimal-downtime", "minimal-downtime-maintenance-window", "rollback"}
+    assert {d.name for d in deps} >= {"simple", "minimal-downtime", "minimal-downtime-maintenance-window", "rollback",
+                                      "retry-node"}
     for d in deps:
         assert d.concurrency_limit is None and d.global_concurrency_limit is None, (d.name, d.concurrency_limit)
     for d in yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["deployments"]:
