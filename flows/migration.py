@@ -22,9 +22,11 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.exceptions import Abort
 
+from flows import params as P
 from flows.adapters import PrefectReporter, PrefectSteps
 from flows.approvals import (Approval, Asker, CountersDecision, GateDecision, NodeFailureDecision,
                              PrefectDecider)
+from flows.blocks import GarageCluster, inventory_of
 from flows.holding import hold_cluster, refused
 from garage_migrate import runtime as R
 from garage_migrate.errors import ClusterLockedError, MigrationAborted, SupersededError
@@ -37,19 +39,20 @@ __all__ = ["Approval", "CountersDecision", "GateDecision", "MigrationAborted", "
            "minimal_downtime_migration", "simple_migration"]
 
 
-async def _migrate(procedure: str, inventory: str, migration_id: str | None, options: MigrationOptions,
-                   dry_run: bool, auto_approve: bool, pause_timeout: int):
+async def _migrate(procedure: str, inventory: str | GarageCluster, migration_id: str | None,
+                   options: MigrationOptions, dry_run: bool, auto_approve: bool, pause_timeout: int):
     log = get_run_logger()
+    reporter = PrefectReporter()
     try:
         # a dry run writes no ledger either: it must not pin the migration to a procedure
-        async with R.open_runtime(inventory, procedure, migration_id, log=log,
-                                  persist=not dry_run) as rt:
-            return await run_migration(
-                rt, R.plan_for(rt, procedure, options), options, dry_run=dry_run,
-                hold=lambda held: hold_cluster(held, procedure, "migration", log),
-                decider_for=lambda lock: PrefectDecider(Asker(lock.identity.token, lock.superseded, log),
-                                                        pause_timeout),
-                steps=PrefectSteps(), reporter=PrefectReporter(), auto_approve=auto_approve, log=log)
+        with inventory_of(inventory) as inv:
+            async with R.open_runtime(inv, procedure, migration_id, log=log, persist=not dry_run) as rt:
+                result = await run_migration(
+                    rt, R.plan_for(rt, procedure, options), options, dry_run=dry_run,
+                    hold=lambda held: hold_cluster(held, procedure, "migration", log),
+                    decider_for=lambda lock: PrefectDecider(Asker(lock.identity.token, lock.superseded, log),
+                                                            pause_timeout),
+                    steps=PrefectSteps(), reporter=reporter, auto_approve=auto_approve, log=log)
     except ClusterLockedError as exc:
         return refused(exc, log)
     except SupersededError as exc:
@@ -57,16 +60,19 @@ async def _migrate(procedure: str, inventory: str, migration_id: str | None, opt
         # attempt's), write nothing, touch nothing
         log.warning("%s", exc)
         raise Abort(str(exc)) from None
+    # the flow run's result says where its final report is (the artifacts tab has it too)
+    return {**result, **reporter.links()} if isinstance(result, dict) else result
 
 
 @flow(name="simple-migration", log_prints=False)
-async def simple_migration(inventory: str, migration_id: str | None = None,
-                           options: MigrationOptions = MigrationOptions(), dry_run: bool = False,
-                           auto_approve: bool = False, pause_timeout: int = DEFAULT_PAUSE_TIMEOUT) -> dict:
+async def simple_migration(inventory: P.Inventory, migration_id: P.MigrationId = None,
+                           options: P.Options = MigrationOptions(), dry_run: P.DryRun = False,
+                           auto_approve: P.AutoApprove = False,
+                           pause_timeout: P.PauseTimeout = DEFAULT_PAUSE_TIMEOUT) -> dict:
     """Garage 0.7 -> 0.8, simple procedure: the whole cluster goes offline (guide steps 1-11).
 
     Args:
-        inventory: path of the inventory YAML on the worker.
+        inventory: path of the inventory YAML on the worker, or a ``GarageCluster`` block.
         migration_id: stable id of this migration (default ``<cluster>-to-v<target>``); a new
             run with the same id resumes it from its ledger.
         options: repairs, gate deadlines, watch window, fan-out policy.
@@ -74,17 +80,33 @@ async def simple_migration(inventory: str, migration_id: str | None = None,
         auto_approve: approve gates that passed cleanly (scheduled runs); anything abnormal
             still waits for a person, up to ``pause_timeout``.
         pause_timeout: seconds an approval waits (set it to what is left of the window).
+
+    The form's titles and descriptions are in :mod:`flows.params`.
     """
     return await _migrate("simple", inventory, migration_id, options, dry_run, auto_approve, pause_timeout)
 
 
 @flow(name="minimal-downtime-migration", log_prints=False)
-async def minimal_downtime_migration(inventory: str, migration_id: str | None = None,
-                                     options: MigrationOptions = MigrationOptions(), dry_run: bool = False,
-                                     auto_approve: bool = False, pause_timeout: int = DEFAULT_PAUSE_TIMEOUT) -> dict:
+async def minimal_downtime_migration(inventory: P.Inventory, migration_id: P.MigrationId = None,
+                                     options: P.Options = MigrationOptions(), dry_run: P.DryRun = False,
+                                     auto_approve: P.AutoApprove = False,
+                                     pause_timeout: P.PauseTimeout = DEFAULT_PAUSE_TIMEOUT) -> dict:
     """Garage 0.7 -> 0.8, minimal-downtime procedure (guide steps 1-5, from v0.8.2's guide).
 
     Zone-by-zone backups while the cluster serves, every node restarted on 0.8 at once, then
-    zone-by-zone offline counter repairs. Arguments as for :func:`simple_migration`.
+    zone-by-zone offline counter repairs.
+
+    Args:
+        inventory: path of the inventory YAML on the worker, or a ``GarageCluster`` block.
+        migration_id: stable id of this migration (default ``<cluster>-to-v<target>``); a new
+            run with the same id resumes it from its ledger.
+        options: repairs, gate deadlines, watch window, and the fan-out policy: zones down at
+            once in each round, the canary zone, nodes at once.
+        dry_run: facts and plan only; nothing on the cluster changes.
+        auto_approve: approve gates that passed cleanly (scheduled runs); anything abnormal
+            still waits for a person, up to ``pause_timeout``.
+        pause_timeout: seconds an approval waits (set it to what is left of the window).
+
+    The form's titles and descriptions are in :mod:`flows.params`.
     """
     return await _migrate("minimal-downtime", inventory, migration_id, options, dry_run, auto_approve, pause_timeout)
