@@ -6,14 +6,16 @@ A worker starts each flow run in its own process, in the worker's directory; the
 on the worker, only later and with ``FileNotFoundError: ... flows/migration.py``, naming nothing
 an operator can act on. This step checks first and says what to set, where.
 
-``deployments/prefect.yaml`` calls it as ``garage_migrate.pull_step.enter_project_home`` (the
-package is installed in the worker's virtualenv, so it imports before the directory changes).
-No Prefect import here: it is a plain function Prefect calls with the step's arguments.
+``deployments/prefect.yaml`` calls it as ``flows.pull_step.enter_project_home`` (the project
+is installed in the worker's virtualenv, so it imports before the directory changes). Prefect
+keeps a failed pull step's exception in the worker's log only; the message is therefore also
+written to the flow run's own log, which the run's page in the UI shows.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 ENV_VAR = "GARAGE_MIGRATE_HOME"
@@ -50,9 +52,19 @@ def enter_project_home(env_var: str = ENV_VAR) -> dict[str, str]:
     """
     raw = os.environ.get(env_var, "").strip()
     if not raw:
-        raise ProjectHomeError(f"{env_var} is not set on this worker, so the flow's code cannot be found: {_fix()}")
+        _fail(f"{env_var} is not set on this worker, so the flow's code cannot be found: {_fix()}")
     home = Path(raw).expanduser().resolve()
     if not (home / MARKER).is_file():
-        raise ProjectHomeError(f"{env_var}={raw} is not a garage-migrate checkout (no {MARKER} there): {_fix()}")
+        _fail(f"{env_var}={raw} is not a garage-migrate checkout (no {MARKER} there): {_fix()}")
     os.chdir(home)
     return {"directory": str(home)}
+
+
+def _fail(message: str):
+    """Say ``message`` in the flow run's log (when in one), then raise it."""
+    run_id = os.environ.get("PREFECT__FLOW_RUN_ID")
+    if run_id:
+        from prefect.logging.loggers import flow_run_logger
+
+        flow_run_logger(flow_run_id=uuid.UUID(run_id)).error("Deployment pull step failed: %s", message)
+    raise ProjectHomeError(message)
