@@ -8,11 +8,11 @@
 
 from __future__ import annotations
 
+import json
 from uuid import UUID
 
 from prefect import task
 from prefect.artifacts import (
-    TableArtifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -87,7 +87,7 @@ class PrefectReporter:
         else:
             async with get_client() as client:
                 await client.update_artifact(self.ledger_id, ArtifactUpdate(
-                    data=TableArtifact(table=rows).format(), description=f"Ledger of {what}"))
+                    data=json.dumps(rows), description=f"Ledger of {what}"))  # as create_table_artifact stores it
 
     async def report(self, migration_id: str, markdown: str, description: str) -> None:
         """The final report as a markdown artifact ``report-<migration id>``."""
