@@ -21,6 +21,7 @@ from prefect.artifacts import (
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.settings import PREFECT_UI_URL
+from prefect.states import Completed
 
 import tasks as T
 from flows.approvals import prefect_key as artifact_key
@@ -68,6 +69,7 @@ class PrefectReporter:
         self.ledger_id: UUID | None = None
         self.report_key: str | None = None
         self.report_id: UUID | None = None
+        self.report_markdown = ""
 
     async def plan(self, migration_id: str, markdown: str, description: str) -> None:
         """The plan as a markdown artifact ``plan-<migration id>``."""
@@ -90,9 +92,28 @@ class PrefectReporter:
                     data=json.dumps(rows), description=f"Ledger of {what}"))  # as create_table_artifact stores it
 
     async def report(self, migration_id: str, markdown: str, description: str) -> None:
-        """The final report as a markdown artifact ``report-<migration id>``."""
-        self.report_key = artifact_key("report", migration_id)
-        self.report_id = await create_markdown_artifact(markdown, key=self.report_key, description=description)
+        """The final report as a markdown artifact ``report-<migration id>``; a second report of
+        the same run (a dry run's summary after its watch report) goes on top of the same card."""
+        key = artifact_key("report", migration_id)
+        if self.report_id is not None and key == self.report_key:
+            self.report_markdown = f"{markdown}\n\n---\n\n{self.report_markdown}"
+            async with get_client() as client:
+                await client.update_artifact(self.report_id, ArtifactUpdate(data=self.report_markdown,
+                                                                            description=description))
+            return
+        self.report_key, self.report_markdown = key, markdown
+        self.report_id = await create_markdown_artifact(markdown, key=key, description=description)
+
+    def finished(self, result):
+        """The flow's return: ``result`` with :meth:`links`, as a Completed state whose message
+        names the report (the run's page shows it), or ``result`` itself when it is a state."""
+        if not isinstance(result, dict):
+            return result
+        links = self.links()
+        out = {**result, **links}
+        if not links:
+            return out
+        return Completed(message=f"Report: {links.get('report_url') or links['report_artifact']}", data=out)
 
     def links(self) -> dict[str, str]:
         """Where the final report is, for the flow run's result (empty before a report)."""

@@ -60,8 +60,8 @@ async def _migrate(procedure: str, inventory: str | GarageCluster, migration_id:
         # attempt's), write nothing, touch nothing
         log.warning("%s", exc)
         raise Abort(str(exc)) from None
-    # the flow run's result says where its final report is (the artifacts tab has it too)
-    return {**result, **reporter.links()} if isinstance(result, dict) else result
+    # the flow run's result and its final state's message say where its report is
+    return reporter.finished(result)
 
 
 @flow(name="simple-migration", log_prints=False)

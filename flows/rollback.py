@@ -55,7 +55,7 @@ async def rollback_migration(inventory: P.Inventory, migration_id: P.MigrationId
     except SupersededError as exc:
         log.warning("%s", exc)
         raise Abort(str(exc)) from None
-    return {**result, **reporter.links()}
+    return reporter.finished(result)
 
 
 async def _rollback(inventory, migration_id, nodes, procedure, gate_deadline_s, pause_timeout, reporter,

@@ -165,9 +165,10 @@ def test_the_reporter_keeps_one_card_each_and_updates_the_ledger_table_in_place(
             await rep.progress("m-cards", phase, 30.0 * (i + 1), rows(status))
         assert rep.links() == {}  # no report yet
         await rep.report("m-cards", "**report**", "Final report")
-        return str(get_run_context().flow_run.id), rep.links()
+        await rep.report("m-cards", "**dry run summary**", "Dry run: what would run")  # same card, on top
+        return str(get_run_context().flow_run.id), rep.links(), rep.finished({"state": "done"})
 
-    frid, links = asyncio.run(publish())
+    frid, links, finished = asyncio.run(publish())
     cards = _cards(prefect_server.api, frid)
     assert sorted((c["type"], c["key"]) for c in cards) == [
         ("markdown", "plan-m-cards"), ("markdown", "report-m-cards"), ("progress", "progress-m-cards"),
@@ -179,6 +180,11 @@ def test_the_reporter_keeps_one_card_each_and_updates_the_ledger_table_in_place(
         "node", "zone", "phase", "step", "status", "attempts", "last change"]
     assert table["description"] == "Ledger of Migration m-cards: after phase c"
     assert by_key["progress-m-cards"]["data"] == 90.0
+    assert by_key["report-m-cards"]["data"] == "**dry run summary**\n\n---\n\n**report**"
+    assert by_key["report-m-cards"]["description"] == "Dry run: what would run"
+    # the flow's result names the report, and so does its final state's message
+    assert finished.is_completed() and finished.message == f"Report: {links['report_url']}"
+    assert asyncio.run(finished.result()) == {"state": "done", **links}
     assert links["report_artifact"] == "report-m-cards" and links["report_artifact_id"] == by_key["report-m-cards"]["id"]
     assert links["report_url"] == f"{prefect_server.url}/artifacts/artifact/{links['report_artifact_id']}"
 
