@@ -184,7 +184,7 @@ def test_the_reporter_keeps_one_card_each_and_updates_the_ledger_table_in_place(
     assert by_key["report-m-cards"]["description"] == "Dry run: what would run"
     # the flow's result names the report, and so does its final state's message
     assert finished.is_completed() and finished.message == f"Report: {links['report_url']}"
-    assert asyncio.run(finished.result()) == {"state": "done", **links}
+    assert finished.data == {"state": "done", **links}
     assert links["report_artifact"] == "report-m-cards" and links["report_artifact_id"] == by_key["report-m-cards"]["id"]
     assert links["report_url"] == f"{prefect_server.url}/artifacts/artifact/{links['report_artifact_id']}"
 
