@@ -88,6 +88,9 @@ def test_a_decision_form_offers_only_the_choices_given():
     with pytest.raises(pydantic.ValidationError):
         only(action="rollback")
     assert only(action="retry").action == "retry"
+    # as the pause saves it: with the dialog's text, still only "retry"
+    shown = only.with_initial_data(description="text").model_json_schema()["properties"]["action"]
+    assert shown.get("enum", [shown.get("const")]) == ["retry"]
     assert offering(Approval, ("approve", "abort")) is Approval
     with pytest.raises(ValueError, match="offers"):
         offering(Approval, ("retry",))
