@@ -124,6 +124,7 @@ def test_a_garage_cluster_block_gives_its_inventory_and_its_secrets_only_while_o
         GarageCluster(inventory_path="/a.yaml", inventory_yaml=inventory_text)
 
 
+@pytest.mark.timeout(600)
 def test_a_block_reference_from_the_form_becomes_the_block(inventory_text, prefect_server, tmp_path):
     """The UI sends a block as ``{"$ref": {"block_document_id": ...}}``; the flow gets the block."""
     from flows.blocks import GarageCluster
@@ -150,6 +151,7 @@ def _cards(api: str, flow_run_id) -> list[dict]:
     return r.json()
 
 
+@pytest.mark.timeout(600)
 def test_the_reporter_keeps_one_card_each_and_updates_the_ledger_table_in_place(prefect_server):
     from prefect import flow
     from prefect.context import get_run_context
