@@ -535,6 +535,15 @@ def _run(args) -> int:
     _prefect_env()
     server = None
     if not os.environ.get("PREFECT_API_URL"):
+        if not args.dry_run:
+            # a run the cluster lock will refuse says so now, before a server takes tens of
+            # seconds to start (read-only; the flow's own lock still decides everything else)
+            from .lock_precheck import refusal
+
+            why = asyncio.run(refusal(args.inventory, args.procedure, args.migration_id))
+            if why is not None:
+                print(f"garage-migrate: refused: {why}", file=sys.stderr)
+                return 3
         server = _TemporaryServer()
     # a SIGTERM (a CI timeout, a kill) must still stop the server: make it an exception
     signal.signal(signal.SIGTERM, _interrupt)

@@ -75,6 +75,14 @@ class MigrationOptions(BaseModel):
     gate_consecutive: int = Field(
         3, ge=1, title="Clean observations needed",
         description="How many observations in a row must show empty queues for a sync gate to pass.")
+    gate_settle_s: float = Field(
+        5.0, ge=0, title="Repair settle time (seconds)",
+        description="How many seconds a sync gate waits for a just-launched repair to show work before "
+                    "idle figures count as passes.")
+    gate_cli_reads_per_s: float = Field(
+        8.0, gt=0, title="Gate CLI reads per second",
+        description="How many per-node CLI reads (worker list, stats on 0.7) a sync gate makes per "
+                    "second across the whole cluster, whatever its size.")
     watch_s: float = Field(
         60.0, ge=0, title="Watch window (seconds)",
         description="How many seconds the cluster is watched after the upgrade before the final report.")

@@ -62,8 +62,10 @@ def test_every_parameter_of_every_deployment_has_its_own_title_and_a_one_line_de
             assert title and title != name and "_" not in title and title[0].isupper(), what
             assert desc and "\n" not in desc and desc.endswith((".", ")")), what
             assert "`" not in desc and ":class:" not in desc, what  # plain text, no reST
-            if name.endswith("_s") or "timeout" in name:
-                assert "(seconds)" in title and "seconds" in desc, what  # units in words
+            if name.endswith("_per_s"):
+                assert "per second" in title and "per second" in desc, what  # units in words
+            elif name.endswith("_s") or "timeout" in name:
+                assert "(seconds)" in title and "seconds" in desc, what
         for dname, d in schema.get("definitions", {}).items():
             # a model's docstring is the form's text of that section: one plain line
             assert d.get("description") and "`" not in d["description"] and "\n" not in d["description"], dname
