@@ -67,12 +67,14 @@ def _one_card_each(server, res, zones) -> None:
 
     import httpx
 
+    from flows.approvals import prefect_key
+
     report = httpx.get(f"{server.api}/artifacts/{res['report_artifact_id']}", timeout=30).json()
     assert report["key"] == res["report_artifact"] and res["report_url"].endswith(f"/artifacts/artifact/{report['id']}")
     cards = httpx.post(f"{server.api}/artifacts/filter", timeout=30,
                        json={"artifacts": {"flow_run_id": {"any_": [report["flow_run_id"]]}}}).json()
     mid = res["migration_id"]
-    assert sorted(c["key"] for c in cards) == sorted(f"{k}-{mid}" for k in ("ledger", "plan", "progress", "report"))
+    assert sorted(c["key"] for c in cards) == sorted(prefect_key(k, mid) for k in ("ledger", "plan", "progress", "report"))
     table = next(c for c in cards if c["type"] == "table")
     rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
     assert {r["node"]: r["zone"] for r in rows} == zones and {r["status"] for r in rows} == {"done"}
