@@ -2,11 +2,14 @@
 
 - :class:`PrefectSteps`: each engine step as its Prefect task (``tasks``), so task retries of
   transient faults still work; the gates run in the flow, as the engine's.
-- :class:`PrefectReporter`: progress, table and markdown artifacts.
+- :class:`PrefectReporter`: the plan, progress, ledger table and report artifacts, one card each.
 - The decider is :class:`flows.approvals.PrefectDecider` (the pause that takes only a real answer).
 """
 
 from __future__ import annotations
+
+import json
+from uuid import UUID
 
 from prefect import task
 from prefect.artifacts import (
@@ -15,6 +18,10 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
+from prefect.settings import PREFECT_UI_URL
+from prefect.states import Completed
 
 import tasks as T
 from flows.approvals import prefect_key as artifact_key
@@ -48,26 +55,72 @@ class PrefectSteps(EngineSteps):
 
 
 class PrefectReporter:
-    """Publishes the executor's plan, progress, ledger table and report as Prefect artifacts."""
+    """Publishes the executor's plan, progress, ledger table and report as Prefect artifacts.
 
-    def __init__(self, ledger_table_description: str = "Ledger after phase {phase}"):
-        self.progress_id = None
-        self.table_description = ledger_table_description
+    One card of each per flow run: the progress and the ledger table are created once, then
+    updated in place (same artifact, same key), so the run's artifacts tab shows the plan, the
+    progress, the ledger and the report, not a copy of the table per phase. The table has the
+    few columns a person reads (:func:`garage_migrate.ledger_view.status_rows`); the full
+    detail stays in the ledger and the command journal.
+    """
+
+    def __init__(self):
+        self.progress_id: UUID | None = None
+        self.ledger_id: UUID | None = None
+        self.report_key: str | None = None
+        self.report_id: UUID | None = None
+        self.report_markdown = ""
 
     async def plan(self, migration_id: str, markdown: str, description: str) -> None:
         """The plan as a markdown artifact ``plan-<migration id>``."""
         await create_markdown_artifact(markdown, key=artifact_key("plan", migration_id), description=description)
 
     async def progress(self, migration_id: str, phase: str, percent: float, rows: list[dict]) -> None:
-        """A progress artifact (created once, then updated) and the ledger table."""
+        """The progress and the ledger table ``ledger-<migration id>``, each created once, then updated."""
+        what = f"Migration {migration_id}: after phase {phase}"
         if self.progress_id is None:
             self.progress_id = await create_progress_artifact(percent, key=artifact_key("progress", migration_id),
-                                                              description=f"Migration {migration_id}")
+                                                              description=what)
         else:
-            await update_progress_artifact(self.progress_id, percent)
-        await create_table_artifact(rows, key=artifact_key("ledger", migration_id),
-                                    description=self.table_description.format(phase=phase))
+            await update_progress_artifact(self.progress_id, percent, description=what)
+        if self.ledger_id is None:
+            self.ledger_id = await create_table_artifact(rows, key=artifact_key("ledger", migration_id),
+                                                         description=f"Ledger of {what}")
+        else:
+            async with get_client() as client:
+                await client.update_artifact(self.ledger_id, ArtifactUpdate(
+                    data=json.dumps(rows), description=f"Ledger of {what}"))  # as create_table_artifact stores it
 
     async def report(self, migration_id: str, markdown: str, description: str) -> None:
-        """The final report as a markdown artifact ``report-<migration id>``."""
-        await create_markdown_artifact(markdown, key=artifact_key("report", migration_id), description=description)
+        """The final report as a markdown artifact ``report-<migration id>``; a second report of
+        the same run (a dry run's summary after its watch report) goes on top of the same card."""
+        key = artifact_key("report", migration_id)
+        if self.report_id is not None and key == self.report_key:
+            self.report_markdown = f"{markdown}\n\n---\n\n{self.report_markdown}"
+            async with get_client() as client:
+                await client.update_artifact(self.report_id, ArtifactUpdate(data=self.report_markdown,
+                                                                            description=description))
+            return
+        self.report_key, self.report_markdown = key, markdown
+        self.report_id = await create_markdown_artifact(markdown, key=key, description=description)
+
+    def finished(self, result):
+        """The flow's return: ``result`` with :meth:`links`, as a Completed state whose message
+        names the report (the run's page shows it), or ``result`` itself when it is a state."""
+        if not isinstance(result, dict):
+            return result
+        links = self.links()
+        out = {**result, **links}
+        if not links:
+            return out
+        return Completed(message=f"Report: {links.get('report_url') or links['report_artifact']}", data=out)
+
+    def links(self) -> dict[str, str]:
+        """Where the final report is, for the flow run's result (empty before a report)."""
+        if self.report_id is None:
+            return {}
+        out = {"report_artifact": self.report_key, "report_artifact_id": str(self.report_id)}
+        ui = PREFECT_UI_URL.value()
+        if ui:
+            out["report_url"] = f"{ui.rstrip('/')}/artifacts/artifact/{self.report_id}"
+        return out

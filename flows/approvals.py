@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import typing
 from collections.abc import Callable
 from typing import Literal
 
@@ -38,44 +39,59 @@ from prefect.input.actions import aread_flow_run_input
 from prefect.states import Paused
 from prefect.utilities.engine import propose_state
 
+from garage_migrate.dialog import choices_line
 from garage_migrate.errors import MigrationAborted, SupersededError
 from garage_migrate.executor import Answer
 
 NOTE = pydantic.Field("", title="Note", description="Why (kept in the ledger and the report).")
 
 
+def _decision(*choices: str):
+    """The Decision field: no default (the server refuses a resume without one)."""
+    return pydantic.Field(title="Decision", description=choices_line(choices))
+
+
 class Approval(RunInput):
     """Approve or abort the next risky phase. There is no default: choose one."""
 
-    action: Literal["approve", "abort"] = pydantic.Field(
-        title="Decision", description="approve: run the phase shown below; abort: stop the migration here")
+    action: Literal["approve", "abort"] = _decision("approve", "abort")
     note: str = NOTE
 
 
 class GateDecision(RunInput):
     """A sync gate did not pass. There is no default: choose one."""
 
-    action: Literal["wait_more", "proceed_anyway", "abort"] = pydantic.Field(
-        title="Decision", description="wait_more: run the gate again; proceed_anyway: go on (recorded); "
-                                      "abort: stop the migration here")
+    action: Literal["wait_more", "proceed_anyway", "abort"] = _decision("wait_more", "proceed_anyway", "abort")
     note: str = NOTE
 
 
 class CountersDecision(RunInput):
     """The bucket counters look wrong. There is no default: choose one."""
 
-    action: Literal["proceed_anyway", "abort"] = pydantic.Field(
-        title="Decision", description="proceed_anyway: go on (recorded); abort: stop the migration here")
+    action: Literal["proceed_anyway", "abort"] = _decision("proceed_anyway", "abort")
     note: str = NOTE
 
 
 class NodeFailureDecision(RunInput):
     """Nodes failed to come up on 0.8 after the simultaneous restart. There is no default."""
 
-    action: Literal["retry", "rollback"] = pydantic.Field(
-        title="Decision", description="retry: start the failed nodes on 0.8 again; rollback: every node back "
-                                      "to 0.7 from its verified backup")
+    action: Literal["retry", "rollback"] = _decision("retry", "rollback")
     note: str = NOTE
+
+
+def offering(form: type[RunInput], choices: tuple[str, ...]) -> type[RunInput]:
+    """``form`` with a Decision field that offers only ``choices`` (the ones that apply here).
+
+    Raises:
+        ValueError: a choice the form does not know.
+    """
+    known = typing.get_args(form.model_fields["action"].annotation)
+    if not choices or tuple(choices) == known:
+        return form
+    if not set(choices) <= set(known):
+        raise ValueError(f"{form.__name__} offers {known}, not {choices}")
+    return pydantic.create_model(form.__name__, __base__=form, __doc__=form.__doc__,
+                                 action=(Literal[tuple(choices)], _decision(*choices)))
 
 
 def prefect_key(*parts: str) -> str:
@@ -195,7 +211,7 @@ class PrefectDecider:
         self.asker = asker
         self.pause_timeout = pause_timeout
 
-    async def ask(self, kind: str, key: str, description: str) -> Answer:
-        """See :meth:`garage_migrate.executor.Decider.ask`."""
+    async def ask(self, kind: str, key: str, description: str, choices: tuple[str, ...] = ()) -> Answer:
+        """See :meth:`garage_migrate.executor.Decider.ask`: the kind's form, offering only ``choices``."""
         timeout = self.pause_timeout() if callable(self.pause_timeout) else self.pause_timeout
-        return await self.asker.ask(FORMS[kind], key, description, timeout)
+        return await self.asker.ask(offering(FORMS[kind], choices), key, description, timeout)

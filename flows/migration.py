@@ -24,11 +24,12 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.exceptions import Abort
-from pydantic import Field
 
+from flows import params as P
 from flows.adapters import PrefectReporter, PrefectSteps
 from flows.approvals import (Approval, Asker, CountersDecision, GateDecision, NodeFailureDecision,
                              PrefectDecider)
+from flows.blocks import GarageCluster, inventory_of
 from flows.holding import hold_cluster, refused
 from garage_migrate import runtime as R
 from garage_migrate.errors import ClusterLockedError, MigrationAborted, PlanError, SupersededError
@@ -40,18 +41,6 @@ DEFAULT_PAUSE_TIMEOUT = 3600
 
 __all__ = ["Approval", "CountersDecision", "GateDecision", "MigrationAborted", "NodeFailureDecision",
            "minimal_downtime_migration", "simple_migration", "window_policy"]
-
-#: the window parameters of both flows (Prefect resolves a ``Field`` default when it binds them)
-WINDOW_END = Field(None, title="Window end", description=(
-    "When the maintenance window closes, with a time zone (e.g. 2026-12-06T04:00:00+00:00): "
-    "no phase starts that cannot finish before it, no approval waits past it"))
-WINDOW_MINUTES = Field(None, gt=0, title="Window length (minutes)", description=(
-    "Or: the window's length in minutes from the run's scheduled start (a run that starts late has "
-    "less of it left)"))
-BACKUP_MAX_AGE = Field(DEFAULT_BACKUP_MAX_AGE_HOURS, gt=0, title="Backup maximum age (hours)", description=(
-    "A node's backup older than this many hours is taken again before the flip (a migration resumed "
-    "in a later window)"))
-
 
 def window_policy(window_end: datetime | None, window_minutes: float | None,
                   backup_max_age_hours: float) -> WindowPolicy:
@@ -69,22 +58,24 @@ def window_policy(window_end: datetime | None, window_minutes: float | None,
                         backup_max_age_hours * 3600)
 
 
-async def _migrate(procedure: str, inventory: str, migration_id: str | None, options: MigrationOptions,
-                   dry_run: bool, auto_approve: bool, pause_timeout: int, window: WindowPolicy):
+async def _migrate(procedure: str, inventory: str | GarageCluster, migration_id: str | None,
+                   options: MigrationOptions, dry_run: bool, auto_approve: bool, pause_timeout: int,
+                   window: WindowPolicy):
     log = get_run_logger()
+    reporter = PrefectReporter()
     if window.window is not None:
         log.info("maintenance window until %s (%.0f min left)", window.window.end.isoformat(), window.left() / 60)
     try:
         # a dry run writes no ledger either: it must not pin the migration to a procedure
-        async with R.open_runtime(inventory, procedure, migration_id, log=log,
-                                  persist=not dry_run) as rt:
-            return await run_migration(
-                rt, R.plan_for(rt, procedure, options), options, dry_run=dry_run,
-                hold=lambda held: hold_cluster(held, procedure, "migration", log),
-                decider_for=lambda lock: PrefectDecider(Asker(lock.identity.token, lock.superseded, log),
-                                                        lambda: window.pause_timeout(pause_timeout)),
-                steps=PrefectSteps(), reporter=PrefectReporter(), auto_approve=auto_approve, log=log,
-                window=window)
+        with inventory_of(inventory) as inv:
+            async with R.open_runtime(inv, procedure, migration_id, log=log, persist=not dry_run) as rt:
+                result = await run_migration(
+                    rt, R.plan_for(rt, procedure, options), options, dry_run=dry_run,
+                    hold=lambda held: hold_cluster(held, procedure, "migration", log),
+                    decider_for=lambda lock: PrefectDecider(Asker(lock.identity.token, lock.superseded, log),
+                                                            lambda: window.pause_timeout(pause_timeout)),
+                    steps=PrefectSteps(), reporter=reporter, auto_approve=auto_approve, log=log,
+                    window=window)
     except ClusterLockedError as exc:
         return refused(exc, log)
     except SupersededError as exc:
@@ -92,18 +83,21 @@ async def _migrate(procedure: str, inventory: str, migration_id: str | None, opt
         # attempt's), write nothing, touch nothing
         log.warning("%s", exc)
         raise Abort(str(exc)) from None
+    # the flow run's result and its final state's message say where its report is
+    return reporter.finished(result)
 
 
 @flow(name="simple-migration", log_prints=False)
-async def simple_migration(inventory: str, migration_id: str | None = None,
-                           options: MigrationOptions = MigrationOptions(), dry_run: bool = False,
-                           auto_approve: bool = False, pause_timeout: int = DEFAULT_PAUSE_TIMEOUT,
-                           window_end: datetime | None = WINDOW_END, window_minutes: float | None = WINDOW_MINUTES,
-                           backup_max_age_hours: float = BACKUP_MAX_AGE) -> dict:
+async def simple_migration(inventory: P.Inventory, migration_id: P.MigrationId = None,
+                           options: P.Options = MigrationOptions(), dry_run: P.DryRun = False,
+                           auto_approve: P.AutoApprove = False,
+                           pause_timeout: P.PauseTimeout = DEFAULT_PAUSE_TIMEOUT,
+                           window_end: P.WindowEnd = None, window_minutes: P.WindowMinutes = None,
+                           backup_max_age_hours: P.BackupMaxAgeHours = DEFAULT_BACKUP_MAX_AGE_HOURS) -> dict:
     """Garage 0.7 -> 0.8, simple procedure: the whole cluster goes offline (guide steps 1-11).
 
     Args:
-        inventory: path of the inventory YAML on the worker.
+        inventory: path of the inventory YAML on the worker, or a ``GarageCluster`` block.
         migration_id: stable id of this migration (default ``<cluster>-to-v<target>``); a new
             run with the same id resumes it from its ledger.
         options: repairs, gate deadlines, watch window, fan-out policy.
@@ -114,21 +108,37 @@ async def simple_migration(inventory: str, migration_id: str | None = None,
         window_end: when the maintenance window closes (with a zone).
         window_minutes: or the window's length from the run's scheduled start.
         backup_max_age_hours: a backup older than this is taken again before the flip.
+
+    The form's titles and descriptions are in :mod:`flows.params`.
     """
     return await _migrate("simple", inventory, migration_id, options, dry_run, auto_approve, pause_timeout,
                           window_policy(window_end, window_minutes, backup_max_age_hours))
 
 
 @flow(name="minimal-downtime-migration", log_prints=False)
-async def minimal_downtime_migration(inventory: str, migration_id: str | None = None,
-                                     options: MigrationOptions = MigrationOptions(), dry_run: bool = False,
-                                     auto_approve: bool = False, pause_timeout: int = DEFAULT_PAUSE_TIMEOUT,
-                                     window_end: datetime | None = WINDOW_END, window_minutes: float | None = WINDOW_MINUTES,
-                                     backup_max_age_hours: float = BACKUP_MAX_AGE) -> dict:
+async def minimal_downtime_migration(inventory: P.Inventory, migration_id: P.MigrationId = None,
+                                     options: P.Options = MigrationOptions(), dry_run: P.DryRun = False,
+                                     auto_approve: P.AutoApprove = False,
+                                     pause_timeout: P.PauseTimeout = DEFAULT_PAUSE_TIMEOUT,
+                                     window_end: P.WindowEnd = None, window_minutes: P.WindowMinutes = None,
+                                     backup_max_age_hours: P.BackupMaxAgeHours = DEFAULT_BACKUP_MAX_AGE_HOURS) -> dict:
     """Garage 0.7 -> 0.8, minimal-downtime procedure (guide steps 1-5, from v0.8.2's guide).
 
     Zone-by-zone backups while the cluster serves, every node restarted on 0.8 at once, then
-    zone-by-zone offline counter repairs. Arguments as for :func:`simple_migration`.
+    zone-by-zone offline counter repairs.
+
+    Args:
+        inventory: path of the inventory YAML on the worker, or a ``GarageCluster`` block.
+        migration_id: stable id of this migration (default ``<cluster>-to-v<target>``); a new
+            run with the same id resumes it from its ledger.
+        options: repairs, gate deadlines, watch window, and the fan-out policy: zones down at
+            once in each round, the canary zone, nodes at once.
+        dry_run: facts and plan only; nothing on the cluster changes.
+        auto_approve: approve gates that passed cleanly (scheduled runs); anything abnormal
+            still waits for a person, up to ``pause_timeout``.
+        pause_timeout: seconds an approval waits (set it to what is left of the window).
+
+    The form's titles and descriptions are in :mod:`flows.params`.
     """
     return await _migrate("minimal-downtime", inventory, migration_id, options, dry_run, auto_approve, pause_timeout,
                           window_policy(window_end, window_minutes, backup_max_age_hours))

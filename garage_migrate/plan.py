@@ -37,49 +37,58 @@ Procedure = Literal["simple", "minimal-downtime", "rollback"]  # rollback: garag
 
 
 class FanoutPolicy(BaseModel):
-    """How steps fan out over zones and nodes (a value, read by the scheduler).
+    """How the steps fan out over zones and nodes."""
 
-    Attributes:
-        zones_in_parallel: simple procedure: back up and offline-repair every zone at once
-            (the cluster is down anyway), else one zone after the other.
-        max_zones_down: minimal-downtime: zones down together in each round of the rolling
-            backups and offline repairs (1 keeps quorum with replication mode 3 over 3 zones).
-        stop_after_zone: minimal-downtime canary: pause for approval after the first round that
-            holds this zone.
-        max_parallel_nodes: bound on the node sequences of a wave that run at once (SSH
-            fan-out); never splits the simultaneous restart.
-    """
-
+    # The docstrings above and the field descriptions are what the Prefect form shows (plain
+    # text: no markup). The policy is a value, read by the scheduler (executor/schedule.py).
     model_config = ConfigDict(frozen=True, extra="forbid")
-    zones_in_parallel: bool = True
-    max_zones_down: int = Field(1, ge=1)
-    stop_after_zone: str | None = None
-    max_parallel_nodes: int = Field(32, ge=1)
+    zones_in_parallel: bool = Field(
+        True, title="Zones in parallel (simple procedure)",
+        description="Back up and offline-repair every zone at once (the cluster is down anyway); "
+                    "off: one zone after the other.")
+    max_zones_down: int = Field(
+        1, ge=1, title="Zones down at once (minimal-downtime)",
+        description="How many zones are stopped together in each round of the rolling backups and offline "
+                    "repairs; 1 keeps write quorum with replication mode 3 over 3 zones.")
+    stop_after_zone: str | None = Field(
+        None, title="Canary zone (minimal-downtime)",
+        description="Pause for an approval after the first backup round that holds this zone; empty: no "
+                    "canary pause.")
+    max_parallel_nodes: int = Field(
+        32, ge=1, title="Nodes at once",
+        description="At most this many nodes work at the same time in a wave (SSH fan-out); the "
+                    "simultaneous restart is never split.")
 
 
 class MigrationOptions(BaseModel):
-    """What the operator chooses (rendered as a form in the Prefect UI).
+    """What the operator chooses: extra repairs, sync gates, the watch window and the fan-out."""
 
-    Attributes:
-        extra_repairs: also run ``versions`` and/or ``block_refs`` before the upgrade (slow).
-        gate_deadline_s: how long a sync gate waits before asking a person.
-        gate_consecutive: consecutive clean observations a sync gate needs.
-        gate_settle_s: seconds a sync gate waits for a just-launched repair to show work before
-            idle figures count as passes.
-        gate_cli_reads_per_s: per-node CLI reads (``worker list``, 0.7's ``stats``) a sync gate
-            makes per second across the whole cluster, whatever its size.
-        watch_s: length of the post-upgrade watch window.
-        fanout: the fan-out policy.
-    """
-
+    # Shown as a form in the Prefect UI: the docstring above and each field's title and
+    # description are what a person reads there (plain text, units in words).
     model_config = ConfigDict(frozen=True, extra="forbid")
-    extra_repairs: tuple[Literal["versions", "block_refs"], ...] = ()
-    gate_deadline_s: float = Field(600.0, gt=0)
-    gate_consecutive: int = Field(3, ge=1)
-    gate_settle_s: float = Field(5.0, ge=0)
-    gate_cli_reads_per_s: float = Field(8.0, gt=0)
-    watch_s: float = Field(60.0, ge=0)
-    fanout: FanoutPolicy = FanoutPolicy()
+    extra_repairs: tuple[Literal["versions", "block_refs"], ...] = Field(
+        (), title="Extra repairs",
+        description="Also run these repairs before the upgrade (slow on big clusters): versions, block_refs.")
+    gate_deadline_s: float = Field(
+        600.0, gt=0, title="Sync gate deadline (seconds)",
+        description="How many seconds a sync gate waits for every queue to empty before it asks a person.")
+    gate_consecutive: int = Field(
+        3, ge=1, title="Clean observations needed",
+        description="How many observations in a row must show empty queues for a sync gate to pass.")
+    gate_settle_s: float = Field(
+        5.0, ge=0, title="Repair settle time (seconds)",
+        description="How many seconds a sync gate waits for a just-launched repair to show work before "
+                    "idle figures count as passes.")
+    gate_cli_reads_per_s: float = Field(
+        8.0, gt=0, title="Gate CLI reads per second",
+        description="How many per-node CLI reads (worker list, stats on 0.7) a sync gate makes per "
+                    "second across the whole cluster, whatever its size.")
+    watch_s: float = Field(
+        60.0, ge=0, title="Watch window (seconds)",
+        description="How many seconds the cluster is watched after the upgrade before the final report.")
+    fanout: FanoutPolicy = Field(
+        FanoutPolicy(), title="Fan-out",
+        description="Zones in parallel or zones down at once, the canary zone, and how many nodes work at once.")
 
 
 StepKind = Literal[
@@ -225,11 +234,12 @@ class MigrationPlan:
         return [(a.node, ph.name, s.kind, a.op.render()) for ph in self.phases for w in ph.waves
                 for s in w.steps for a in s.acts]
 
-    def to_markdown(self, from_phase: str | None = None) -> str:
-        """Markdown for approval forms and artifacts (optionally from ``from_phase`` on)."""
+    def to_markdown(self, from_phase: str | None = None, **kw) -> str:
+        """Markdown for approval forms and artifacts (optionally from ``from_phase`` on; the
+        keywords of :func:`garage_migrate.plan_render.to_markdown`)."""
         from .plan_render import to_markdown
 
-        return to_markdown(self, from_phase)
+        return to_markdown(self, from_phase, **kw)
 
     def to_text(self) -> str:
         """Plain text for the terminal (every step and command)."""

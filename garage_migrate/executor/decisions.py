@@ -42,7 +42,8 @@ class Decisions:
         self.auto_approve = auto_approve
         self.log = log
 
-    async def decide(self, kind: DecisionKind, key: str, description: str, clean: bool) -> str:
+    async def decide(self, kind: DecisionKind, key: str, description: str, clean: bool,
+                     choices: tuple[str, ...] | None = None) -> str:
         """The decision at ``key``: reused, answered by rule, or asked of a person.
 
         Args:
@@ -50,6 +51,8 @@ class Decisions:
             key: the ledger key of the decision (e.g. ``approve-flip``, ``sync-before-2``).
             description: markdown shown to the person.
             clean: every gate before this one passed (the only case auto-approve may answer).
+            choices: the answers that apply here (default: every answer of ``kind``); the
+                person is offered only these, and any other answer is refused.
 
         Raises:
             MigrationAborted: the answer is not one this kind accepts.
@@ -68,8 +71,11 @@ class Decisions:
             await self.ledger.event("auto-approve", f"{key}: approve (rule: auto_approve, clean gate)")
             return "approve"
         await self.ledger.record_gate(key, status="waiting", decision=None, by=None, plan_digest=self.digest)
-        answer = await self.decider.ask(kind, key, description)
-        if answer.action not in ACTIONS[kind]:
+        offered = tuple(choices or ACTIONS[kind])
+        if not set(offered) <= set(ACTIONS[kind]):
+            raise ValueError(f"{key}: {offered} are not all answers to a {kind} question")
+        answer = await self.decider.ask(kind, key, description, offered)
+        if answer.action not in offered:
             raise MigrationAborted(f"{key}: {answer.action!r} is not an answer to a {kind} question")
         await self.ledger.record_gate(key, status="decided", decision=answer.action, by="person",
                                       note=answer.note, plan_digest=self.digest, flow_run_id=answer.flow_run_id,

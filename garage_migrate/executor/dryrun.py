@@ -228,9 +228,12 @@ class DryRunDecider:
     def __init__(self):
         self.asked: list[tuple[str, str, str]] = []
 
-    async def ask(self, kind: str, key: str, description: str) -> Answer:
-        """The rule's answer; the question is kept for the summary."""
+    async def ask(self, kind: str, key: str, description: str, choices: tuple[str, ...] = ()) -> Answer:
+        """The rule's answer (the first offered one when the rule's is not offered); the
+        question is kept for the summary."""
         action = DRY_RUN_ANSWERS[kind]
+        if choices and action not in choices:
+            action = choices[0]
         self.asked.append((kind, key, action))
         return Answer(action=action, note="dry run: a person is asked here", pause_key="dry-run", flow_run_id="")
 

@@ -53,8 +53,9 @@ class Answer:
 class Decider(Protocol):
     """Asks a person one question and returns only a real answer."""
 
-    async def ask(self, kind: DecisionKind, key: str, description: str) -> Answer:
-        """Ask question ``key`` of ``kind`` (``description`` is markdown) and wait for the answer.
+    async def ask(self, kind: DecisionKind, key: str, description: str, choices: tuple[str, ...]) -> Answer:
+        """Ask question ``key`` of ``kind`` (``description`` is markdown) and wait for the answer,
+        offering only ``choices`` (those of :data:`ACTIONS` that apply to this question).
 
         Raises:
             MigrationAborted: nobody answered in time (not approved, nothing done).

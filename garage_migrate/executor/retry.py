@@ -39,6 +39,7 @@ from .. import probes
 from ..cluster_lock import ClusterLock
 from ..errors import GarageMigrateError, MigrationAborted, PlanError, SupersededError
 from ..journal import CommandJournal, in_step, with_journal
+from ..ledger_view import status_rows
 from ..ledger_model import LedgerDoc
 from ..plan import MigrationOptions, MigrationPlan, Phase, Step, Wave
 from ..steps import Runtime
@@ -359,5 +360,5 @@ async def retry_node(rt: Runtime, plan: MigrationPlan, node: str, step: str | No
                     nodes=[node])
     if reporter is not None:
         await reporter.progress(plan.migration_id, sel.phase.name, led.progress(plan.node_step_count),
-                                led.table_rows(ex.step_kinds))
+                                status_rows(led.doc))
     return report

@@ -24,17 +24,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections import OrderedDict
 
+from .. import dialog
 from ..errors import MigrationAborted, PlanError, SupersededError
 from ..gates import Clock, SystemClock
 from ..journal import in_step
+from ..ledger_view import status_rows
 from ..plan import MigrationOptions, MigrationPlan, Phase, Step, Wave
 from ..runtime import watch_report
 from ..steps import Runtime, StepResult
 from ..window import WindowGuard, WindowPolicy
 from .decisions import Decisions
-from .interfaces import Decider, NullReporter, Reporter, StepRunner
+from .interfaces import ACTIONS, Decider, NullReporter, Reporter, StepRunner
 from .rollback import rollback_plan_for, run_rollback
 from .schedule import NodeSequence, schedule_wave
 
@@ -78,12 +79,10 @@ class Executor:
         self.log = log or rt.log
         self.decisions = Decisions(rt.ledger, decider, plan.digest(), auto_approve, self.log)
         self.window = WindowGuard(window, plan, rt.ledger, opts, self.log)
-        self.step_kinds = list(OrderedDict.fromkeys(f"{ph.name}:{s.kind}" for ph in plan.phases for w in ph.waves
-                                                    for s in w.steps if s.node is not None))
 
-    async def decide(self, kind, key: str, description: str, clean: bool) -> str:
+    async def decide(self, kind, key: str, description: str, clean: bool, choices: tuple[str, ...] | None = None) -> str:
         """See :meth:`Decisions.decide`."""
-        return await self.decisions.decide(kind, key, description, clean)
+        return await self.decisions.decide(kind, key, description, clean, choices)
 
     # ------------------------------------------------------------------ execution
     async def run(self) -> None:
@@ -111,7 +110,7 @@ class Executor:
                 await self.run_wave(phase, wave)
             await led.event("phase", f"end {phase.name}")
             await self.reporter.progress(self.plan.migration_id, phase.name,
-                                         led.progress(self.plan.node_step_count), led.table_rows(self.step_kinds))
+                                         led.progress(self.plan.node_step_count), status_rows(led.doc))
 
     async def run_wave(self, phase: Phase, wave: Wave) -> None:
         """Run ``wave`` as the scheduler says (:func:`.schedule.schedule_wave`, with the plan's
@@ -211,9 +210,9 @@ class Executor:
                 return await self.sync_gate(s.arg("gate"))
             case "approval":
                 key = f"approve-{s.arg('gate')}"
-                md = (f"**{phase.title}**\n\n" + self.plan.to_markdown(from_phase=self._next_phase(phase).name)
-                      + "\n\n#### Cluster facts\n" + rt.facts.to_markdown())
-                md += self.window.approval_note(phase, self._wave_of(phase, s))
+                note = self.window.approval_note(phase, self._wave_of(phase, s)).strip()
+                md = dialog.approval(self.plan, phase, self._next_phase(phase), rt.facts.to_markdown(),
+                                     ACTIONS["approval"], extra=[note] if note else ())
                 if await self.decide("approval", key, md, clean=True) == "abort":
                     raise MigrationAborted(f"aborted at {key}")
                 return None
@@ -224,7 +223,7 @@ class Executor:
             case "check-counters":
                 res = await self.steps.check_counters(rt)
                 if res.status == "failed":
-                    md = f"**Bucket counters look wrong**\n\n{res.detail}\n\nProceed anyway (recorded) or abort."
+                    md = dialog.counters(res.detail, ACTIONS["counters"])
                     if await self.decide("counters", "counters", md, clean=False) == "abort":
                         raise MigrationAborted("aborted at the counters check")
                 return res
@@ -250,7 +249,8 @@ class Executor:
                                              reasons=list(outcome.reasons))
             if outcome.status == "passed":
                 return outcome
-            decision = await self.decide("gate", f"sync-{name}-{attempt}", outcome.render_markdown(), clean=False)
+            md = dialog.gate(name, outcome.render_markdown(), outcome.choices)
+            decision = await self.decide("gate", f"sync-{name}-{attempt}", md, clean=False, choices=outcome.choices)
             if decision == "abort":
                 raise MigrationAborted(f"aborted at sync gate {name}")
             if decision == "proceed_anyway":
@@ -267,11 +267,10 @@ class Executor:
                 back, why = rollback_plan_for(self.rt, approve=False), None  # what "roll back" will run
             except PlanError as exc:
                 back, why = None, exc
-            md = ("**Nodes failed to start on 0.8** after the simultaneous restart; the cluster must not stay "
-                  "split across versions.\n\n" + "\n".join(f"- {n}: {e}" for n, e in failed.items())
-                  + "\n\nRetry starts them again on 0.8; "
-                  + (f"roll back runs this plan:\n\n{back.to_markdown()}" if back else f"roll back is not possible: {why}"))
-            decision = await self.decide("flip-failure", f"flip-failure-{attempt}", md, clean=False)
+            # only the answers that can run are offered: no "rollback" without a rollback plan
+            choices = ACTIONS["flip-failure"] if back else ("retry",)
+            md = dialog.flip_failure(failed, back.to_markdown() if back else None, why, choices)
+            decision = await self.decide("flip-failure", f"flip-failure-{attempt}", md, clean=False, choices=choices)
             if decision == "rollback":
                 if back is None:
                     raise MigrationAborted(f"roll back was chosen but cannot run: {why}")

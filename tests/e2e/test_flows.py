@@ -57,6 +57,28 @@ def test_minimal_downtime_migration_keeps_every_acknowledged_write(make_lab, pre
     led = Ledger.load(res["ledger"])
     assert led.doc.state == "done"
     assert all(rec.backup is not None for rec in led.doc.nodes.values())
+    _one_card_each(prefect_server, res, {n: rec.zone for n, rec in led.doc.nodes.items()})
+
+
+def _one_card_each(server, res, zones) -> None:
+    """The run's artifacts tab: the plan, the progress, one ledger table (updated in place, the
+    seven columns, every node's last step done) and the report, which the result links to."""
+    import json
+
+    import httpx
+
+    from flows.approvals import prefect_key
+
+    report = httpx.get(f"{server.api}/artifacts/{res['report_artifact_id']}", timeout=30).json()
+    assert report["key"] == res["report_artifact"] and res["report_url"].endswith(f"/artifacts/artifact/{report['id']}")
+    cards = httpx.post(f"{server.api}/artifacts/filter", timeout=30,
+                       json={"artifacts": {"flow_run_id": {"any_": [report["flow_run_id"]]}}}).json()
+    mid = res["migration_id"]
+    assert sorted(c["key"] for c in cards) == sorted(prefect_key(k, mid) for k in ("ledger", "plan", "progress", "report"))
+    table = next(c for c in cards if c["type"] == "table")
+    rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
+    assert {r["node"]: r["zone"] for r in rows} == zones and {r["status"] for r in rows} == {"done"}
+    assert list(rows[0]) == ["node", "zone", "phase", "step", "status", "attempts", "last change"]
 
 
 def test_rerun_of_a_finished_migration_changes_nothing(make_lab, prefect_server):

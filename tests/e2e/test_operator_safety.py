@@ -124,6 +124,27 @@ def test_no_deployment_carries_a_concurrency_limit(stack):
 
 
 @pytest.mark.timeout(600)
+def test_a_flow_run_without_garage_migrate_home_says_in_its_log_what_to_set(stack):
+    """The pull step, on the real worker, for a run whose environment has the variable empty
+    (a process worker cannot unset a variable for one run: an empty value reads as unset)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with stack.client() as c:
+        dep = c.read_deployment_by_name(MD)
+        frid = c.create_flow_run_from_deployment(dep.id, parameters={"inventory": "/nowhere.yaml", "dry_run": True},
+                                                 job_variables={"env": {"GARAGE_MIGRATE_HOME": ""}}).id
+    assert stack.wait_final(frid, timeout=300).state.is_crashed()
+    deadline = time.monotonic() + 60  # the log ships shortly after the state: wait for it, not for time
+    while True:
+        with stack.client() as c:
+            logs = [x.message for x in c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[frid])))]
+        if any("GARAGE_MIGRATE_HOME is not set on this worker" in m for m in logs) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert any("GARAGE_MIGRATE_HOME is not set on this worker" in m and "prefect worker start" in m for m in logs), logs
+
+
+@pytest.mark.timeout(600)
 def test_retry_of_a_run_crashed_through_the_api_while_its_process_lives_asks_again(stack, make_lab):
     lab = make_lab(version="0.7.3", zones=3, per_zone=1)
     frid = stack.run_deployment(SIMPLE, **_params(lab))

@@ -37,7 +37,7 @@ class Approver:
     def __init__(self):
         self.asked: list[tuple[str, float]] = []
 
-    async def ask(self, kind, key, description):
+    async def ask(self, kind, key, description, choices=()):
         self.asked.append((key, time.time()))
         return Answer(action="approve", note="lab test", pause_key=key, flow_run_id="")
 

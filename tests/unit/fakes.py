@@ -100,10 +100,12 @@ class ScriptedDecider:
         self.answers = {k.replace("_", "-"): list(v) for k, v in answers.items()}
         self.asked: list[tuple[str, str]] = []
         self.descriptions: dict[str, str] = {}
+        self.choices: dict[str, tuple[str, ...]] = {}
 
-    async def ask(self, kind, key, description):
+    async def ask(self, kind, key, description, choices=()):
         self.asked.append((kind, key))
         self.descriptions[key] = description
+        self.choices[key] = tuple(choices)
         for prefix, actions in self.answers.items():
             if key.startswith(prefix) and actions:
                 return Answer(action=actions.pop(0), note=f"scripted {kind}", pause_key=f"{key}-p", flow_run_id="fr")
