@@ -9,6 +9,7 @@ node give zones and roles. Everything here only reads.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from .facts import (
     parse_status,
     parse_version,
 )
+from .facts.tools import parse_zstd_version
 from .inventory import Inventory, ResolvedNode
 from .ssh import NodeShell
 
@@ -53,6 +55,8 @@ class NodeFacts:
         binary_target: where ``binary_path`` resolves (``readlink -f``).
         metadata_bytes: size of ``metadata_dir`` (``du -sb``), which sets the backup's timeout
             in the plan; ``None`` when it could not be measured.
+        zstd_version: the node's ``zstd`` CLI version, ``None`` when it has none: backups are
+            compressed on the node when it has one.
     """
 
     name: str
@@ -65,6 +69,7 @@ class NodeFacts:
     binary_version: GarageVersion
     binary_target: str
     metadata_bytes: int | None = None
+    zstd_version: str | None = None
 
     @property
     def id16(self) -> str:
@@ -147,8 +152,9 @@ async def _node_facts(node: ResolvedNode, shell: NodeShell) -> tuple[NodeFacts, 
             log.warning("%s: daemon is active but does not answer the CLI: %s", node.name, exc)
     du = await shell.run(C.du_bytes(config.metadata_dir, sudo=ctx.sudo), check=False)
     size = int(du.stdout.split()[0]) if du.returncode == 0 and du.stdout.split()[:1] and du.stdout.split()[0].isdigit() else None
+    zstd = await shell.run(C.zstd_version(), check=False)
     facts = NodeFacts(node.name, node.host, node.zone, node_id.id64, config, running, daemon_version,
-                      binary_version, target, size)
+                      binary_version, target, size, parse_zstd_version(zstd.returncode, zstd.stdout))
     return facts, status_text, layout_text
 
 
@@ -189,8 +195,7 @@ async def discover(inv: Inventory, shells, *, procedure: str = "simple", resumin
                 continue
             if f.zone is not None and f.zone != role.zone:
                 problems.append(f"{f.name}: inventory says zone {f.zone}, the layout says {role.zone}")
-            zoned.append(NodeFacts(f.name, f.host, role.zone, f.id64, f.config, f.running, f.daemon_version,
-                                   f.binary_version, f.binary_target))
+            zoned.append(dataclasses.replace(f, zone=role.zone))
         facts = zoned
         for r in layout.roles:
             if r.capacity is not None and r.id16 not in by_id16:
