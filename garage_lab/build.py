@@ -158,7 +158,8 @@ def make_node(lab, node: dict, peers: list[str], rpc_secret: str, layout: cluste
         (nd / sub).mkdir(parents=True, exist_ok=True)
     (nd / "node.json").write_text(json.dumps(node))
     (nd / "lab.json").write_text(json.dumps(lab.spec.knobs))
-    save_faults(nd / "faults.json", Faults())
+    # a node built without zstd keeps that fault (clear_faults removes it, as it removes any)
+    save_faults(nd / "faults.json", Faults([{"kind": "no-zstd"}] if node["name"] in lab.spec.no_zstd else []))
     (nd / "etc" / "garage.toml").write_text(_garage_toml(lab.spec, node, peers, rpc_secret))
     os.symlink(lab.launcher(p.version), nd / "usr/local/bin/garage")
     meta = nd / "meta"
