@@ -14,7 +14,8 @@ import logging
 from dataclasses import dataclass, field
 
 from . import commands as C
-from .errors import CommandError, DiscoveryError, GarageMigrateError
+from .config08 import diff_lines, translate
+from .errors import CommandError, DiscoveryError, GarageMigrateError, PlanError
 from .facts import (
     ClusterStatus,
     GarageConfig,
@@ -57,6 +58,8 @@ class NodeFacts:
             in the plan; ``None`` when it could not be measured.
         zstd_version: the node's ``zstd`` CLI version, ``None`` when it has none: backups are
             compressed on the node when it has one.
+        config_diff: the changes of its ``garage.toml`` for 0.8 (:mod:`garage_migrate.config08`),
+            a diff of the moved lines only; empty when the config is 0.8-ready.
     """
 
     name: str
@@ -70,6 +73,7 @@ class NodeFacts:
     binary_target: str
     metadata_bytes: int | None = None
     zstd_version: str | None = None
+    config_diff: tuple[str, ...] = ()
 
     @property
     def id16(self) -> str:
@@ -153,8 +157,13 @@ async def _node_facts(node: ResolvedNode, shell: NodeShell) -> tuple[NodeFacts, 
     du = await shell.run(C.du_bytes(config.metadata_dir, sudo=ctx.sudo), check=False)
     size = int(du.stdout.split()[0]) if du.returncode == 0 and du.stdout.split()[:1] and du.stdout.split()[0].isdigit() else None
     zstd = await shell.run(C.zstd_version(), check=False)
+    try:
+        diff = diff_lines(cfg_text, translate(cfg_text).text, ctx.config_path)
+    except PlanError as exc:
+        raise DiscoveryError(f"{node.name}: {ctx.config_path} cannot be prepared for 0.8: {exc}",
+                             node=node.name) from None
     facts = NodeFacts(node.name, node.host, node.zone, node_id.id64, config, running, daemon_version,
-                      binary_version, target, size, parse_zstd_version(zstd.returncode, zstd.stdout))
+                      binary_version, target, size, parse_zstd_version(zstd.returncode, zstd.stdout), diff)
     return facts, status_text, layout_text
 
 
@@ -212,7 +221,8 @@ async def discover(inv: Inventory, shells, *, procedure: str = "simple", resumin
             problems.append(f"{f.name} runs {v or 'an unknown version'}: only 0.7.x can be migrated"
                             + ("" if resuming else " (or resume a migration in progress)"))
         if f.config.deprecated_keys:
-            warnings.append(f"{f.name}: keys ignored silently by 0.8: {', '.join(f.config.deprecated_keys)}")
+            warnings.append(f"{f.name}: keys ignored silently by 0.8: {', '.join(f.config.deprecated_keys)} "
+                            f"(the stage step prepares a translated garage.toml, switched with the binary)")
     if procedure == "minimal-downtime" and facts:
         copies, quorum = REPLICATION.get(facts[0].config.replication_mode, (0, 0))
         zones = {f.zone for f in facts}

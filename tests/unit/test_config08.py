@@ -87,3 +87,68 @@ def test_restoring_a_kept_07_config_under_08_keeps_discovery_on():
     live08 = translate(old.replace("[::]:3900", "[::]:3990")).text  # the API was cut, then switched
     assert restored_in_form_of(old, live08) == translate(old).text
     assert restored_in_form_of(old, old) == old  # still on 0.7: the original as it was
+
+
+# ---------------------------------------------------------------------------- in the plan
+
+
+def _with_consul(facts):
+    import dataclasses
+
+    old = BASE + 'consul_host = "consul:8500"\nconsul_service_name = "garage"\n' + TAIL
+    diff = diff_lines(old, translate(old).text, "/etc/garage.toml")
+    return dataclasses.replace(facts, nodes=tuple(dataclasses.replace(f, config_diff=diff) for f in facts.nodes)), diff
+
+
+def test_the_plan_stages_the_08_config_shows_its_diff_at_the_flip_approval_and_switches_it_with_the_binary():
+    from builders import inventory_and_facts
+
+    from garage_migrate import actions as A
+    from garage_migrate.plan import MigrationOptions, make_plan
+
+    inv, facts = inventory_and_facts({"z1": 1, "z2": 1, "z3": 1})
+    facts, diff = _with_consul(facts)
+    plan = make_plan(inv, facts, "minimal-downtime", "m1", MigrationOptions())
+    stage = next(s for s in plan.steps() if s.kind == "stage" and s.node == "n1")
+    switch = next(s for s in plan.steps() if s.kind == "switch" and s.node == "n1")
+    staged = A.staged_config_path("/etc/garage.toml", "0.8.7")
+    assert f"sftp put {staged}" in [a.op.render() for a in stage.acts]
+    acts = [a.op.render() for a in switch.acts]
+    assert f"sftp put {A.kept_config_path('/etc/garage.toml')}" in acts
+    assert acts[-1].endswith(f"mv -T {staged} /etc/garage.toml")  # after the binary's flip
+    # the person approving the flip sees the diff (the approval shows the plan from the flip on)
+    md = plan.to_markdown(from_phase="approve-flip")
+    assert "```diff" in md and '-consul_host = "consul:8500"' in md and "+[consul_discovery]" in md
+    assert '+consul_http_addr = "http://consul:8500"' in plan.to_text()
+    # a node whose config is 0.8-ready: no config action at all
+    inv2, plain = inventory_and_facts({"z1": 1, "z2": 1, "z3": 1})
+    plain_plan = make_plan(inv2, plain, "minimal-downtime", "m1", MigrationOptions())
+    sw = next(s for s in plain_plan.steps() if s.kind == "switch" and s.node == "n1")
+    assert not any("garage.toml" in a.op.render() for a in sw.acts) and "```diff" not in plain_plan.to_markdown()
+
+
+def test_the_rollback_switches_the_kept_config_back_with_the_binary(tmp_path):
+    import asyncio
+    import logging
+
+    from builders import inventory_and_facts
+    from fakes import FakeSteps
+
+    from garage_migrate import actions as A
+    from garage_migrate.executor.rollback import rollback_plan_for
+    from garage_migrate.ledger import Ledger
+    from garage_migrate.steps import Runtime
+
+    inv, facts = inventory_and_facts({"dc1": 1, "dc2": 1, "dc3": 1}, backup_root=str(tmp_path))
+    rt = Runtime(inv=inv, shells={}, ledger=Ledger.open(tmp_path, inv.cluster, "m1", "minimal-downtime"),
+                 facts=facts, log=logging.getLogger("test"))
+    steps = FakeSteps()
+    for n in ("n1", "n2", "n3"):
+        asyncio.run(steps.preflight(rt, n))
+        asyncio.run(steps.backup_metadata(rt, n))
+    kept = A.kept_config_path("/etc/garage.toml")
+    asyncio.run(rt.ledger.set_node("n1", config_kept=kept))  # what the switch recorded on n1 only
+    plan = rollback_plan_for(rt, tag="rb-x")
+    sw = {s.node: [a.op.render() for a in s.acts] for s in plan.phase("rollback-switch").waves[0].steps}
+    assert sw["n1"][-1].endswith(f"mv -T {kept} /etc/garage.toml")
+    assert not any("garage.toml" in c for c in sw["n2"])
