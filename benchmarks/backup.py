@@ -124,7 +124,9 @@ def _child(args: argparse.Namespace) -> int:
         proof = await observe_stopped(shell, ctx)
         return await backup_node(shell, ctx, node_id=ids[name], metadata_dir=str(lab / "nodes" / name / "meta"),
                                  stopped=proof, dest_root=args.dest, cluster="bench", migration_id=args.migration,
-                                 source_version="0.7.3", level=args.level, compress_on=args.compress_on)
+                                 source_version="0.7.3", level=args.level, compress_on=args.compress_on,
+                                 # a throughput figure, not a deadline: a loaded machine must not time it out
+                                 archive_timeout=7200.0)
 
     async def go():
         async with SshPool.from_inventory(inv) as pool:
@@ -198,7 +200,10 @@ def one_node(args, work: Path, size: int) -> dict:
 
     print(f"\n## 1. one node: {size / MiB:.0f} MiB of metadata", flush=True)
     t0 = time.monotonic()
-    lab = Lab.up(LabSpec(dir=str(work / "lab1"), zones=1, per_zone=1, meta_size=size, version="0.7.3"),
+    # own subnets (127.41.x, like benchmarks.lab): a stopped node frees its RPC port, and the tests'
+    # allocator would take the subnet for another lab while our sshd still listens on it
+    lab = Lab.up(LabSpec(dir=str(work / "lab1"), zones=1, per_zone=1, meta_size=size, version="0.7.3",
+                         subnet="127.41.210"),
                  timeout=1200, wait_prometheus=False)
     try:
         shims.install(lab.dir)
@@ -251,7 +256,8 @@ def zone(args, work: Path, size: int) -> dict:
     n = args.zone_nodes
     print(f"\n## 2. a zone of {n} nodes at once, {size / MiB:.0f} MiB of metadata each", flush=True)
     t0 = time.monotonic()
-    lab = Lab.up(LabSpec(dir=str(work / "labz"), zones=1, per_zone=n, meta_size=size, version="0.7.3"),
+    lab = Lab.up(LabSpec(dir=str(work / "labz"), zones=1, per_zone=n, meta_size=size, version="0.7.3",
+                         subnet="127.41.211"),
                  timeout=1200, wait_prometheus=False)
     try:
         shims.install(lab.dir)
