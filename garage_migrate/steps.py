@@ -445,6 +445,9 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
     if want != text:
         await _upload_text(rt, node, want, acts.upload.remote)
         await rt.act(node, acts.rename)
+        if enabled and want != original:
+            # restored in its 0.8 layout: a re-run must recognise it (the kept copy goes below)
+            await rt.ledger.set_node(node, config_original_sha256=_sha256(want))
     # Garage reads its bind addresses at start only (0.7 cannot disable endpoints, ref 9):
     # a running node is restarted on the same version for the change to take effect
     if running:
