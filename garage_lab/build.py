@@ -60,6 +60,19 @@ def _write_exec(path: Path, text: str) -> None:
     path.chmod(0o755)
 
 
+def _discovery_keys(spec: LabSpec) -> list[str]:
+    """0.7-style top-level discovery keys (``LabSpec.discovery``): what a 0.7 cluster that finds
+    its peers through Consul or Kubernetes has; 0.8 ignores them (nothing listens: the lab's
+    peers come from ``bootstrap_peers``, the daemon only reports what its config turned on)."""
+    out = []
+    if "consul" in spec.discovery:
+        out += ['consul_host = "127.0.0.1:8500"', 'consul_service_name = "garage-lab"']
+    if "kubernetes" in spec.discovery:
+        out += ['kubernetes_namespace = "garage"', 'kubernetes_service_name = "garage-lab"',
+                "kubernetes_skip_crd = true"]
+    return out
+
+
 def _garage_toml(spec: LabSpec, node: dict, peers: list[str], rpc_secret: str) -> str:
     nd = Path(spec.dir) / "nodes" / node["name"]
     addr = node["addr"]
@@ -75,6 +88,7 @@ def _garage_toml(spec: LabSpec, node: dict, peers: list[str], rpc_secret: str) -
         "bootstrap_peers = [",
         *[f'  "{p}",' for p in peers],
         "]",
+        *_discovery_keys(spec),
         "",
         "[s3_api]",
         's3_region = "garage"',
@@ -158,7 +172,8 @@ def make_node(lab, node: dict, peers: list[str], rpc_secret: str, layout: cluste
         (nd / sub).mkdir(parents=True, exist_ok=True)
     (nd / "node.json").write_text(json.dumps(node))
     (nd / "lab.json").write_text(json.dumps(lab.spec.knobs))
-    save_faults(nd / "faults.json", Faults())
+    # a node built without zstd keeps that fault (clear_faults removes it, as it removes any)
+    save_faults(nd / "faults.json", Faults([{"kind": "no-zstd"}] if node["name"] in lab.spec.no_zstd else []))
     (nd / "etc" / "garage.toml").write_text(_garage_toml(lab.spec, node, peers, rpc_secret))
     os.symlink(lab.launcher(p.version), nd / "usr/local/bin/garage")
     meta = nd / "meta"

@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--seed", default="garage-lab")
     up.add_argument("--objects-per-bucket", type=int, default=24)
     up.add_argument("--timeout", type=float, default=60.0)
+    up.add_argument("--discovery", action="append", choices=["consul", "kubernetes"], default=[],
+                    help="put 0.7-style top-level discovery keys in garage.toml (repeatable)")
+    up.add_argument("--no-zstd", action="append", default=[], metavar="NODE",
+                    help="build NODE without a zstd CLI (repeatable): its backups compress on the controller")
     for name in ("status", "down"):
         s = sub.add_parser(name)
         s.add_argument("--dir", required=True)
@@ -63,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "up":
             spec = LabSpec(dir=args.dir, zones=args.zones, per_zone=args.per_zone, version=args.version,
                            meta_size=parse_size(args.meta_size), subnet=args.subnet, ssh_port=args.ssh_port,
-                           seed=args.seed, objects_per_bucket=args.objects_per_bucket)
+                           seed=args.seed, objects_per_bucket=args.objects_per_bucket,
+                           discovery=tuple(args.discovery), no_zstd=tuple(args.no_zstd))
             lab = Lab.up(spec, timeout=args.timeout)
             print(json.dumps({"dir": str(lab.dir), "up_seconds": lab.info["up_seconds"],
                               "inventory": str(lab.dir / "inventory.yaml"), "prometheus": lab.prometheus_url,

@@ -1,4 +1,4 @@
-"""Fault shims for the lab's SSH sessions: ``<lab>/shim/tar`` and ``<lab>/shim/df``.
+"""Fault shims for the lab's SSH sessions: ``<lab>/shim/tar``, ``<lab>/shim/df`` and ``<lab>/shim/zstd``.
 
 The lab's sshd puts ``<lab>/shim`` first on ``PATH`` (see ``Lab.write_sshd_config``), so a
 command such as ``timeout 600 tar -C /x -cf - meta`` run over SSH finds these first. Each shim
@@ -14,6 +14,11 @@ path); otherwise it runs this module, which applies the fault:
   2; a created archive is left empty, as ENOSPC on the first write leaves it); ``df`` reports
   0 bytes available for any path under P.
 
+- ``no-zstd``: the node has no ``zstd`` CLI: ``zstd`` (run by a session, or by ``tar`` as its
+  compressor) fails as a missing command does (``zstd: not found``, exit 127). A lab built with
+  ``LabSpec(no_zstd=(...))`` starts with it on those nodes (discovery then finds no zstd there
+  and the backup compresses on the controller).
+
 A fault with ``count`` is used up after that many triggers; without one it stays. Faults are
 injected with ``Lab.fault(node, kind, **params)`` or ``garage-lab fault``.
 """
@@ -28,9 +33,11 @@ import sys
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TOOLS = {"tar": ("/usr/bin/tar", "/bin/tar"), "df": ("/bin/df", "/usr/bin/df")}
+TOOLS = {"tar": ("/usr/bin/tar", "/bin/tar"), "df": ("/bin/df", "/usr/bin/df"), "zstd": ("/usr/bin/zstd", "/bin/zstd")}
 #: Fault kinds each shim handles: the ``sh`` fast path greps faults.json for these words.
-HANDLES = {"tar": ("kill-tar", "disk-full"), "df": ("disk-full",)}
+HANDLES = {"tar": ("kill-tar", "disk-full"), "df": ("disk-full",), "zstd": ("no-zstd",)}
+#: Tools a machine may lack (no shim then: the node lacks it anyway).
+OPTIONAL = {"zstd"}
 
 
 def _real(tool: str) -> str:
@@ -66,6 +73,8 @@ def install(lab_dir: str | os.PathLike[str]) -> list[Path]:
     d.mkdir(exist_ok=True)
     out = []
     for tool in TOOLS:
+        if tool in OPTIONAL and not any(os.access(p, os.X_OK) for p in TOOLS[tool]):
+            continue
         path = d / tool
         tmp = d / f".{tool}.tmp"
         tmp.write_text(_script(lab, tool))
@@ -244,8 +253,16 @@ def shim_df(real: str, args: list[str], lab: Path, node: str) -> int:
     return res.returncode
 
 
+def shim_zstd(real: str, args: list[str], lab: Path, node: str) -> int:
+    """The ``zstd`` shim: with a ``no-zstd`` fault the node has none (exit 127, as ``sh`` says)."""
+    if _faults(lab, node).find("no-zstd") is None:
+        _exec(real, args)
+    sys.stderr.write("sh: 1: zstd: not found\n")
+    return 127
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m garage_lab.shims <tar|df> <real path> <args...>`` (run by the shim scripts)."""
+    """``python -m garage_lab.shims <tar|df|zstd> <real path> <args...>`` (run by the shim scripts)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     tool, real, args = argv[0], argv[1], argv[2:]
     node = os.environ.get("GARAGE_LAB_NODE")
@@ -254,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         _exec(real, args)
     if tool == "tar":
         return shim_tar(real, args, lab, node)
+    if tool == "zstd":
+        return shim_zstd(real, args, lab, node)
     return shim_df(real, args, lab, node)
 
 

@@ -44,6 +44,8 @@ class LabSpec:
     prometheus_port: int = 9090
     knobs: dict = field(default_factory=dict)
     replication_mode: str = "3"  # e.g. "3-dangerous": two zones may be down at once
+    discovery: tuple[str, ...] = ()  # "consul" / "kubernetes": 0.7-style top-level keys in garage.toml
+    no_zstd: tuple[str, ...] = ()  # nodes built without a zstd CLI (a persistent "no-zstd" fault)
 
 
 class SubnetAllocator:

@@ -123,6 +123,8 @@ def inspect(lab, checksums: bool = True) -> dict:
         nodes[n["name"]] = {
             "zone": n["zone"], "id64": n["id64"],
             "running_version": d.get("version") if d else None, "pid": d["pid"] if d else None,
+            # the peer discovery the running daemon's config turned on, as its version reads it
+            "discovery": d.get("discovery") if d else None,
             "lock_holder": lock_holder(lab, n["name"]),
             "binary_target": os.readlink(binary) if binary.is_symlink() else str(binary),
             "objects": objects,

@@ -7,9 +7,9 @@ the start step refuses any 0.8 start without that record.
 
 from __future__ import annotations
 
-from .backup.engine import BackupRecord, backup_node, observe_stopped, restore_metadata
-from .ledger_model import BackupRef, RestoreRef
 from .actions import for_node_backup as backup_actions
+from .backup import BackupRecord, backup_node, observe_stopped, restore_metadata
+from .ledger_model import BackupRef, RestoreRef
 from .steps import Runtime, StepResult, service_active
 
 
@@ -27,7 +27,7 @@ async def backup_metadata(rt: Runtime, node: str) -> StepResult:
         dest_root=rt.inv.backup.root, cluster=rt.inv.cluster, migration_id=rt.ledger.doc.migration_id,
         source_version=version, level=rt.inv.backup.zstd_level, mode=rt.inv.backup.mode,
         node_root=n.backup_root if rt.inv.backup.mode == "on-node" else None, archive_timeout=planned.timeout,
-        max_age_s=rt.backup_max_age_s)
+        compress_on=acts.compress_on or "controller", max_age_s=rt.backup_max_age_s)
     where = str(rec.archive_path or rec.remote_archive)
     await rt.ledger.set_node(node, backup=BackupRef(path=where, manifest=str(rec.manifest_path),
                                                     sha256=rec.manifest.archive_sha256,

@@ -74,7 +74,9 @@ __all__ = [
     "sync",
     "tar_archive",
     "tar_stream",
+    "tar_zstd_stream",
     "zstd_test",
+    "zstd_version",
 ]
 
 #: Executables any node may run, by basename. A test pins this set: growing it is a decision.
@@ -536,6 +538,36 @@ def tar_stream(path: str, *, timeout: float, sudo: bool = False) -> RemoteComman
     """
     parent, name = _split(path)
     return _cmd(("tar", "-C", parent, "-cf", "-", name), timeout=timeout, sudo=sudo)
+
+
+@_observing
+def tar_zstd_stream(path: str, *, level: int, timeout: float, sudo: bool = False) -> RemoteCommand:
+    """``tar -C <parent> --use-compress-program='zstd -T0 -<level>' -cf - <name>``: the tree at
+    ``path`` compressed on the node, as ``tar -cf - <name> | zstd -T0 -<level>`` would, on stdout.
+
+    tar runs the compressor itself (no shell, no pipe to quote), so the node-side ``timeout``
+    signals both: they share its process group. Needs ``zstd`` on the node (the guide's tool).
+
+    Args:
+        path: the directory to archive (the metadata dir), absolute.
+        level: zstd level, 1..19.
+        timeout: required: proportional to the metadata size.
+        sudo: read as root.
+
+    Raises:
+        CommandRefused: a level outside 1..19.
+    """
+    if not isinstance(level, int) or isinstance(level, bool) or not 1 <= level <= 19:
+        raise CommandRefused(f"zstd level {level!r} is not in 1..19")
+    parent, name = _split(path)
+    return _cmd(("tar", "-C", parent, f"--use-compress-program=zstd -T0 -{level}", "-cf", "-", name),
+                timeout=timeout, sudo=sudo)
+
+
+@_observing
+def zstd_version(*, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``zstd --version``: whether the node has the zstd CLI (exit 127 when it has none)."""
+    return _cmd(("zstd", "--version"), timeout=timeout)
 
 
 def tar_archive(path: str, archive: str, *, timeout: float, sudo: bool = False) -> RemoteCommand:

@@ -9,11 +9,13 @@ node give zones and roles. Everything here only reads.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
 from . import commands as C
-from .errors import CommandError, DiscoveryError, GarageMigrateError
+from .config08 import diff_lines, translate
+from .errors import CommandError, DiscoveryError, GarageMigrateError, PlanError
 from .facts import (
     ClusterStatus,
     GarageConfig,
@@ -27,6 +29,7 @@ from .facts import (
     parse_status,
     parse_version,
 )
+from .facts.tools import parse_zstd_version
 from .inventory import Inventory, ResolvedNode
 from .ssh import NodeShell
 
@@ -53,6 +56,10 @@ class NodeFacts:
         binary_target: where ``binary_path`` resolves (``readlink -f``).
         metadata_bytes: size of ``metadata_dir`` (``du -sb``), which sets the backup's timeout
             in the plan; ``None`` when it could not be measured.
+        zstd_version: the node's ``zstd`` CLI version, ``None`` when it has none: backups are
+            compressed on the node when it has one.
+        config_diff: the changes of its ``garage.toml`` for 0.8 (:mod:`garage_migrate.config08`),
+            a diff of the moved lines only; empty when the config is 0.8-ready.
     """
 
     name: str
@@ -65,6 +72,8 @@ class NodeFacts:
     binary_version: GarageVersion
     binary_target: str
     metadata_bytes: int | None = None
+    zstd_version: str | None = None
+    config_diff: tuple[str, ...] = ()
 
     @property
     def id16(self) -> str:
@@ -147,8 +156,14 @@ async def _node_facts(node: ResolvedNode, shell: NodeShell) -> tuple[NodeFacts, 
             log.warning("%s: daemon is active but does not answer the CLI: %s", node.name, exc)
     du = await shell.run(C.du_bytes(config.metadata_dir, sudo=ctx.sudo), check=False)
     size = int(du.stdout.split()[0]) if du.returncode == 0 and du.stdout.split()[:1] and du.stdout.split()[0].isdigit() else None
+    zstd = await shell.run(C.zstd_version(), check=False)
+    try:
+        diff = diff_lines(cfg_text, translate(cfg_text).text, ctx.config_path)
+    except PlanError as exc:
+        raise DiscoveryError(f"{node.name}: {ctx.config_path} cannot be prepared for 0.8: {exc}",
+                             node=node.name) from None
     facts = NodeFacts(node.name, node.host, node.zone, node_id.id64, config, running, daemon_version,
-                      binary_version, target, size)
+                      binary_version, target, size, parse_zstd_version(zstd.returncode, zstd.stdout), diff)
     return facts, status_text, layout_text
 
 
@@ -189,8 +204,7 @@ async def discover(inv: Inventory, shells, *, procedure: str = "simple", resumin
                 continue
             if f.zone is not None and f.zone != role.zone:
                 problems.append(f"{f.name}: inventory says zone {f.zone}, the layout says {role.zone}")
-            zoned.append(NodeFacts(f.name, f.host, role.zone, f.id64, f.config, f.running, f.daemon_version,
-                                   f.binary_version, f.binary_target))
+            zoned.append(dataclasses.replace(f, zone=role.zone))
         facts = zoned
         for r in layout.roles:
             if r.capacity is not None and r.id16 not in by_id16:
@@ -207,7 +221,8 @@ async def discover(inv: Inventory, shells, *, procedure: str = "simple", resumin
             problems.append(f"{f.name} runs {v or 'an unknown version'}: only 0.7.x can be migrated"
                             + ("" if resuming else " (or resume a migration in progress)"))
         if f.config.deprecated_keys:
-            warnings.append(f"{f.name}: keys ignored silently by 0.8: {', '.join(f.config.deprecated_keys)}")
+            warnings.append(f"{f.name}: keys ignored silently by 0.8: {', '.join(f.config.deprecated_keys)} "
+                            f"(the stage step prepares a translated garage.toml, switched with the binary)")
     if procedure == "minimal-downtime" and facts:
         copies, quorum = REPLICATION.get(facts[0].config.replication_mode, (0, 0))
         zones = {f.zone for f in facts}

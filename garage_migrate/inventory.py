@@ -332,12 +332,16 @@ class BackupSettings(_Model):
         root: where archives go: on the node (``on-node``; a node may override it) or on the
             controller (``controller``).
         mode: ``on-node`` (the guide's ``tar -acf`` on the node) or ``controller`` (streamed).
-        zstd_level: compression level for controller-side archives.
+        zstd_level: compression level of streamed archives.
+        compress_on: where a streamed archive is compressed: ``auto`` (the default) on the node
+            when discovery found its ``zstd`` CLI, else on the controller; ``controller``:
+            always on the controller (the node only runs ``tar``).
     """
 
     root: RemotePath
     mode: Literal["on-node", "controller"] = "controller"
     zstd_level: int = Field(3, ge=1, le=19)
+    compress_on: Literal["auto", "controller"] = "auto"
 
 
 class TargetSettings(_Model):

@@ -158,6 +158,8 @@ class NodeRecord(Record):
         binary_before: where ``binary_path`` pointed at preflight (the switch back).
         config_original_sha256: digest of the original ``garage.toml`` while the API is cut.
         config_original_path: the owner-only copy of it kept on the node.
+        config_kept: where the switch to 0.8 kept the node's config from before it (the
+            translated one took its place): what a rollback puts back with the binary.
     """
 
     zone: str | None = None
@@ -170,9 +172,10 @@ class NodeRecord(Record):
     restored: RestoreRef | None = None
     config_original_sha256: str | None = Field(None, pattern=_SHA256)
     config_original_path: str | None = None
+    config_kept: str | None = None
     steps: dict[str, StepRecord] = {}
 
-    @field_validator("config_original_path")
+    @field_validator("config_original_path", "config_kept")
     @classmethod
     def _a_path_not_a_file(cls, v: str | None) -> str | None:
         # a path, never the file's text (which holds rpc_secret)

@@ -307,6 +307,8 @@ class _Builder:
             one_of = True
         else:
             actions = ()
+        if kind in ("stage", "switch") and node is not None and self.facts.node(node).config_diff:
+            note = note or "garage.toml for 0.8:\n" + "\n".join(self.facts.node(node).config_diff)
         return Step(kind, node, tuple(sorted(args.items())), actions, one_of, note)
 
 

@@ -128,10 +128,25 @@ def to_markdown(plan: MigrationPlan, from_phase: str | None = None, *, header: b
         out += [f"_{n}_" for n in (notes or {}).get(ph.name, ())] + ([""] if (notes or {}).get(ph.name) else [])
         for w in ph.waves:
             out += _wave_lines(plan, w)
+            out += _diffs(w)
     text = "\n".join(out).strip("\n")
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
     return text
+
+
+def _diffs(w: Wave) -> list[str]:
+    """The multi-line notes of a wave's steps (the 0.8 config diffs), once per distinct text."""
+    by_text: dict[str, list[str]] = {}
+    for s in w.steps:
+        if "\n" in s.note and s.node:
+            by_text.setdefault(s.note, []).append(s.node)
+    out = []
+    for text, nodes in by_text.items():
+        title, _, body = text.partition("\n")
+        out += [f"  - {title} ({', '.join(nodes)})", "", "    ```diff", *(f"    {ln}" for ln in body.splitlines()),
+                "    ```", ""]
+    return out
 
 
 def to_text(plan: MigrationPlan) -> str:
@@ -149,9 +164,11 @@ def to_text(plan: MigrationPlan) -> str:
             label = schedule_wave(w, plan.max_parallel_nodes).label()
             out.append(f"   wave {w.name}" + (f" ({label})" if label else ""))
             for s in w.steps:
+                first, _, more = s.note.partition("\n")
                 out.append(f"     - {s.kind}" + (f" {s.node}" if s.node else "") +
                            (f" ({', '.join(f'{k}={v}' for k, v in s.args)})" if s.args else "") +
-                           (f"  # {s.note}" if s.note else ""))
+                           (f"  # {first}" if first else ""))
+                out += [f"         | {ln}" for ln in more.splitlines()]
                 for c in s.commands:
                     out.append(f"         $ {c}")
     return "\n".join(out)

@@ -67,7 +67,8 @@ def make_rollback_plan(inv: Inventory, facts: ClusterFacts, doc: LedgerDoc, *, t
         spec = A.spec(inv, facts, n)
         m = load_manifest(rec.backup.manifest)
         stops.append(Step("stop", n, (("version", rec.version_before),), A.bind(n, A.stop(spec).ops())))
-        switches.append(Step("switch", n, (("to", "source"),), A.bind(n, A.switch(spec, rec.binary_before).ops())))
+        switches.append(Step("switch", n, (("to", "source"),), A.bind(n, A.switch(spec, rec.binary_before, config_to="source",
+                                                                   kept_config=rec.config_kept).ops())))
         r = A.restore(spec, tag=tag, member_root=m.root, compressed_bytes=m.compressed_bytes,
                       uncompressed_bytes=m.uncompressed_bytes,
                       archive_on_node=m.archive if m.mode == "on-node" else None)
@@ -81,7 +82,8 @@ def make_rollback_plan(inv: Inventory, facts: ClusterFacts, doc: LedgerDoc, *, t
                             (Wave("approve", (Step("approval", args=(("gate", "rollback"),)),)),), risky=True))
     phases += [
         Phase("rollback-stop", "Stop the nodes at once", (Wave("stop", tuple(stops), together=True),)),
-        Phase("rollback-switch", "Point binary_path back at the original binary", (Wave("switch", tuple(switches)),)),
+        Phase("rollback-switch", "Point binary_path back at the original binary (and garage.toml back at the "
+              "config kept by the switch, where it changed)", (Wave("switch", tuple(switches)),)),
         Phase("rollback-restore", "Restore the metadata from this migration's verified backups (the current dir "
               "is moved aside, never deleted)", (Wave("restore", tuple(restores)),)),
         Phase("rollback-start", "Start every node on its original version", (Wave("start", tuple(starts), together=True),)),

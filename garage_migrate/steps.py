@@ -26,6 +26,8 @@ from . import actions as A
 from . import commands as C
 from . import probes
 from .actions import OFFLINE_REPAIR_TIMEOUT, START_TIMEOUT, STOP_TIMEOUT, original_config_path
+from .config08 import restored_in_form_of
+from .config_step import stage_config, switch_config
 from .discovery import ClusterFacts, NodeFacts
 from .errors import CommandError, GarageMigrateError, LockHeldError, StepError, TransportError
 from .gates.clock import Clock, SystemClock
@@ -301,9 +303,11 @@ async def stage_binary(rt: Runtime, node: str) -> StepResult:
     acts = A.stage(rt.spec(node))
     dest = acts.upload.remote
     want = target.sha256.lower()
+    cfg = await stage_config(rt, node)  # garage.toml for 0.8 beside the live one, if it changes
+    more = f"; {cfg}" if cfg else ""
     res = await rt.observe(node, acts.hash_, check=False)
     if res.returncode == 0 and res.stdout.split()[0] == want:
-        return await _record(rt, _skip(rt, "stage", node, f"{dest} already staged with the right sha256"))
+        return await _record(rt, _skip(rt, "stage", node, f"{dest} already staged with the right sha256{more}"))
     local = Path(target.binary)
     if hashlib.sha256(local.read_bytes()).hexdigest() != want:
         raise StepError(f"local {local} does not match the inventory's sha256", node=node)
@@ -314,7 +318,7 @@ async def stage_binary(rt: Runtime, node: str) -> StepResult:
     version = await binary_version(rt, node, dest)
     if version != target.version.removeprefix("v"):
         raise StepError(f"staged binary reports {version}, expected {target.version}", node=node)
-    return await _record(rt, StepResult("stage", node, "done", f"{dest} ({version}, sha256 ok)"))
+    return await _record(rt, StepResult("stage", node, "done", f"{dest} ({version}, sha256 ok){more}"))
 
 
 async def switch_binary(rt: Runtime, node: str, to: str = "target") -> StepResult:
@@ -330,11 +334,14 @@ async def switch_binary(rt: Runtime, node: str, to: str = "target") -> StepResul
     current = (await rt.observe(node, acts.current)).stdout.strip()
     resolved = (await rt.observe(node, acts.wanted)).stdout.strip()
     key = "switch" if to == "target" else "switch-back"
+    cfg = await switch_config(rt, node, to)  # the config goes with the binary, where it changes
+    more = f"; {cfg}" if cfg else ""
     if current == resolved:
-        return await _record(rt, _skip(rt, key, node, f"{ctx.binary_path} already points to {dest}"), key)
+        return await _record(rt, _skip(rt, key, node, f"{ctx.binary_path} already points to {dest}{more}"), key)
     for cmd in acts.flip:
         await rt.act(node, cmd)
-    return await _record(rt, StepResult(key, node, "done", f"{ctx.binary_path} -> {dest} (was {current})"), key)
+    return await _record(rt, StepResult(key, node, "done", f"{ctx.binary_path} -> {dest} (was {current}){more}"),
+                         key)
 
 
 async def offline_repair(rt: Runtime, node: str) -> StepResult:
@@ -429,7 +436,9 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
     original = await _original_config(rt, node, text, keep=not enabled)
     if original is None:
         return await _record(rt, _skip(rt, key, node, "the API was never disabled in this migration"), key)
-    want = original if enabled else move_ports(original, gate.moved_s3_port, gate.moved_web_port)
+    # restored under 0.8: in its 0.8 layout, or discovery would quietly turn off again
+    want = restored_in_form_of(original, text) if enabled else move_ports(original, gate.moved_s3_port,
+                                                                          gate.moved_web_port)
     client_addr = _bind_of(original, "s3_api")  # where clients reach the S3 API
     running = await service_active(rt, node)
     stale = running and client_addr is not None and await _client_reachable(rt, node, client_addr) != enabled
@@ -439,6 +448,9 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
     if want != text:
         await _upload_text(rt, node, want, acts.upload.remote)
         await rt.act(node, acts.rename)
+        if enabled and want != original:
+            # restored in its 0.8 layout: a re-run must recognise it (the kept copy goes below)
+            await rt.ledger.set_node(node, config_original_sha256=_sha256(want))
     # Garage reads its bind addresses at start only (0.7 cannot disable endpoints, ref 9):
     # a running node is restarted on the same version for the change to take effect
     if running:

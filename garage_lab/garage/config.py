@@ -57,6 +57,7 @@ class NodeConfig:
     metrics_token: str | None
     admin_token: str | None
     sled_flush_every_ms: int
+    discovery: tuple[str, ...] = ()  # "consul" / "kubernetes": what this version's layout turns on
 
     @property
     def replication_factor(self) -> int:
@@ -140,4 +141,26 @@ def load(p: Personality, path: Path) -> NodeConfig:
         metrics_token=admin.get("metrics_token"),
         admin_token=admin.get("admin_token"),
         sled_flush_every_ms=int(d.get("sled_flush_every_ms", 2000)),
+        discovery=discovery_of(p, d),
     )
+
+
+def discovery_of(p: Personality, d: dict) -> tuple[str, ...]:
+    """The peer discovery a config turns on for version ``p`` (ref 5): 0.7 reads the top-level
+    ``consul_host``/``consul_service_name`` and ``kubernetes_namespace``/``kubernetes_service_name``
+    keys, 0.8 only ``[consul_discovery]`` and ``[kubernetes_discovery]``; each ignores the other
+    layout without a word (no discovery, and no error)."""
+    out = []
+    if p.major_minor == (0, 7):
+        if "consul_host" in d and "consul_service_name" in d:
+            out.append("consul")
+        if "kubernetes_namespace" in d and "kubernetes_service_name" in d:
+            out.append("kubernetes")
+        return tuple(out)
+    consul = d.get("consul_discovery")
+    if isinstance(consul, dict) and "consul_http_addr" in consul and "service_name" in consul:
+        out.append("consul")
+    k8s = d.get("kubernetes_discovery")
+    if isinstance(k8s, dict) and "namespace" in k8s and "service_name" in k8s:
+        out.append("kubernetes")
+    return tuple(out)

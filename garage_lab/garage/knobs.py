@@ -74,6 +74,7 @@ FAULT_KINDS = (
     "errored-blocks",  # N blocks fail to resync forever
     "disk-full",  # writes under `path` fail with ENOSPC (tar/df shims)
     "kill-tar",  # tar is killed after `bytes` bytes of output
+    "no-zstd",  # the node has no zstd CLI (zstd shim: exit 127)
 )
 
 

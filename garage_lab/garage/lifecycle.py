@@ -149,7 +149,8 @@ class Lifecycle:
         run.mkdir(exist_ok=True)
         tmp = run / "daemon.json.tmp"
         tmp.write_text(json.dumps({"pid": os.getpid(), "version": self.node.p.version,
-                                   "id64": self.node.id64, "started": self.node.started}))
+                                   "id64": self.node.id64, "started": self.node.started,
+                                   "discovery": list(self.node.cfg.discovery)}))
         os.replace(tmp, run / "daemon.json")
 
     def on_signal(self, name: str) -> None:

@@ -15,16 +15,17 @@ acts (the node is already in the wanted state), never run one the plan does not 
 
 from .backup import (BACKUP_MIN_RATE, BACKUP_TIMEOUT_FLOOR, BackupActions, RestoreActions, RestorePaths, backup,
                      backup_timeout, for_node_backup, on_node_temp, restore, restore_paths, size_timeout)
-from .node import (ApiActions, NodeSpec, OfflineRepairActions, Probes, StageActions, StartActions, StopActions,
-                   SwitchActions, cut_config_path, gate_command, offline_repair, original_config_path, preflight,
-                   read_original, repair, set_api, spec, stage, staged_path, start, stop, switch)
+from .node import (ApiActions, ConfigActions, NodeSpec, OfflineRepairActions, Probes, StageActions, StartActions, StopActions,
+                   SwitchActions, config_stage, config_switch, cut_config_path, gate_command, kept_config_path,
+                   offline_repair, original_config_path, preflight, read_original, repair, set_api, spec, stage,
+                   staged_config_path, staged_path, start, stop, switch)
 from .values import (OFFLINE_REPAIR_TIMEOUT, SERVICE_STOP_TIMEOUT, START_TIMEOUT, STOP_TIMEOUT, LocalStream, NodeAction,
                      Op, Upload, bind)
 
 __all__ = ["BACKUP_MIN_RATE", "BACKUP_TIMEOUT_FLOOR", "OFFLINE_REPAIR_TIMEOUT", "SERVICE_STOP_TIMEOUT", "START_TIMEOUT",
-           "STOP_TIMEOUT", "ApiActions", "BackupActions", "LocalStream", "NodeAction", "NodeSpec", "OfflineRepairActions",
+           "STOP_TIMEOUT", "ApiActions", "BackupActions", "ConfigActions", "LocalStream", "NodeAction", "NodeSpec", "OfflineRepairActions",
            "Op", "Probes", "RestoreActions", "RestorePaths", "StageActions", "StartActions", "StopActions",
-           "SwitchActions", "Upload", "backup", "backup_timeout", "bind", "cut_config_path", "for_node_backup",
-           "gate_command", "offline_repair", "on_node_temp", "original_config_path", "preflight", "read_original",
-           "repair", "restore", "restore_paths", "set_api", "size_timeout", "spec", "stage", "staged_path", "start",
+           "SwitchActions", "Upload", "backup", "backup_timeout", "bind", "config_stage", "config_switch", "cut_config_path", "for_node_backup",
+           "gate_command", "kept_config_path", "offline_repair", "on_node_temp", "original_config_path", "preflight", "read_original",
+           "repair", "restore", "restore_paths", "set_api", "size_timeout", "spec", "stage", "staged_config_path", "staged_path", "start",
            "stop", "switch"]

@@ -42,7 +42,10 @@ def on_node_temp(archive: str) -> str:
 class BackupActions:
     """The backup step (the node stopped): listing, size, then the archive.
 
-    ``controller`` mode streams ``tar -cf -`` into an archive on the controller; ``on-node``
+    ``controller`` mode streams the node's tar into an archive on the controller, compressed
+    on the node (``compress_on="node"``: ``tar --use-compress-program='zstd -T0 -<level>'``)
+    or on the controller (``"controller"``: ``tar -cf -``, the fallback for a node without
+    ``zstd``); ``on-node``
     mode runs the guide's ``tar -acf`` into a private dir on the node, renames the checked
     archive into place and copies the manifest beside it (the temp archive is removed again
     if anything fails).
@@ -58,6 +61,7 @@ class BackupActions:
     install: RemoteCommand | None = None
     manifest_copy: Upload | None = None
     cleanup: tuple[RemoteCommand, ...] = ()
+    compress_on: str | None = None  # controller mode: "node" or "controller"
 
     def ops(self) -> tuple[Op, ...]:
         """Every action, in the order a backup runs them."""
@@ -67,7 +71,8 @@ class BackupActions:
 
 
 def backup(n: NodeSpec, *, mode: str, metadata_bytes: int | None, local_archive: str,
-           remote_paths: tuple[str, str, str] | None) -> BackupActions:
+           remote_paths: tuple[str, str, str] | None, compress_on: str = "controller",
+           level: int = 3) -> BackupActions:
     """The backup step's actions on ``n``.
 
     Args:
@@ -76,13 +81,16 @@ def backup(n: NodeSpec, *, mode: str, metadata_bytes: int | None, local_archive:
         metadata_bytes: the metadata dir's size as discovered (sets the archive's timeout).
         local_archive: the archive on the controller (controller mode).
         remote_paths: ``(dir, archive, manifest)`` on the node (on-node mode).
+        compress_on: controller mode: ``node`` (its zstd) or ``controller``.
+        level: controller mode: the zstd level.
     """
     ctx, meta = n.ctx, n.metadata_dir
     timeout = backup_timeout(metadata_bytes)
     base = dict(probes=Probes.of(n), listing=C.list_tree(meta, sudo=ctx.sudo), size=C.du_bytes(meta, sudo=ctx.sudo))
     if mode == "controller":
-        return BackupActions(**base, stream=LocalStream(C.tar_stream(meta, timeout=timeout, sudo=ctx.sudo),
-                                                        local_archive))
+        src = (C.tar_zstd_stream(meta, level=level, timeout=timeout, sudo=ctx.sudo) if compress_on == "node"
+               else C.tar_stream(meta, timeout=timeout, sudo=ctx.sudo))
+        return BackupActions(**base, stream=LocalStream(src, local_archive), compress_on=compress_on)
     assert remote_paths is not None
     rdir, rarchive, rmanifest = remote_paths
     tmp = on_node_temp(rarchive)
@@ -174,4 +182,11 @@ def for_node_backup(inv, facts, migration_id: str, node: str, source_version: st
                                   source_version.removeprefix("v"))
               if inv.backup.mode == "on-node" else None)
     return backup(spec(inv, facts, node), mode=inv.backup.mode, metadata_bytes=f.metadata_bytes,
-                  local_archive=str(local), remote_paths=remote)
+                  local_archive=str(local), remote_paths=remote, compress_on=compress_on(inv, f),
+                  level=inv.backup.zstd_level)
+
+
+def compress_on(inv, f) -> str:
+    """Where ``f``'s node's streamed backup is compressed: ``node`` when the inventory allows it
+    (``backup.compress_on: auto``) and discovery found ``zstd`` there, else ``controller``."""
+    return "node" if inv.backup.compress_on == "auto" and getattr(f, "zstd_version", None) else "controller"

@@ -21,13 +21,76 @@ class NodeSpec:
     metadata_dir: str
     stop_signal: str
     staged_path: str
+    config_diff: tuple[str, ...] = ()  # garage.toml's changes for 0.8 (empty: nothing to translate)
+    target_version: str = ""
 
 
 def spec(inv, facts, name: str) -> NodeSpec:
     """The :class:`NodeSpec` of node ``name`` from the inventory and the discovered facts."""
     n = inv.node(name)
-    return NodeSpec(name=name, ctx=n.ctx, metadata_dir=facts.node(name).config.metadata_dir,
-                    stop_signal=n.stop_signal, staged_path=staged_path(n.ctx.binary_path, inv.target.version))
+    f = facts.node(name)
+    return NodeSpec(name=name, ctx=n.ctx, metadata_dir=f.config.metadata_dir,
+                    stop_signal=n.stop_signal, staged_path=staged_path(n.ctx.binary_path, inv.target.version),
+                    config_diff=tuple(getattr(f, "config_diff", ())),
+                    target_version=inv.target.version.removeprefix("v"))
+
+
+def staged_config_path(config_path: str, target_version: str) -> str:
+    """Where the stage step writes the node's ``garage.toml`` translated for 0.8."""
+    return f"{config_path}.v{target_version.removeprefix('v')}"
+
+
+def kept_config_path(config_path: str) -> str:
+    """Where the switch keeps the config it replaces (a rollback puts it back)."""
+    return config_path + ".garage-migrate.before-0.8"
+
+
+@dataclass(frozen=True)
+class ConfigActions:
+    """The config's part of the stage and switch steps (only for a node whose config changes).
+
+    Stage: ``read`` the live config, ``read_other`` the staged one, ``upload`` the translation.
+    Switch to 0.8: ``read``, ``read_other`` (the staged one), ``upload`` the live config to the
+    kept path, ``install`` the staged one (``mv -T``, atomic). Switch back: ``read``,
+    ``read_other`` (the kept one), ``install`` it.
+    """
+
+    read: RemoteCommand
+    read_other: RemoteCommand
+    upload: Upload | None
+    install: RemoteCommand | None
+
+    def ops(self) -> tuple[Op, ...]:
+        """Every action, observations first."""
+        return tuple(x for x in (self.read, self.read_other, self.upload, self.install) if x is not None)
+
+
+def config_stage(n: NodeSpec) -> ConfigActions | None:
+    """The stage step's config actions on ``n`` (``None``: its config is 0.8-ready)."""
+    if not n.config_diff:
+        return None
+    ctx = n.ctx
+    staged = staged_config_path(ctx.config_path, n.target_version)
+    return ConfigActions(C.cat(ctx.config_path, sudo=ctx.sudo), C.cat(staged, sudo=ctx.sudo),
+                         Upload(staged, "garage.toml translated for 0.8"), None)
+
+
+def config_switch(n: NodeSpec, to: str, kept: str | None = None) -> ConfigActions | None:
+    """The switch step's config actions: to ``target`` (the staged 0.8 config in place, the old
+    one kept) or back to ``source`` (the kept one in place; ``kept``: its path, from the ledger)."""
+    ctx = n.ctx
+    if to == "target":
+        if not n.config_diff:
+            return None
+        staged = staged_config_path(ctx.config_path, n.target_version)
+        keep = kept_config_path(ctx.config_path)
+        return ConfigActions(C.cat(ctx.config_path, sudo=ctx.sudo), C.cat(staged, sudo=ctx.sudo),
+                             Upload(keep, "the config from before 0.8, kept for a rollback"),
+                             C.rename(staged, ctx.config_path, sudo=ctx.sudo))
+    if not kept:
+        return None
+    return ConfigActions(C.cat(ctx.config_path, sudo=ctx.sudo), C.cat(kept, sudo=ctx.sudo), None,
+                         C.rename(kept, ctx.config_path, sudo=ctx.sudo))
 
 
 def staged_path(binary_path: str, target_version: str) -> str:
@@ -118,16 +181,17 @@ class StageActions:
     hash_: RemoteCommand
     upload: Upload
     version: RemoteCommand
+    config: ConfigActions | None = None
 
     def ops(self) -> tuple[Op, ...]:
         """Every action."""
-        return (self.hash_, self.upload, self.version)
+        return (self.hash_, self.upload, self.version, *(self.config.ops() if self.config else ()))
 
 
 def stage(n: NodeSpec) -> StageActions:
-    """The stage step's actions on ``n``."""
+    """The stage step's actions on ``n`` (the binary, and the 0.8 config when it changes)."""
     return StageActions(C.sha256sum(n.staged_path), Upload(n.staged_path, "the target binary"),
-                        C.garage_version(n.staged_path, ctx=n.ctx))
+                        C.garage_version(n.staged_path, ctx=n.ctx), config_stage(n))
 
 
 @dataclass(frozen=True)
@@ -137,17 +201,20 @@ class SwitchActions:
     current: RemoteCommand
     wanted: RemoteCommand
     flip: tuple[RemoteCommand, RemoteCommand]
+    config: ConfigActions | None = None
 
     def ops(self) -> tuple[Op, ...]:
         """Every action."""
-        return (self.current, self.wanted, *self.flip)
+        return (self.current, self.wanted, *self.flip, *(self.config.ops() if self.config else ()))
 
 
-def switch(n: NodeSpec, to_path: str) -> SwitchActions:
-    """Point ``binary_path`` of ``n`` at ``to_path`` (the staged target, or the original)."""
+def switch(n: NodeSpec, to_path: str, *, config_to: str = "target", kept_config: str | None = None) -> SwitchActions:
+    """Point ``binary_path`` of ``n`` at ``to_path`` (the staged target, or the original), and
+    its config with it (:func:`config_switch`: ``config_to`` ``target`` or ``source``)."""
     ctx = n.ctx
     return SwitchActions(C.readlink_f(ctx.binary_path), C.readlink_f(to_path),
-                         C.switch_symlink(to_path, ctx.binary_path, sudo=ctx.sudo))
+                         C.switch_symlink(to_path, ctx.binary_path, sudo=ctx.sudo),
+                         config_switch(n, config_to, kept_config))
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,18 @@ secret key, so a backup here is a copy off the node, proven complete, kept owner
 
 Modules: :mod:`.tarstream` (push tar parser), :mod:`.pipeline` (compress / check as bytes
 pass), :mod:`.manifest` (paths, manifest, comparisons: pure), :mod:`.verify` (read an archive
-back with :mod:`tarfile`), :mod:`.engine` (the steps over a :class:`~garage_migrate.ssh.NodeShell`).
+back with :mod:`tarfile`), :mod:`.engine` (the backup step over a :class:`~garage_migrate.ssh.NodeShell`),
+:mod:`.common` (what its modes share), :mod:`.nodezstd` (compressed on the node, written here),
+:mod:`.onnode` (kept on the node), :mod:`.restore`.
 """
 
 from .engine import (
     BackupOptions,
     BackupRecord,
-    RestoreReport,
     StopProof,
     backup_node,
     check_offline,
     observe_stopped,
-    restore_metadata,
     verify_remote_archive,
 )
 from .manifest import (
@@ -36,6 +36,7 @@ from .manifest import (
     load_manifest,
     parse_listing,
 )
+from .restore import RestoreReport, restore_metadata
 from .tarstream import Member, TarStreamError, TarStreamReader
 from .verify import VerifyReport, verify_backup
 

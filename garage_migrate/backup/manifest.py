@@ -153,6 +153,9 @@ class Manifest(BaseModel):
         compressed_bytes: size of the archive.
         archive_sha256: SHA-256 of the archive file.
         members: every archive member in order, with per-file SHA-256.
+        compressed_on: where a ``controller`` archive was compressed: ``controller`` (the
+            manifest computed from the tar stream as it passed) or ``node`` (its ``zstd``; the
+            file hashes taken on the node by ``sha256sum`` and found again in the archive).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -174,6 +177,7 @@ class Manifest(BaseModel):
     compressed_bytes: int = Field(ge=0)
     archive_sha256: str
     members: tuple[Member, ...]
+    compressed_on: Literal["controller", "node"] = "controller"
 
     @field_validator("archive_sha256", "node_id")
     @classmethod

@@ -21,7 +21,7 @@ from ..errors import BackupError
 from .manifest import ListingEntry, Manifest, Problem, compare_listing, compare_members
 from .tarstream import ENCODING, ERRORS, Member, member_type
 
-__all__ = ["VerifyReport", "verify_backup"]
+__all__ = ["ArchiveScan", "VerifyReport", "scan_archive", "verify_backup"]
 
 _READ = 1 << 20
 #: Problems quoted in an exception message; the report keeps them all.
@@ -113,32 +113,35 @@ class _CountingReader:
         return data
 
 
-def verify_backup(path: str | os.PathLike[str], manifest: Manifest,
-                  node_listing: Mapping[str, ListingEntry] | None = None, *, check_mtime: bool = True) -> VerifyReport:
-    """Check an archive file against its manifest and, optionally, against the node.
+@dataclass(frozen=True)
+class ArchiveScan:
+    """What one read of an archive found (see :func:`scan_archive`).
 
-    Decompresses as a stream (zstd frame checksums are checked as frames end), walks the tar
-    with :mod:`tarfile` ``r|``, hashes every file, and compares member names, types, sizes,
-    modes, link targets and SHA-256 with the manifest, then the archive's size and SHA-256.
-    With ``node_listing`` (:func:`~.manifest.parse_listing` of a listing taken while the node
-    is still stopped), the member list is also compared with what is on the node.
+    Attributes:
+        members: the members read, in order, with the SHA-256 of every file.
+        problems: why the read stopped early (a corrupt frame, a truncated tar), if it did.
+        uncompressed_bytes: tar bytes read.
+        compressed_bytes: archive bytes read.
+        archive_sha256: SHA-256 of the archive bytes.
+    """
 
-    Args:
-        path: the ``.tar.zst`` on the controller.
-        manifest: what it should hold.
-        node_listing: the node's metadata dir as listed now, or ``None``.
-        check_mtime: with ``node_listing``, also require equal file mtimes (a file written
-            after the backup makes the backup stale).
+    members: tuple[Member, ...]
+    problems: tuple[Problem, ...]
+    uncompressed_bytes: int
+    compressed_bytes: int
+    archive_sha256: str
 
-    Returns:
-        A :class:`VerifyReport`; a corrupt byte shows as a problem naming the member being
-        read when decompression failed, or the file whose hash differs, or the archive
-        itself (its frame) when no file is affected. It never raises for a bad archive.
+
+def scan_archive(path: str | os.PathLike[str]) -> ArchiveScan:
+    """Decompress an archive file as a stream and walk its tar with :mod:`tarfile` ``r|``,
+    hashing every file (zstd frame checksums are checked as frames end).
+
+    Never raises for a bad archive: a corrupt byte shows as a problem naming the member being
+    read when decompression failed.
 
     Raises:
         BackupError: the archive cannot be opened at all.
     """
-    t0 = time.monotonic()
     p = Path(path)
     problems: list[Problem] = []
     found: list[Member] = []
@@ -183,6 +186,37 @@ def verify_backup(path: str | os.PathLike[str], manifest: Manifest,
                                     + (" while reading this file" if current else "") + f": {exc}"))
         while chunk := hashed.read(_READ):  # whatever the decompressor did not need still counts
             pass
+    return ArchiveScan(tuple(found), tuple(problems), counted.n, hashed.n, hashed.sha.hexdigest())
+
+
+def verify_backup(path: str | os.PathLike[str], manifest: Manifest,
+                  node_listing: Mapping[str, ListingEntry] | None = None, *, check_mtime: bool = True) -> VerifyReport:
+    """Check an archive file against its manifest and, optionally, against the node.
+
+    Reads it with :func:`scan_archive` and compares member names, types, sizes, modes, link
+    targets and SHA-256 with the manifest, then the archive's size and SHA-256.
+    With ``node_listing`` (:func:`~.manifest.parse_listing` of a listing taken while the node
+    is still stopped), the member list is also compared with what is on the node.
+
+    Args:
+        path: the ``.tar.zst`` on the controller.
+        manifest: what it should hold.
+        node_listing: the node's metadata dir as listed now, or ``None``.
+        check_mtime: with ``node_listing``, also require equal file mtimes (a file written
+            after the backup makes the backup stale).
+
+    Returns:
+        A :class:`VerifyReport`; a corrupt byte shows as a problem naming the member being
+        read when decompression failed, or the file whose hash differs, or the archive
+        itself (its frame) when no file is affected. It never raises for a bad archive.
+
+    Raises:
+        BackupError: the archive cannot be opened at all.
+    """
+    t0 = time.monotonic()
+    scan = scan_archive(path)
+    problems = list(scan.problems)
+    found = scan.members
     named = {q.path for q in problems if q.path}
     if problems:
         # after a read error the member list is incomplete: only report differences in what was read
@@ -191,13 +225,13 @@ def verify_backup(path: str | os.PathLike[str], manifest: Manifest,
     else:
         expected = list(manifest.members)
     problems += [q for q in compare_members(expected, found) if q.path not in named]
-    sha = hashed.sha.hexdigest()
+    sha = scan.archive_sha256
     if not problems:
-        if counted.n != manifest.uncompressed_bytes:
-            problems.append(Problem(None, "archive", f"tar stream is {counted.n} bytes, the manifest says "
-                                                     f"{manifest.uncompressed_bytes}"))
-        if hashed.n != manifest.compressed_bytes:
-            problems.append(Problem(None, "archive", f"archive is {hashed.n} bytes, the manifest says "
+        if scan.uncompressed_bytes != manifest.uncompressed_bytes:
+            problems.append(Problem(None, "archive", f"tar stream is {scan.uncompressed_bytes} bytes, the manifest "
+                                                     f"says {manifest.uncompressed_bytes}"))
+        if scan.compressed_bytes != manifest.compressed_bytes:
+            problems.append(Problem(None, "archive", f"archive is {scan.compressed_bytes} bytes, the manifest says "
                                                      f"{manifest.compressed_bytes}"))
         if sha != manifest.archive_sha256:
             problems.append(Problem(None, "archive", f"archive sha256 {sha} differs from the manifest's "
@@ -205,6 +239,6 @@ def verify_backup(path: str | os.PathLike[str], manifest: Manifest,
                                                      f"the zstd frame itself (headers or checksum) changed"))
     if node_listing is not None:
         problems += compare_listing(manifest.members, node_listing, check_mtime=check_mtime)
-    return VerifyReport(archive=str(p), problems=tuple(problems), members=len(found),
-                        files=sum(1 for m in found if m.type == "file"), uncompressed_bytes=counted.n,
-                        compressed_bytes=hashed.n, archive_sha256=sha, seconds=time.monotonic() - t0)
+    return VerifyReport(archive=str(Path(path)), problems=tuple(problems), members=len(found),
+                        files=sum(1 for m in found if m.type == "file"), uncompressed_bytes=scan.uncompressed_bytes,
+                        compressed_bytes=scan.compressed_bytes, archive_sha256=sha, seconds=time.monotonic() - t0)

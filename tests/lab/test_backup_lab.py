@@ -355,3 +355,62 @@ async def _listing(n: Node):
     res = await n.shell.run(C.list_tree(n.meta))
     await n.pool.close()
     return B.parse_listing(res.stdout, "meta")
+
+
+# ---------------------------------------------------------------------------- compressed on the node
+
+
+def test_node_compressed_backup_is_checked_against_the_nodes_own_hashes_and_reused(lab, stopped, node):
+    n = node(stopped("node-a1"))
+
+    async def go():
+        return await n.backup(migration="m-nodezstd", compress_on="node"), \
+            await n.backup(migration="m-nodezstd", compress_on="node")
+
+    first, second = run(go())
+    m = first.manifest
+    assert not first.reused and first.verify.ok and m.compressed_on == "node" and m.mode == "controller"
+    assert m.compressed_bytes == first.archive_path.stat().st_size and m.uncompressed_bytes > 16 << 20
+    for mm in m.files():
+        assert mm.sha256 == _sha256(lab.node_dir("node-a1") / mm.name)
+    # the archive the node's zstd wrote reads back with the controller's verifier and the node's listing
+    assert B.verify_backup(first.archive_path, m, run(_listing(n))).ok
+    assert second.reused and second.manifest == m
+
+
+def test_a_node_without_zstd_is_found_by_discovery_and_backed_up_compressed_here(lab, inv, stopped, node):
+    from garage_migrate import actions as A
+    from garage_migrate.discovery import discover
+
+    lab.fault("node-c1", "no-zstd")  # cleared by the `stopped` fixture
+    pool = SshPool.from_inventory(inv)
+
+    async def facts():
+        try:
+            return await discover(inv, pool.shell)
+        finally:
+            await pool.close()
+
+    f = run(facts())
+    assert f.node("node-c1").zstd_version is None and f.node("node-a1").zstd_version
+    with_zstd = A.for_node_backup(inv, f, "m-x", "node-a1", "0.7.3")
+    without = A.for_node_backup(inv, f, "m-x", "node-c1", "0.7.3")
+    assert (with_zstd.compress_on, without.compress_on) == ("node", "controller")
+    assert "--use-compress-program=zstd -T0 -3" in with_zstd.stream.source.argv
+    assert without.stream.source.argv[-3:] == ("-cf", "-", "meta") and len(without.stream.source.argv) == 6
+    n = node(stopped("node-c1"))
+    # asked to compress on a node that has no zstd, the step fails and leaves nothing
+    with pytest.raises(BackupError, match="zstd"):
+        run(n.backup(migration="m-nozstd", compress_on="node"))
+    assert _looks_valid(n.dest_root / CLUSTER / "m-nozstd" / "node-c1") == []
+    rec = run(n.backup(migration="m-nozstd", compress_on=without.compress_on))
+    assert rec.verify.ok and rec.manifest.compressed_on == "controller"
+
+
+def test_truncated_node_compressed_stream_leaves_nothing(lab, stopped, node):
+    n = node(stopped("node-b1"))
+    lab.fault("node-b1", "kill-tar", bytes=1 << 20, count=1)
+    with pytest.raises(BackupError) as info:
+        run(n.backup(migration="m-nodecut", compress_on="node"))
+    assert info.value.signal == "KILL" or info.value.exit_status == 137, info.value.describe()
+    assert _looks_valid(n.dest_root / CLUSTER / "m-nodecut" / "node-b1") == []

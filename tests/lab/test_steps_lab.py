@@ -44,13 +44,17 @@ def _row(rt, node: str) -> dict:
 
 @pytest.mark.timeout(300)
 def test_node_steps_are_idempotent_on_073_to_087(make_lab):
-    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    # the nodes find their peers through Consul (0.7's top-level keys): the config goes to 0.8 with the binary
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1, discovery=("consul",))
     inv = str(lab.dir / "inventory.yaml")
     node = lab.nodes[0]["name"]
+    conf = lab.node_dir(node) / "etc" / "garage.toml"
+    original = conf.read_text()
 
     async def scenario():
-        out = {}
+        out = {"discovery_before": _truth(lab, node)["discovery"]}
         async with open_runtime(inv, "minimal-downtime") as rt:
+            out["plan_diff"] = rt.facts.node(node).config_diff
             out["preflight"] = [await steps.preflight(rt, node) for _ in range(2)]
             out["stop"] = [await steps.stop_node(rt, node)]
             out["stopped_truth"] = _truth(lab, node)
@@ -63,7 +67,11 @@ def test_node_steps_are_idempotent_on_073_to_087(make_lab):
             out["aged"] = await backup_step.backup_metadata(dataclasses.replace(rt, backup_max_age_s=24 * 3600), node)
             out["aged_ref"] = rt.ledger.node(node).backup
             out["stage"] = [await steps.stage_binary(rt, node) for _ in range(2)]
+            out["live_after_stage"] = conf.read_text()
             out["switch"] = [await steps.switch_binary(rt, node) for _ in range(2)]
+            out["live_after_switch"] = conf.read_text()
+            out["kept"] = rt.ledger.node(node).config_kept
+            out["kept_text"] = Path(out["kept"]).read_text() if out["kept"] else None
             out["repair"] = [await steps.offline_repair(rt, node)]
             out["after_first_repair"] = _truth(lab, node)
             out["repair"].append(await steps.offline_repair(rt, node))
@@ -76,6 +84,10 @@ def test_node_steps_are_idempotent_on_073_to_087(make_lab):
             out["start"].append(await steps.start_node(rt, node, "0.8.7"))
             out["row_skipped"] = _row(rt, node)
             out["final_truth"] = _truth(lab, node)
+            # the rollback's switch puts the kept 0.7 config back with the binary, once
+            await steps.stop_node(rt, node)
+            out["back"] = [await steps.switch_binary(rt, node, "source") for _ in range(2)]
+            out["live_after_back"] = conf.read_text()
         return out
     out = run(scenario(), limit=None)
     assert [r.status for r in out["stop"]] == ["done", "skipped"]
@@ -96,6 +108,15 @@ def test_node_steps_are_idempotent_on_073_to_087(make_lab):
     # the ledger table's "version after" is what the start step saw the daemon answer
     assert (out["row_started"]["version before"], out["row_started"]["version after"]) == ("0.7.3", "0.8.7")
     assert out["row_skipped"]["version after"] == "0.8.7"
+    # garage.toml: staged beside the live one, switched with the binary, kept for the rollback, back with it
+    assert out["discovery_before"] == ["consul"] and any("consul_host" in ln for ln in out["plan_diff"])
+    assert out["live_after_stage"] == original and "0.8 config staged" in out["stage"][0].detail
+    assert "[consul_discovery]" in out["live_after_switch"] and "consul_host" not in out["live_after_switch"]
+    assert out["kept"] and out["kept_text"] == original
+    assert "0.8 layout already" in out["switch"][1].detail
+    assert out["started_truth"]["discovery"] == ["consul"]  # 0.8.7 reads [consul_discovery]: discovery stays on
+    assert [r.status for r in out["back"]] == ["done", "skipped"] and out["live_after_back"] == original
+    assert not Path(out["kept"]).exists()  # moved back into place, not copied
 
 
 def test_start_refuses_08_without_a_backup_of_this_migration(make_lab):
@@ -190,3 +211,19 @@ def test_a_migration_after_one_that_left_the_api_cut_restores_the_real_original(
     cut, again, back = run(scenario(), limit=None)
     assert (cut.status, again.status, back.status) == ("done", "skipped", "done")
     assert config.read_text() == before
+
+
+def test_the_lab_daemon_reads_discovery_the_way_each_version_does():
+    import tomllib
+
+    from garage_lab.garage.config import discovery_of
+    from garage_lab.garage.personality import V073, V087
+    from garage_migrate.config08 import translate
+
+    old = ('consul_host = "127.0.0.1:8500"\nconsul_service_name = "g"\n'
+           'kubernetes_namespace = "garage"\nkubernetes_service_name = "g"\n')
+    new = translate(old).text
+    assert discovery_of(V073, tomllib.loads(old)) == ("consul", "kubernetes")
+    assert discovery_of(V087, tomllib.loads(old)) == ()  # reused as-is on 0.8: quietly off
+    assert discovery_of(V087, tomllib.loads(new)) == ("consul", "kubernetes")
+    assert discovery_of(V073, tomllib.loads(new)) == ()

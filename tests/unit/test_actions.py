@@ -62,6 +62,27 @@ def test_the_controller_backup_streams_to_the_archive_the_backup_engine_writes()
     assert stream.kind == "observe" and not step.acts  # read-only on the node
 
 
+def test_the_backup_compresses_on_nodes_that_have_zstd_unless_the_inventory_says_controller():
+    import dataclasses
+
+    inv, facts = inventory_and_facts(ZONES)
+    # discovery found zstd everywhere but on n3
+    facts = dataclasses.replace(facts, nodes=tuple(dataclasses.replace(f, zstd_version=None if f.name == "n3"
+                                                                       else "1.5.4") for f in facts.nodes))
+    plan = make_plan(inv, facts, "simple", "m1", MigrationOptions())
+    streams = {s.node: next(a.op for a in s.actions if isinstance(a.op, A.LocalStream))
+               for s in plan.steps() if s.kind == "backup"}
+    node_side = C.tar_zstd_stream("/var/lib/garage/meta", level=3, timeout=A.backup_timeout(None))
+    assert streams["n1"].source == node_side and streams["n3"].source == C.tar_stream(
+        "/var/lib/garage/meta", timeout=A.backup_timeout(None))
+    shown = [a["command"] for ph in plan.to_json()["phases"] for w in ph["waves"] for st in w["steps"]
+             for a in st["actions"] if a["node"] == "n1" and st["kind"] == "backup"]
+    assert node_side.render() in shown  # the plan shows the very command
+    forced = inv.model_copy(update={"backup": inv.backup.model_copy(update={"compress_on": "controller"})})
+    assert A.for_node_backup(forced, facts, "m1", "n1", "0.7.3").compress_on == "controller"
+    assert A.for_node_backup(inv, facts, "m1", "n1", "0.7.3").compress_on == "node"
+
+
 def test_the_repair_is_listed_on_every_node_and_runs_on_one():
     _inv, _facts, plan = _plan("simple")
     rep = next(s for s in plan.steps() if s.kind == "repair")

@@ -244,6 +244,9 @@ def test_garage_version_of_a_staged_or_configured_binary():
     (C.zstd_test("/b/meta.tar.zst"), ("zstd", "-tq", "/b/meta.tar.zst")),
     (C.tar_stream("/var/lib/garage/meta/", timeout=600), ("tar", "-C", "/var/lib/garage", "-cf", "-", "meta")),
     (C.tar_stream("/meta", timeout=600), ("tar", "-C", "/", "-cf", "-", "meta")),
+    (C.tar_zstd_stream("/var/lib/garage/meta", level=3, timeout=600),
+     ("tar", "-C", "/var/lib/garage", "--use-compress-program=zstd -T0 -3", "-cf", "-", "meta")),
+    (C.zstd_version(), ("zstd", "--version")),
     (C.tar_archive("/var/lib/garage/meta", "/var/lib/garage/meta-v0.7.tar.zst", timeout=600),
      ("tar", "-acf", "/var/lib/garage/meta-v0.7.tar.zst", "-C", "/var/lib/garage", "meta")),
 ], ids=lambda v: v[0] if isinstance(v, tuple) else None)
@@ -269,6 +272,9 @@ def test_switch_symlink_is_a_new_link_renamed_over_the_old():
     lambda: C.sha256sum("-"),
     lambda: C.remove_file("/"),
     lambda: C.tar_stream("/", timeout=5),
+    lambda: C.tar_zstd_stream("/m", level=0, timeout=5),
+    lambda: C.tar_zstd_stream("/m", level=20, timeout=5),
+    lambda: C.tar_zstd_stream("/m", level="3; rm -rf /", timeout=5),  # type: ignore[arg-type]
     lambda: C.tar_archive("/m", "meta.tar.zst", timeout=5),
     lambda: C.switch_symlink("/opt/g", "/"),
     lambda: C.symlink("relative", "/usr/local/bin/garage"),
@@ -285,6 +291,8 @@ def test_malformed_paths_and_targets_are_refused(build):
 def test_long_running_builders_need_an_explicit_timeout():
     with pytest.raises(TypeError):
         C.tar_stream("/m")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        C.tar_zstd_stream("/m", level=3)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         C.tar_archive("/m", "/m.tar.zst")  # type: ignore[call-arg]
 
@@ -328,3 +336,11 @@ def test_node_context_paths_must_be_absolute():
         NodeContext(name="x", binary_path="garage")
     with pytest.raises(CommandRefused):
         NodeContext(name="x", config_path="etc/garage.toml")
+
+
+def test_node_side_compression_is_read_only_and_one_word_for_the_compressor():
+    cmd = C.tar_zstd_stream("/var/lib/garage/meta", level=5, timeout=600, sudo=True)
+    assert cmd.kind == "observe" and C.zstd_version().kind == "observe"
+    # one quoted word: tar splits it itself and no shell ever sees a pipe
+    assert cmd.render() == ("sudo -n timeout --kill-after=5 600 tar -C /var/lib/garage "
+                            "'--use-compress-program=zstd -T0 -5' -cf - meta")

@@ -868,3 +868,12 @@ def test_bucket_list_legacy_format_is_accepted_too_GUESS():
     bl = parse_bucket_list(text)
     assert [(b.id64, b.global_aliases) for b in bl.buckets] == [("10af6e8590c6d842", ("bucket-00",)),
                                                                ("4c403bc089da75c1", ("bucket-01",))]
+
+
+def test_zstd_version_fact():
+    from garage_migrate.facts.tools import parse_zstd_version
+
+    assert parse_zstd_version(0, "*** Zstandard CLI (64-bit) v1.5.4, by Yann Collet ***\n") == "1.5.4"
+    assert parse_zstd_version(0, "*** zstd command line interface 64-bits v1.4.8, by Yann Collet ***\n") == "1.4.8"
+    assert parse_zstd_version(127, "") is None  # not installed: the backup compresses on the controller
+    assert parse_zstd_version(0, "something else\n") is None
