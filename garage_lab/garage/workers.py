@@ -171,8 +171,16 @@ def refresh_view(node: "Daemon") -> None:
         s = node.workers.get(f"{table} sync")
         left = len(node.sync_todo.get(table, []))
         s.queue = left
-        s.state = ("Throttled" if s.consecutive_errors else "Busy") if left else "Idle"
-        s.throttle_secs = 1.5 if s.consecutive_errors else 0.0
+        if s.consecutive_errors and not left:
+            # after an error the runner throttles the worker 1.5^(n-1) s (at most 1.5^10), then
+            # calls work() again; with nothing left that returns Ok(Idle), which resets the count
+            # (util/background/worker.rs, read at garage 306a7437; assumed the same in 0.8.x).
+            # The failed partition itself waits for the next full sync.
+            delay = 1.5 ** min(10, s.consecutive_errors - 1)
+            if s.last_error_time is not None and time.time() - s.last_error_time >= delay:
+                s.record_success()
+        s.state = "Throttled" if s.consecutive_errors else "Busy" if left else "Idle"
+        s.throttle_secs = 1.5 ** min(10, s.consecutive_errors - 1) if s.consecutive_errors else 0.0
         s.info = [f"{left} partitions remaining"] if left else []
         g = node.workers.get(f"{table} GC")
         g.queue = len(gc.get(table, []))

@@ -490,8 +490,10 @@ class WorkerList:
 
         On 0.8.0 an idle sync with an empty to-do list prints no info line, so an absent queue
         counts as empty there; the table format always prints the number. A sync whose last
-        partition failed keeps ``consecutive_errors > 0``, and that partition is not retried
-        before the next full sync, so it does not count as idle.
+        partition failed shows ``consecutive_errors > 0`` (Throttled) until its next ``work()``
+        finds the to-do list empty, at most ~57 s later (the runner resets the count on any
+        ``Ok``); it does not count as idle meanwhile. The failed partition is not retried before
+        the next full sync.
 
         Args:
             table: table name, e.g. ``object``.
