@@ -2,11 +2,15 @@
 
 - :class:`PrefectSteps`: each engine step as its Prefect task (``tasks``), so task retries of
   transient faults still work; the gates run in the flow, as the engine's.
-- :class:`PrefectReporter`: progress, table and markdown artifacts.
+- :class:`PrefectReporter`: progress, table and markdown artifacts, and Prefect events
+  (``garage-migrate.<name>``, resource ``garage-migrate.migration.<id>`` labelled with the
+  cluster, phase and node, the flow run as a related resource and its UI link in the payload).
 - The decider is :class:`flows.approvals.PrefectDecider` (the pause that takes only a real answer).
 """
 
 from __future__ import annotations
+
+import logging
 
 from prefect import task
 from prefect.artifacts import (
@@ -47,6 +51,40 @@ class PrefectSteps(EngineSteps):
     restore_node = staticmethod(restore_node)
 
 
+log = logging.getLogger("garage_migrate.events")
+
+
+def flow_run_link(flow_run_id) -> str | None:
+    """The flow run's page in the UI (``PREFECT_UI_URL`` + ``/runs/flow-run/<id>``)."""
+    from prefect.utilities.urls import url_for
+
+    return url_for("flow-run", obj_id=str(flow_run_id)) if flow_run_id else None
+
+
+def emit(name: str, migration_id: str, cluster: str, *, phase: str | None = None, node: str | None = None,
+         message: str = "", **data) -> None:
+    """Emit ``garage-migrate.<name>`` about migration ``migration_id`` from the current flow run
+    (see the module docstring); an event that cannot be sent is logged, never raised."""
+    from prefect.events import emit_event
+    from prefect.runtime import flow_run
+
+    resource = {"prefect.resource.id": f"garage-migrate.migration.{migration_id}",
+                "prefect.resource.name": migration_id, "garage-migrate.migration": migration_id,
+                "garage-migrate.cluster": cluster}
+    if phase:
+        resource["garage-migrate.phase"] = phase
+    if node:
+        resource["garage-migrate.node"] = node
+    frid = flow_run.get_id()
+    related = [{"prefect.resource.id": f"prefect.flow-run.{frid}", "prefect.resource.role": "flow-run",
+                "prefect.resource.name": flow_run.get_name() or ""}] if frid else []
+    payload = {"message": message, "url": flow_run_link(frid), "flow_run_id": frid, **data}
+    try:
+        emit_event(f"garage-migrate.{name}", resource=resource, related=related, payload=payload)
+    except Exception as exc:  # noqa: BLE001 - a notification never stops a migration
+        log.warning("event garage-migrate.%s not emitted: %s: %s", name, type(exc).__name__, exc)
+
+
 class PrefectReporter:
     """Publishes the executor's plan, progress, ledger table and report as Prefect artifacts."""
 
@@ -71,3 +109,8 @@ class PrefectReporter:
     async def report(self, migration_id: str, markdown: str, description: str) -> None:
         """The final report as a markdown artifact ``report-<migration id>``."""
         await create_markdown_artifact(markdown, key=artifact_key("report", migration_id), description=description)
+
+    async def event(self, name: str, migration_id: str, cluster: str, *, phase: str | None = None,
+                    node: str | None = None, message: str = "", **data) -> None:
+        """A Prefect event (:func:`emit`)."""
+        emit(name, migration_id, cluster, phase=phase, node=node, message=message, **data)

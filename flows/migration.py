@@ -23,13 +23,21 @@ from prefect import flow, get_run_logger
 from prefect.exceptions import Abort
 
 from flows.adapters import PrefectReporter, PrefectSteps
-from flows.approvals import (Approval, Asker, CountersDecision, GateDecision, NodeFailureDecision,
-                             PrefectDecider)
+from flows.approvals import (
+    Approval,
+    Asker,
+    CountersDecision,
+    GateDecision,
+    NodeFailureDecision,
+    PrefectDecider,
+)
 from flows.holding import hold_cluster, refused
+from flows.watch import schedule_watch as schedule_watch_runs
 from garage_migrate import runtime as R
 from garage_migrate.errors import ClusterLockedError, MigrationAborted, SupersededError
 from garage_migrate.executor import run_migration
 from garage_migrate.plan import MigrationOptions
+from garage_migrate.watch.run import terminal_follow_up
 
 DEFAULT_PAUSE_TIMEOUT = 3600
 
@@ -38,8 +46,16 @@ __all__ = ["Approval", "CountersDecision", "GateDecision", "MigrationAborted", "
 
 
 async def _migrate(procedure: str, inventory: str, migration_id: str | None, options: MigrationOptions,
-                   dry_run: bool, auto_approve: bool, pause_timeout: int):
+                   dry_run: bool, auto_approve: bool, pause_timeout: int, watch: tuple[bool, float, float]):
     log = get_run_logger()
+    schedule, hours, every = watch
+
+    async def after_done(rt, plan):
+        if not schedule:
+            return terminal_follow_up(inventory, plan.migration_id, hours)
+        return await schedule_watch_runs(inventory, plan.migration_id, f"{rt.ledger.doc.created:.0f}", hours=hours,
+                                    every_minutes=every, log=log)
+
     try:
         # a dry run writes no ledger either: it must not pin the migration to a procedure
         async with R.open_runtime(inventory, procedure, migration_id, log=log,
@@ -49,7 +65,8 @@ async def _migrate(procedure: str, inventory: str, migration_id: str | None, opt
                 hold=lambda held: hold_cluster(held, procedure, "migration", log),
                 decider_for=lambda lock: PrefectDecider(Asker(lock.identity.token, lock.superseded, log),
                                                         pause_timeout),
-                steps=PrefectSteps(), reporter=PrefectReporter(), auto_approve=auto_approve, log=log)
+                steps=PrefectSteps(), reporter=PrefectReporter(), auto_approve=auto_approve, log=log,
+                after_done=after_done)
     except ClusterLockedError as exc:
         return refused(exc, log)
     except SupersededError as exc:
@@ -62,7 +79,9 @@ async def _migrate(procedure: str, inventory: str, migration_id: str | None, opt
 @flow(name="simple-migration", log_prints=False)
 async def simple_migration(inventory: str, migration_id: str | None = None,
                            options: MigrationOptions = MigrationOptions(), dry_run: bool = False,
-                           auto_approve: bool = False, pause_timeout: int = DEFAULT_PAUSE_TIMEOUT) -> dict:
+                           auto_approve: bool = False, pause_timeout: int = DEFAULT_PAUSE_TIMEOUT,
+                           watch_hours: float = 6.0, watch_every_minutes: float = 15.0,
+                           schedule_watch: bool = True) -> dict:
     """Garage 0.7 -> 0.8, simple procedure: the whole cluster goes offline (guide steps 1-11).
 
     Args:
@@ -74,17 +93,26 @@ async def simple_migration(inventory: str, migration_id: str | None = None,
         auto_approve: approve gates that passed cleanly (scheduled runs); anything abnormal
             still waits for a person, up to ``pause_timeout``.
         pause_timeout: seconds an approval waits (set it to what is left of the window).
+        watch_hours: hours the post-migration watch compares the cluster with its baseline.
+        watch_every_minutes: minutes between the watch's observations.
+        schedule_watch: schedule the watch's runs (``post-migration-watch``) when the migration
+            completes; off for a terminal run with no lasting server (the report then says how
+            to watch from the terminal).
     """
-    return await _migrate("simple", inventory, migration_id, options, dry_run, auto_approve, pause_timeout)
+    return await _migrate("simple", inventory, migration_id, options, dry_run, auto_approve, pause_timeout,
+                          (schedule_watch, watch_hours, watch_every_minutes))
 
 
 @flow(name="minimal-downtime-migration", log_prints=False)
 async def minimal_downtime_migration(inventory: str, migration_id: str | None = None,
                                      options: MigrationOptions = MigrationOptions(), dry_run: bool = False,
-                                     auto_approve: bool = False, pause_timeout: int = DEFAULT_PAUSE_TIMEOUT) -> dict:
+                                     auto_approve: bool = False, pause_timeout: int = DEFAULT_PAUSE_TIMEOUT,
+                                     watch_hours: float = 6.0, watch_every_minutes: float = 15.0,
+                                     schedule_watch: bool = True) -> dict:
     """Garage 0.7 -> 0.8, minimal-downtime procedure (guide steps 1-5, from v0.8.2's guide).
 
     Zone-by-zone backups while the cluster serves, every node restarted on 0.8 at once, then
     zone-by-zone offline counter repairs. Arguments as for :func:`simple_migration`.
     """
-    return await _migrate("minimal-downtime", inventory, migration_id, options, dry_run, auto_approve, pause_timeout)
+    return await _migrate("minimal-downtime", inventory, migration_id, options, dry_run, auto_approve, pause_timeout,
+                          (schedule_watch, watch_hours, watch_every_minutes))

@@ -35,11 +35,11 @@ from pathlib import Path
 
 from .. import actions as A
 from .. import commands as C
+from ..actions import for_node_backup as backup_actions
 from ..errors import CommandError
 from ..gates import Clock, GateOutcome
 from ..journal import CommandJournal, JournalShell
 from ..ledger_model import BackupRef
-from ..actions import for_node_backup as backup_actions
 from ..plan import MigrationOptions, MigrationPlan
 from ..ssh import Result
 from ..steps import Runtime, StepResult
