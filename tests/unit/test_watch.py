@@ -102,8 +102,8 @@ def test_buckets_gone_negative_or_emptied_are_regressions():
     assert neg.regressions == ("bucket photos: negative counters (-3 objects)",)
     few = compare(snap(), after(buckets={"b1": BucketSnapshot(alias="photos", objects=0, bytes=0),
                                          "b2": BucketSnapshot(alias="logs", objects=3, bytes=1)}))
-    assert few.regressions == ("buckets count 3 objects, the baseline's object tables implied 24 "
-                               "(more than 10% fewer)",)
+    assert few.regressions == (("buckets count 3 objects, the baseline's object tables implied 24 "
+                               "(more than 10% fewer)"),)
 
 
 def test_per_bucket_counts_are_compared_when_the_baseline_has_them():
