@@ -100,11 +100,12 @@ async def _buckets(rt: Runtime, via: str, notes: list[str]) -> dict[str, BucketS
     ctx = rt.node(via).ctx
     try:
         listing = parse_bucket_list((await rt.observe(via, C.garage(ctx, "bucket", "list"))).stdout)
+        aliases = {b.id64: b.global_aliases[0] if b.global_aliases else b.id64 for b in listing.buckets}
+        infos = await asyncio.gather(*(rt.observe(via, C.garage(ctx, "bucket", "info", a)) for a in aliases.values()))
         out = {}
-        for b in listing.buckets:
-            alias = b.global_aliases[0] if b.global_aliases else b.id64
-            info = parse_bucket_info((await rt.observe(via, C.garage(ctx, "bucket", "info", alias))).stdout)
-            out[b.id64] = BucketSnapshot(alias=alias, objects=info.objects, bytes=info.size_bytes)
+        for (bid, alias), res in zip(aliases.items(), infos):
+            info = parse_bucket_info(res.stdout)
+            out[bid] = BucketSnapshot(alias=alias, objects=info.objects, bytes=info.size_bytes)
         return out
     except (GarageMigrateError, ParseError, OSError) as exc:
         notes.append(f"buckets not read through {via}: {type(exc).__name__}: {exc}"[:300])
@@ -121,13 +122,17 @@ async def take_snapshot(rt: Runtime, window_s: float) -> Snapshot:
     at = time.time()
     names = [n.name for n in rt.facts.nodes]
     notes: list[str] = []
-    rates = await _rates(rt, names, window_s, notes)
-    try:
-        queues = await _gate_source(rt, await _live_versions(rt)).observe(names)
-    except GarageMigrateError as exc:
-        notes.append(f"queues not read: {type(exc).__name__}: {exc}"[:300])
-        queues = {}
-    items = dict(zip(names, await asyncio.gather(*(_stats_items(rt, n) for n in names))))
+    async def queues_now():
+        try:
+            return await _gate_source(rt, await _live_versions(rt)).observe(names)
+        except GarageMigrateError as exc:
+            notes.append(f"queues not read: {type(exc).__name__}: {exc}"[:300])
+            return {}
+
+    # independent reads, concurrently (a snapshot is taken twice per migration and per observation)
+    rates, queues, *counted = await asyncio.gather(_rates(rt, names, window_s, notes), queues_now(),
+                                                   *(_stats_items(rt, n) for n in names))
+    items = dict(zip(names, counted))
     nodes = {}
     for n in names:
         q = queues.get(n)
