@@ -36,14 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import LedgerFormatError
 from .watch.model import Snapshot
@@ -273,7 +266,7 @@ class LedgerDoc(Record):
     baseline: Snapshot | None = None
 
     @classmethod
-    def new(cls, migration_id: str, cluster: str, procedure: str, now: float | None = None) -> LedgerDoc:
+    def new(cls, migration_id: str, cluster: str, procedure: str, now: float | None = None) -> "LedgerDoc":
         """An empty ledger of a migration that starts now."""
         now = time.time() if now is None else now
         return cls(migration_id=migration_id, cluster=cluster, procedure=procedure, created=now, updated=now)

@@ -6,15 +6,7 @@ auto-approve rules), :mod:`.run` (the :class:`Executor`), :mod:`.rollback` (the 
 """
 
 from .decisions import Decisions
-from .interfaces import (
-           ACTIONS,
-           Answer,
-           Decider,
-           EngineSteps,
-           NullReporter,
-           Reporter,
-           StepRunner,
-)
+from .interfaces import ACTIONS, Answer, Decider, EngineSteps, NullReporter, Reporter, StepRunner
 from .migrate import run_migration
 from .rollback import rollback_plan_for, run_rollback
 from .run import Executor

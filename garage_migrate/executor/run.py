@@ -34,6 +34,7 @@ from .interfaces import Decider, NullReporter, Reporter, StepRunner
 from .rollback import rollback_plan_for, run_rollback
 from .schedule import NodeSequence, schedule_wave
 
+
 #: Cluster steps that a resumed run skips once the ledger records them done.
 SKIPPABLE_WHEN_DONE = frozenset({"repair", "sync-gate", "wait-healthy", "check-counters"})
 
