@@ -23,14 +23,8 @@ from prefect import flow, get_run_logger
 from prefect.exceptions import Abort
 
 from flows.adapters import PrefectReporter, PrefectSteps
-from flows.approvals import (
-    Approval,
-    Asker,
-    CountersDecision,
-    GateDecision,
-    NodeFailureDecision,
-    PrefectDecider,
-)
+from flows.approvals import (Approval, Asker, CountersDecision, GateDecision, NodeFailureDecision,
+                             PrefectDecider)
 from flows.holding import hold_cluster, refused
 from flows.watch import schedule_watch as schedule_watch_runs
 from garage_migrate import runtime as R
@@ -53,8 +47,8 @@ async def _migrate(procedure: str, inventory: str, migration_id: str | None, opt
     async def after_done(rt, plan):
         if not schedule:
             return terminal_follow_up(inventory, plan.migration_id, hours)
-        return await schedule_watch_runs(inventory, plan.migration_id, f"{rt.ledger.doc.created:.0f}", hours=hours,
-                                    every_minutes=every, log=log)
+        return await schedule_watch_runs(inventory, plan.migration_id, f"{rt.ledger.doc.created:.0f}",
+                                         hours=hours, every_minutes=every, log=log)
 
     try:
         # a dry run writes no ledger either: it must not pin the migration to a procedure
