@@ -77,6 +77,13 @@ class Receiver:
         raise AssertionError(f"no {what} arrived in {timeout:.0f}s; received: {self.bodies}")
 
 
+def prefect_key(*parts: str) -> str:
+    """The flows' artifact key (imported late: Prefect reads its settings at import)."""
+    from flows.approvals import prefect_key as key
+
+    return key(*parts)
+
+
 def _latest_artifact(key: str):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -195,7 +202,7 @@ def test_the_scheduled_watch_reports_against_the_baseline(migrated):
     assert abs(gap - EVERY_S) < 0.5, gap
     assert runs[1].start_time >= runs[1].expected_start_time  # it ran from its schedule, not at once
 
-    report = _latest_artifact(f"watch-{mid}").data
+    report = _latest_artifact(prefect_key("watch", mid)).data
     assert report.startswith(f"## Post-migration watch of {mid}: final report"), report[:200]
     assert "2 observations of 2, 2 without regression" in report
     for n in nodes:
@@ -206,7 +213,7 @@ def test_the_scheduled_watch_reports_against_the_baseline(migrated):
     assert f"the buckets count {base.implied_objects} now" in report
     assert "No regression against the baseline." in report
     # the migration's own final report compares with the baseline and says what follows
-    final = _latest_artifact(f"report-{mid}").data
+    final = _latest_artifact(prefect_key("report", mid)).data
     assert "### Against the baseline" in final and "The post-migration watch is scheduled: 2 runs" in final
 
 
@@ -227,6 +234,6 @@ def test_errored_blocks_on_one_node_raise_the_regression_event(migrated):
     assert body["node"] == node and body["migration"] == mid, body
     assert f"{node}: 2 errored blocks (baseline 0)" in body["message"], body
     assert body["link"] == f"{stack.url}/runs/flow-run/{frid}", body
-    report = _latest_artifact(f"watch-{mid}").data
+    report = _latest_artifact(prefect_key("watch", mid)).data
     assert "**Regressions:**" in report and f"| {node} | yes | 0 → 2 |" in report, report
     lab.clear_faults(node)
