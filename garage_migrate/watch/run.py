@@ -8,6 +8,7 @@ from that file at every observation, so the report of observation *k* shows all 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import time
@@ -74,9 +75,11 @@ async def observe(rt: Runtime, baseline: Snapshot, *, every_s: float, planned: i
     snap = await take_snapshot(rt, rate_window_s(every_s))
     c = compare(baseline, snap, thresholds)
     path = history_path(rt)
+    line = json.dumps({"at": snap.at, "regressions": list(c.regressions), "final": final,
+                       "snapshot": snap.model_dump(mode="json")}) + "\n"
     with path.open("a") as f:
-        f.write(json.dumps({"at": snap.at, "regressions": list(c.regressions), "final": final,
-                            "snapshot": snap.model_dump(mode="json")}) + "\n")
+        fcntl.flock(f, fcntl.LOCK_EX)  # two runs late at once each append a whole line
+        f.write(line)
     history = read_history(path)
     md = watch_markdown(rt.ledger.doc.migration_id, history, c, baseline, planned=planned, final=final)
     return Observation(len(history), c, md, final)
