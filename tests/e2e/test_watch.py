@@ -189,7 +189,7 @@ def test_the_scheduled_watch_reports_against_the_baseline(migrated):
     assert len(base.buckets) == lab.spec.buckets and all(b.objects is None for b in base.buckets.values())  # 0.7
 
     # the migration scheduled the watch's runs at their times, and the worker ran them
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 400  # each run is a new process on a busy worker
     while True:
         runs = _watch_runs(mid)
         if len(runs) == 2 and all(r.state and r.state.is_final() for r in runs):
@@ -228,7 +228,7 @@ def test_errored_blocks_on_one_node_raise_the_regression_event(migrated):
         time.sleep(0.5)
     frid = stack.run_deployment(WATCH, inventory=migrated["inv"], migration_id=mid,
                                 watch_every_minutes=EVERY_S / 60, observation=3, planned=3, final=True)
-    fr = stack.wait_final(frid, timeout=180)
+    fr = stack.wait_final(frid, timeout=400)
     assert fr.state.is_completed(), (fr.state, stack.logs())
     body = rx.wait_for(lambda b: b.get("event") == "garage-migrate.watch.regression", what="regression webhook")
     assert body["node"] == node and body["migration"] == mid, body
