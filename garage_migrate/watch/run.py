@@ -81,8 +81,19 @@ async def observe(rt: Runtime, baseline: Snapshot, *, every_s: float, planned: i
         fcntl.flock(f, fcntl.LOCK_EX)  # two runs late at once each append a whole line
         f.write(line)
     history = read_history(path)
-    md = watch_markdown(rt.ledger.doc.migration_id, history, c, baseline, planned=planned, final=final)
+    md = history_markdown(rt.ledger.doc.migration_id, history, baseline, planned=planned, thresholds=thresholds)
     return Observation(len(history), c, md, final)
+
+
+def history_markdown(migration_id: str, history: list[dict], baseline: Snapshot, *, planned: int | None,
+                     thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
+    """The live report, from the recorded observations alone: whichever run publishes it (two
+    late runs may finish out of order), it shows every observation so far, in time order, the
+    latest one against the baseline, and it is the final report once the last one is in."""
+    ordered = sorted(history, key=lambda h: h["at"])
+    latest = compare(baseline, Snapshot.model_validate(ordered[-1]["snapshot"]), thresholds)
+    return watch_markdown(migration_id, ordered, latest, baseline, planned=planned,
+                          final=any(h.get("final") for h in ordered))
 
 
 def observation_count(hours: float, every_s: float) -> int:

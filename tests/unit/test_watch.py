@@ -152,3 +152,19 @@ def test_the_ledger_keeps_the_baseline_and_old_ledgers_load_without_one():
     assert back.baseline == snap()
     with pytest.raises(ValueError):
         NodeSnapshot(up=True, unknown_field=1)
+
+
+def test_the_live_report_is_the_same_whichever_run_publishes_it_last():
+    from garage_migrate.watch.run import history_markdown
+
+    base = snap()
+    late_final = {"at": 3000.0, "final": True, "regressions": [],
+                  "snapshot": after().model_copy(update={"at": 3000.0}).model_dump(mode="json")}
+    early = {"at": 2000.0, "final": False, "regressions": ["b: 2 errored blocks (baseline 0)"],
+             "snapshot": after(nodes={"b": node(errors=2)}).model_dump(mode="json")}
+    # the final observation's run finished first, the earlier one's last: same report
+    md = history_markdown("m1", [late_final, early], base, planned=2)
+    assert md == history_markdown("m1", [early, late_final], base, planned=2)
+    assert md.startswith("## Post-migration watch of m1: final report") and "2 observations of 2, 1 without" in md
+    assert md.index("| 1 |") < md.index("b: 2 errored blocks") < md.index("| 2 |")
+    assert "No regression against the baseline." in md  # the latest (in time) against the baseline
