@@ -1,8 +1,10 @@
 """The post-migration watch as Prefect runs: one observation per scheduled flow run.
 
-When a migration completes, :func:`schedule_watch` creates the watch's flow runs of the
-``post-migration-watch`` deployment, one per observation, each with its ``scheduled_time``
-(``run_deployment(..., timeout=0)``). Why scheduled runs rather than a schedule on the
+When a migration completes (its final report already compares the cluster with the
+baseline: observation zero), :func:`schedule_watch` creates the watch's flow runs of the
+``post-migration-watch`` deployment, one per later observation, each with its
+``scheduled_time`` (``run_deployment(..., timeout=0)``): every 15 min for 6 h is 24 runs, the
+first 15 min after the migration, the last 6 h after it. Why scheduled runs rather than a schedule on the
 deployment or one long run:
 
 - a deployment schedule belongs to the deployment, which every cluster shares: it would carry
@@ -30,9 +32,9 @@ from prefect.artifacts import create_markdown_artifact
 from flows.adapters import emit
 from flows.approvals import prefect_key
 from garage_migrate.watch.run import (
-    observation_count,
     observe,
     open_watch,
+    scheduled_count,
     watch_command,
 )
 
@@ -89,12 +91,12 @@ async def schedule_watch(inventory: str, migration_id: str, attempt: str, *, hou
     from prefect.exceptions import ObjectNotFound
 
     every_s = every_minutes * 60
-    n = observation_count(hours, every_s)
+    n = scheduled_count(hours, every_s)
     start = datetime.now(UTC)
     try:
         for i in range(n):
             await run_deployment(
-                DEPLOYMENT, timeout=0, as_subflow=False, scheduled_time=start + timedelta(seconds=i * every_s),
+                DEPLOYMENT, timeout=0, as_subflow=False, scheduled_time=start + timedelta(seconds=(i + 1) * every_s),
                 parameters={"inventory": inventory, "migration_id": migration_id,
                             "watch_every_minutes": every_minutes, "observation": i + 1, "planned": n,
                             "final": i == n - 1},
@@ -105,7 +107,7 @@ async def schedule_watch(inventory: str, migration_id: str, attempt: str, *, hou
         return (f"### Watching the next hours\n\nThe deployment `{DEPLOYMENT}` is not deployed on this server: the "
                 "watch was not scheduled (deploy it with `prefect deploy --all`), or watch from a terminal:\n\n"
                 f"    {watch_command(inventory, migration_id, hours)}")
-    end = start + timedelta(seconds=(n - 1) * every_s)
+    end = start + timedelta(seconds=n * every_s)
     log.info("post-migration watch scheduled: %d observations every %g min until %s", n, every_minutes, end)
     return (f"### Watching the next hours\n\nThe post-migration watch is scheduled: {n} runs of `{DEPLOYMENT}`, "
             f"every {every_minutes:g} min until {end:%Y-%m-%d %H:%M UTC} (tag `migration:{migration_id}`). Each "

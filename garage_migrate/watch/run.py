@@ -104,6 +104,12 @@ def observation_count(hours: float, every_s: float) -> int:
     return int(hours * 3600 // every_s) + 1
 
 
+def scheduled_count(hours: float, every_s: float) -> int:
+    """How many runs a scheduled watch of ``hours`` every ``every_s`` seconds makes after the
+    migration's own final report (observation zero): at least one."""
+    return max(1, observation_count(hours, every_s) - 1)
+
+
 async def watch_foreground(rt: Runtime, *, hours: float, every_s: float,
                            on_observation: Callable[[Observation], Awaitable[None]],
                            clock: Clock | None = None, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Observation]:

@@ -9,7 +9,7 @@ from garage_migrate.watch.compare import Thresholds, compare, error_ratio
 from garage_migrate.watch.model import BucketSnapshot, NodeSnapshot, Snapshot
 from garage_migrate.watch.observe import rate_window_s, rates_from_results, rates_query
 from garage_migrate.watch.report import comparison_markdown, watch_markdown
-from garage_migrate.watch.run import observation_count
+from garage_migrate.watch.run import observation_count, scheduled_count
 
 
 def node(up=True, s3=(10.0, 0.1), errors=0, queue=0, merkle=0, items=24, **kw) -> NodeSnapshot:
@@ -140,6 +140,7 @@ def test_window_and_observation_count_follow_the_interval():
     assert rate_window_s(900) == 300 and rate_window_s(3) == 10 and rate_window_s(60) == 60
     assert observation_count(6, 900) == 25  # every 15 min for 6 h, the first at once
     assert observation_count(0.002, 3) == 3
+    assert scheduled_count(6, 900) == 24 and scheduled_count(0.001, 900) == 1  # after the final report
     with pytest.raises(ValueError):
         observation_count(6, 0)
 
