@@ -2,13 +2,17 @@
 
 - :class:`PrefectSteps`: each engine step as its Prefect task (``tasks``), so task retries of
   transient faults still work; the gates run in the flow, as the engine's.
-- :class:`PrefectReporter`: the plan, progress, ledger table and report artifacts, one card each.
+- :class:`PrefectReporter`: the plan, progress, ledger table and report artifacts, one card each,
+  and Prefect events (``garage-migrate.<name>``, resource ``garage-migrate.migration.<id>``
+  labelled with the cluster, phase and node, the flow run as a related resource and its UI
+  link in the payload).
 - The decider is :class:`flows.approvals.PrefectDecider` (the pause that takes only a real answer).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from uuid import UUID
 
 from prefect import task
@@ -52,6 +56,40 @@ class PrefectSteps(EngineSteps):
     offline_repair = staticmethod(T.offline_repair)
     check_counters = staticmethod(T.check_counters)
     restore_node = staticmethod(restore_node)
+
+
+log = logging.getLogger("garage_migrate.events")
+
+
+def flow_run_link(flow_run_id) -> str | None:
+    """The flow run's page in the UI (``PREFECT_UI_URL`` + ``/runs/flow-run/<id>``)."""
+    from prefect.utilities.urls import url_for
+
+    return url_for("flow-run", obj_id=str(flow_run_id)) if flow_run_id else None
+
+
+def emit(name: str, migration_id: str, cluster: str, *, phase: str | None = None, node: str | None = None,
+         message: str = "", **data) -> None:
+    """Emit ``garage-migrate.<name>`` about migration ``migration_id`` from the current flow run
+    (see the module docstring); an event that cannot be sent is logged, never raised."""
+    from prefect.events import emit_event
+    from prefect.runtime import flow_run
+
+    resource = {"prefect.resource.id": f"garage-migrate.migration.{migration_id}",
+                "prefect.resource.name": migration_id, "garage-migrate.migration": migration_id,
+                "garage-migrate.cluster": cluster}
+    if phase:
+        resource["garage-migrate.phase"] = phase
+    if node:
+        resource["garage-migrate.node"] = node
+    frid = flow_run.get_id()
+    related = [{"prefect.resource.id": f"prefect.flow-run.{frid}", "prefect.resource.role": "flow-run",
+                "prefect.resource.name": flow_run.get_name() or ""}] if frid else []
+    payload = {"message": message, "url": flow_run_link(frid), "flow_run_id": frid, **data}
+    try:
+        emit_event(f"garage-migrate.{name}", resource=resource, related=related, payload=payload)
+    except Exception as exc:  # noqa: BLE001 - a notification never stops a migration
+        log.warning("event garage-migrate.%s not emitted: %s: %s", name, type(exc).__name__, exc)
 
 
 class PrefectReporter:
@@ -124,3 +162,8 @@ class PrefectReporter:
         if ui:
             out["report_url"] = f"{ui.rstrip('/')}/artifacts/artifact/{self.report_id}"
         return out
+
+    async def event(self, name: str, migration_id: str, cluster: str, *, phase: str | None = None,
+                    node: str | None = None, message: str = "", **data) -> None:
+        """A Prefect event (:func:`emit`)."""
+        emit(name, migration_id, cluster, phase=phase, node=node, message=message, **data)

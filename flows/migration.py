@@ -31,11 +31,13 @@ from flows.approvals import (Approval, Asker, CountersDecision, GateDecision, No
                              PrefectDecider)
 from flows.blocks import GarageCluster, inventory_of
 from flows.holding import hold_cluster, refused
+from flows.watch import schedule_watch as schedule_watch_runs
 from garage_migrate import runtime as R
 from garage_migrate.errors import ClusterLockedError, MigrationAborted, PlanError, SupersededError
 from garage_migrate.executor import run_migration
 from garage_migrate.plan import MigrationOptions
 from garage_migrate.window import DEFAULT_BACKUP_MAX_AGE_HOURS, MaintenanceWindow, SystemWallClock, WindowPolicy
+from garage_migrate.watch.run import terminal_follow_up
 
 DEFAULT_PAUSE_TIMEOUT = 3600
 
@@ -60,11 +62,19 @@ def window_policy(window_end: datetime | None, window_minutes: float | None,
 
 async def _migrate(procedure: str, inventory: str | GarageCluster, migration_id: str | None,
                    options: MigrationOptions, dry_run: bool, auto_approve: bool, pause_timeout: int,
-                   window: WindowPolicy):
+                   window: WindowPolicy, watch: tuple[bool, float, float]):
     log = get_run_logger()
     reporter = PrefectReporter()
+    schedule, hours, every = watch
     if window.window is not None:
         log.info("maintenance window until %s (%.0f min left)", window.window.end.isoformat(), window.left() / 60)
+
+    async def after_done(rt, plan):
+        if not schedule:
+            return terminal_follow_up(inventory, plan.migration_id, hours)
+        return await schedule_watch_runs(inventory, plan.migration_id, f"{rt.ledger.doc.created:.0f}",
+                                         hours=hours, every_minutes=every, log=log)
+
     try:
         # a dry run writes no ledger either: it must not pin the migration to a procedure
         with inventory_of(inventory) as inv:
@@ -75,7 +85,7 @@ async def _migrate(procedure: str, inventory: str | GarageCluster, migration_id:
                     decider_for=lambda lock: PrefectDecider(Asker(lock.identity.token, lock.superseded, log),
                                                             lambda: window.pause_timeout(pause_timeout)),
                     steps=PrefectSteps(), reporter=reporter, auto_approve=auto_approve, log=log,
-                    window=window)
+                    window=window, after_done=after_done)
     except ClusterLockedError as exc:
         return refused(exc, log)
     except SupersededError as exc:
@@ -93,7 +103,9 @@ async def simple_migration(inventory: P.Inventory, migration_id: P.MigrationId =
                            auto_approve: P.AutoApprove = False,
                            pause_timeout: P.PauseTimeout = DEFAULT_PAUSE_TIMEOUT,
                            window_end: P.WindowEnd = None, window_minutes: P.WindowMinutes = None,
-                           backup_max_age_hours: P.BackupMaxAgeHours = DEFAULT_BACKUP_MAX_AGE_HOURS) -> dict:
+                           backup_max_age_hours: P.BackupMaxAgeHours = DEFAULT_BACKUP_MAX_AGE_HOURS,
+                           watch_hours: P.WatchHours = 6.0, watch_every_minutes: P.WatchEveryMinutes = 15.0,
+                           schedule_watch: P.ScheduleWatch = True) -> dict:
     """Garage 0.7 -> 0.8, simple procedure: the whole cluster goes offline (guide steps 1-11).
 
     Args:
@@ -108,11 +120,17 @@ async def simple_migration(inventory: P.Inventory, migration_id: P.MigrationId =
         window_end: when the maintenance window closes (with a zone).
         window_minutes: or the window's length from the run's scheduled start.
         backup_max_age_hours: a backup older than this is taken again before the flip.
+        watch_hours: hours the post-migration watch compares the cluster with its baseline.
+        watch_every_minutes: minutes between the watch's observations.
+        schedule_watch: schedule the watch's runs (``post-migration-watch``) when the migration
+            completes; off for a terminal run with no lasting server (the report then says how
+            to watch from the terminal).
 
     The form's titles and descriptions are in :mod:`flows.params`.
     """
     return await _migrate("simple", inventory, migration_id, options, dry_run, auto_approve, pause_timeout,
-                          window_policy(window_end, window_minutes, backup_max_age_hours))
+                          window_policy(window_end, window_minutes, backup_max_age_hours),
+                          (schedule_watch, watch_hours, watch_every_minutes))
 
 
 @flow(name="minimal-downtime-migration", log_prints=False)
@@ -121,7 +139,9 @@ async def minimal_downtime_migration(inventory: P.Inventory, migration_id: P.Mig
                                      auto_approve: P.AutoApprove = False,
                                      pause_timeout: P.PauseTimeout = DEFAULT_PAUSE_TIMEOUT,
                                      window_end: P.WindowEnd = None, window_minutes: P.WindowMinutes = None,
-                                     backup_max_age_hours: P.BackupMaxAgeHours = DEFAULT_BACKUP_MAX_AGE_HOURS) -> dict:
+                                     backup_max_age_hours: P.BackupMaxAgeHours = DEFAULT_BACKUP_MAX_AGE_HOURS,
+                                     watch_hours: P.WatchHours = 6.0, watch_every_minutes: P.WatchEveryMinutes = 15.0,
+                                     schedule_watch: P.ScheduleWatch = True) -> dict:
     """Garage 0.7 -> 0.8, minimal-downtime procedure (guide steps 1-5, from v0.8.2's guide).
 
     Zone-by-zone backups while the cluster serves, every node restarted on 0.8 at once, then
@@ -141,4 +161,5 @@ async def minimal_downtime_migration(inventory: P.Inventory, migration_id: P.Mig
     The form's titles and descriptions are in :mod:`flows.params`.
     """
     return await _migrate("minimal-downtime", inventory, migration_id, options, dry_run, auto_approve, pause_timeout,
-                          window_policy(window_end, window_minutes, backup_max_age_hours))
+                          window_policy(window_end, window_minutes, backup_max_age_hours),
+                          (schedule_watch, watch_hours, watch_every_minutes))

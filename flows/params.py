@@ -56,3 +56,10 @@ WindowMinutes = Annotated[float | None, param(
 BackupMaxAgeHours = Annotated[float, param(
     "Backup maximum age (hours)", "A node's backup older than this many hours is taken again before the flip (a "
                                   "migration resumed in a later window).", gt=0)]
+WatchHours = Annotated[float, param(
+    "Watch for (hours)", "How many hours the post-migration watch compares the cluster with its baseline.", ge=0)]
+WatchEveryMinutes = Annotated[float, param(
+    "Watch every (minutes)", "Minutes between two observations of the post-migration watch.", gt=0)]
+ScheduleWatch = Annotated[bool, param(
+    "Schedule the watch", "When the migration completes, schedule the post-migration-watch runs (off for a "
+                          "terminal run with no lasting Prefect server: its report says how to watch instead).")]

@@ -579,7 +579,9 @@ def _run(args) -> int:
                                    dry_run=args.dry_run, auto_approve=args.auto_approve,
                                    pause_timeout=args.pause_timeout, window_end=args.window_end,
                                    window_minutes=args.window_minutes,
-                                   backup_max_age_hours=args.backup_max_age_hours, return_state=True))
+                                   backup_max_age_hours=args.backup_max_age_hours, return_state=True,
+                                   # a temporary server is gone after the run: nothing to schedule on
+                                   schedule_watch=server is None))
         except Abort as exc:  # the run stopped without a state: cancelled, or taken over elsewhere
             state = None
             if not box.get("stopped"):
@@ -704,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     bp.add_argument("--inventory", required=True)
     bp.add_argument("--keep", type=int, required=True, metavar="N")
     bp.add_argument("--dry-run", action="store_true", help="print what would be deleted")
+    from . import cli_watch
+
+    cli_watch.add_parser(sub)
     args = ap.parse_args(argv)
     from .errors import GarageMigrateError
 
@@ -720,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
             from .cli_retry import main as retry
 
             return retry(args)
+        if args.cmd == "watch":
+            return cli_watch.run(args)
         code = _run(args)
         # Prefect's log and event workers would try, at interpreter exit, to reach the
         # temporary server that is gone by now, and hang: the run is over, its server stopped,

@@ -9,7 +9,8 @@ A ledger file is one JSON object, :class:`LedgerDoc`::
      │         └── attempts: [StepAttempt]  ... and every attempt of it
      ├── gates: {key: GateRecord}  gate outcomes, and decisions (who, why, for which plan)
      ├── cluster_steps: {key: ClusterStepRecord}
-     └── events: [Event]           phases, decisions, takeovers, lock breaks, ...
+     ├── events: [Event]           phases, decisions, takeovers, lock breaks, ...
+     └── baseline: Snapshot        the cluster before the first disruptive step (the watch's)
 
 Every record forbids unknown fields, so a writer's typo fails (in the tests) instead of being
 stored and never read. A document is validated as a whole, both when read and before it is
@@ -38,6 +39,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import LedgerFormatError
+from .watch.model import Snapshot
 
 __all__ = ["FORMAT", "READABLE_FORMATS", "STEP_STATES", "BackupRef", "ClusterStepRecord", "Event", "GateRecord",
            "Holder", "HolderInfo", "LedgerDoc", "NodeRecord", "Parsed", "RestoreRef", "StepAttempt", "StepRecord",
@@ -265,6 +267,9 @@ class LedgerDoc(Record):
     gates: dict[str, GateRecord] = {}
     cluster_steps: dict[str, ClusterStepRecord] = {}
     events: list[Event] = []
+    #: the cluster before the first disruptive step, what the post-migration watch compares
+    #: with (:mod:`garage_migrate.watch`); ``None`` in ledgers from before the watch
+    baseline: Snapshot | None = None
 
     @classmethod
     def new(cls, migration_id: str, cluster: str, procedure: str, now: float | None = None) -> "LedgerDoc":

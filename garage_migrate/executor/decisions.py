@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from ..errors import MigrationAborted
 from ..ledger import Ledger
-from .interfaces import ACTIONS, DecisionKind, Decider
+from .interfaces import ACTIONS, Decider, DecisionKind
 
 
 class Decisions:
@@ -32,15 +33,19 @@ class Decisions:
         plan_digest: the digest of the plan this run executes.
         auto_approve: the rule that approves clean approvals.
         log: where the rule says what it did.
+        on_ask: called with ``(kind, key)`` just before a person is asked (the executor emits
+            its "approval needed" event there).
     """
 
     def __init__(self, ledger: Ledger, decider: Decider, plan_digest: str, auto_approve: bool,
-                 log: logging.Logger | logging.LoggerAdapter):
+                 log: logging.Logger | logging.LoggerAdapter,
+                 on_ask: Callable[[str, str], Awaitable[None]] | None = None):
         self.ledger = ledger
         self.decider = decider
         self.digest = plan_digest
         self.auto_approve = auto_approve
         self.log = log
+        self.on_ask = on_ask
 
     async def decide(self, kind: DecisionKind, key: str, description: str, clean: bool,
                      choices: tuple[str, ...] | None = None) -> str:
@@ -74,6 +79,8 @@ class Decisions:
         offered = tuple(choices or ACTIONS[kind])
         if not set(offered) <= set(ACTIONS[kind]):
             raise ValueError(f"{key}: {offered} are not all answers to a {kind} question")
+        if self.on_ask is not None:
+            await self.on_ask(kind, key)
         answer = await self.decider.ask(kind, key, description, offered)
         if answer.action not in offered:
             raise MigrationAborted(f"{key}: {answer.action!r} is not an answer to a {kind} question")

@@ -222,6 +222,20 @@ class SimShell:
         return bind.rsplit(":", 1)[-1] == addr.rsplit(":", 1)[-1]
 
 
+class _NoEvents:
+    """A dry run's reporter: it publishes the plan and the report, but emits no event (nobody
+    is to be notified of a question the dry run answers itself, or of a phase it only records)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    async def event(self, *args, **kwargs) -> None:
+        """Dropped (see the class docstring)."""
+
+
 class DryRunDecider:
     """Answers every question by the dry run's rule (:data:`DRY_RUN_ANSWERS`) and lists it."""
 
@@ -333,7 +347,7 @@ async def dry_run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOpt
     decider = DryRunDecider()
     # the watch window observes a cluster that is not on 0.8 yet: once is enough
     ex = Executor(srt, plan, opts.model_copy(update={"watch_s": 0.0}), steps=DryRunSteps(), decider=decider,
-                  reporter=reporter, clock=clock, auto_approve=False, log=log)
+                  reporter=_NoEvents(reporter), clock=clock, auto_approve=False, log=log)
     await ex.run()
     lines = journal.read()
     missing, extra = acts_not_run(plan, lines)

@@ -6,7 +6,8 @@
   terminal prompt in the CLI, a script in tests). The *reuse rule* is not the decider's: it
   lives in :mod:`garage_migrate.executor.decisions`.
 - :class:`Reporter` publishes progress, the ledger table and markdown (Prefect artifacts in
-  the flows; :class:`NullReporter` otherwise).
+  the flows; :class:`NullReporter` otherwise), and emits the events of :data:`EVENTS`
+  (Prefect events, which the automations of ``deployments/automations.yaml`` notify).
 - The clock is :class:`garage_migrate.gates.Clock` (monotonic time and sleeping).
 """
 
@@ -64,6 +65,11 @@ class Decider(Protocol):
         ...
 
 
+#: The events a run emits (``Reporter.event``'s names; Prefect prefixes ``garage-migrate.``).
+EVENTS = ("phase.started", "phase.finished", "approval.needed", "node.failed", "migration.done",
+          "migration.failed", "migration.rolled-back", "watch.observed", "watch.regression")
+
+
 class Reporter(Protocol):
     """Publishes what the executor does (artifacts in Prefect)."""
 
@@ -79,6 +85,11 @@ class Reporter(Protocol):
         """Publish the final report (or why there was nothing to do)."""
         ...
 
+    async def event(self, name: str, migration_id: str, cluster: str, *, phase: str | None = None,
+                    node: str | None = None, message: str = "", **data) -> None:
+        """Emit event ``name`` (one of :data:`EVENTS`) about this migration; never raises."""
+        ...
+
 
 class NullReporter:
     """A reporter that publishes nothing (the log and the ledger still say everything)."""
@@ -91,6 +102,10 @@ class NullReporter:
 
     async def report(self, migration_id: str, markdown: str, description: str) -> None:
         """See :meth:`Reporter.report`."""
+
+    async def event(self, name: str, migration_id: str, cluster: str, *, phase: str | None = None,
+                    node: str | None = None, message: str = "", **data) -> None:
+        """See :meth:`Reporter.event`."""
 
 
 class StepRunner(Protocol):

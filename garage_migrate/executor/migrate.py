@@ -8,9 +8,13 @@ reporter; this module decides what a run does:
   of making them (:mod:`.dryrun`), and writes no ledger;
 - a migration already ``done`` or ``rolled-back`` does nothing and says so;
 - otherwise every remote command from then on is journalled (:mod:`garage_migrate.journal`),
-  the cluster lock is taken before any command that changes anything, the plan is
-  executed, and the ledger ends ``done`` (lock released), ``failed`` (lock held: the cluster
-  is half-way) or ``rolled-back`` (lock released). A superseded run writes nothing more.
+  the cluster lock is taken before any command that changes anything, the baseline of the
+  post-migration watch is recorded (once per migration: a resumed run keeps the first, taken
+  before anything was disrupted), the plan is executed, and the ledger ends ``done`` (lock
+  released), ``failed`` (lock held: the cluster is half-way) or ``rolled-back`` (lock
+  released), each with its event. A superseded run writes nothing more;
+- once ``done``, ``after_done`` says what follows (the scheduled watch, or the command that
+  watches from a terminal); the final report is published again with it.
 """
 
 from __future__ import annotations
@@ -30,11 +34,32 @@ from .planfile import save_plan
 from .run import Executor
 
 
+async def record_baseline(rt: Runtime, log) -> None:
+    """Record the watch's baseline in the ledger unless it has one (never fails the run: a
+    read that fails leaves its values unknown, and a failed snapshot is logged)."""
+    from ..errors import GarageMigrateError
+    from ..watch.observe import BASELINE_WINDOW_S, take_snapshot
+
+    if rt.ledger.doc.baseline is not None:
+        log.info("baseline of the watch: recorded earlier in this migration (ledger)")
+        return
+    try:
+        with in_step(None, "baseline"):
+            snap = await take_snapshot(rt, BASELINE_WINDOW_S)
+    except (GarageMigrateError, OSError) as exc:
+        log.warning("baseline of the watch not recorded: %s: %s", type(exc).__name__, exc)
+        return
+    await rt.ledger.set(baseline=snap)
+    log.info("baseline of the watch recorded: %d nodes, %d buckets%s", len(snap.nodes), len(snap.buckets),
+             f" ({'; '.join(snap.notes)})" if snap.notes else "")
+
+
 async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions, *, dry_run: bool,
                         hold: Callable[[Runtime], Awaitable[ClusterLock]], decider_for: Callable[[ClusterLock], Decider],
                         steps: StepRunner, reporter: Reporter, clock: Clock | None = None,
                         auto_approve: bool = False, log: logging.Logger | logging.LoggerAdapter | None = None,
-                        window: WindowPolicy | None = None) -> dict:
+                        window: WindowPolicy | None = None,
+                        after_done: Callable[[Runtime, MigrationPlan], Awaitable[str]] | None = None) -> dict:
     """Run ``plan`` as the module docstring says and return the run's summary.
 
     Args:
@@ -51,6 +76,8 @@ async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions
         auto_approve: approve clean approvals by rule.
         log: the run's logger.
         window: the maintenance window and backup age limit (refuses what cannot finish in it).
+        after_done: once the migration is done, schedules (or explains) what follows and returns
+            it as markdown, added to the final report.
     """
     log = log or rt.log
     led = rt.ledger
@@ -74,6 +101,7 @@ async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions
     with in_step(None, "cluster-lock"):
         lock = await hold(rt)  # the cluster lock, before any command that changes anything
     save_plan(plan, led.path.parent)  # what this run executes, as data, beside its journal
+    await record_baseline(rt, log)  # before the first disruptive step
     executor = Executor(rt, plan, opts, steps=steps, decider=decider_for(lock), reporter=reporter, clock=clock,
                         auto_approve=auto_approve, log=log, window=window)
     try:
@@ -85,13 +113,21 @@ async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions
         await lock.stop_heartbeats()
         # a rollback already set its own final state: keep it, record the error beside it
         rolled_back = led.refresh().state == "rolled-back"
+        superseded = False
         try:
             await led.set(state="rolled-back" if rolled_back else "failed", error=f"{type(exc).__name__}: {exc}")
             if rolled_back:
                 await lock.release()
         except SupersededError:
-            pass  # taken over meanwhile: the new run owns the ledger
+            superseded = True  # taken over meanwhile: the new run owns the ledger (and its events)
+        if not superseded:
+            await executor.emit("migration.rolled-back" if rolled_back else "migration.failed",
+                                phase=executor.phase, message=f"{type(exc).__name__}: {exc}")
         raise
     await led.set(state="done", error=None)
     await lock.release()
+    await executor.emit("migration.done", message=f"every node runs {plan.target_version}")
+    if after_done is not None:
+        follow = await after_done(rt, plan)
+        await reporter.report(plan.migration_id, (executor.report_md or "") + "\n\n" + follow, "Final report")
     return {"migration_id": plan.migration_id, "ledger": str(led.path), "state": "done", "changed": True}

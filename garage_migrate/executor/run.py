@@ -34,6 +34,7 @@ from ..plan import MigrationOptions, MigrationPlan, Phase, Step, Wave
 from ..runtime import watch_report
 from ..steps import Runtime, StepResult
 from ..window import WindowGuard, WindowPolicy
+from ..watch.run import against_baseline
 from .decisions import Decisions
 from .interfaces import ACTIONS, Decider, NullReporter, Reporter, StepRunner
 from .rollback import rollback_plan_for, run_rollback
@@ -77,12 +78,20 @@ class Executor:
         self.reporter = reporter or NullReporter()
         self.clock = clock or SystemClock()
         self.log = log or rt.log
-        self.decisions = Decisions(rt.ledger, decider, plan.digest(), auto_approve, self.log)
+        self.decisions = Decisions(rt.ledger, decider, plan.digest(), auto_approve, self.log,
+                                   on_ask=lambda kind, key: self.emit("approval.needed", phase=self.phase,
+                                                                      message=f"{kind} {key}", key=key, kind=kind))
         self.window = WindowGuard(window, plan, rt.ledger, opts, self.log)
+        self.phase: str | None = None  # the phase running now (for events)
+        self.report_md: str | None = None  # the final report, once the watch step published it
 
     async def decide(self, kind, key: str, description: str, clean: bool, choices: tuple[str, ...] | None = None) -> str:
         """See :meth:`Decisions.decide`."""
         return await self.decisions.decide(kind, key, description, clean, choices)
+
+    async def emit(self, name: str, **kw) -> None:
+        """Emit event ``name`` about this migration (:meth:`Reporter.event`)."""
+        await self.reporter.event(name, self.plan.migration_id, self.rt.inv.cluster, **kw)
 
     # ------------------------------------------------------------------ execution
     async def run(self) -> None:
@@ -105,10 +114,13 @@ class Executor:
         led = self.rt.ledger
         for phase in self.plan.phases:
             await led.event("phase", f"start {phase.name}")
+            self.phase = phase.name
+            await self.emit("phase.started", phase=phase.name, message=phase.title)
             for wave in phase.waves:
                 await self.window.before(phase, wave)  # refuses what cannot finish in the window
                 await self.run_wave(phase, wave)
             await led.event("phase", f"end {phase.name}")
+            await self.emit("phase.finished", phase=phase.name, message=phase.title)
             await self.reporter.progress(self.plan.migration_id, phase.name,
                                          led.progress(self.plan.node_step_count), status_rows(led.doc))
 
@@ -151,6 +163,8 @@ class Executor:
         except BaseException as exc:
             await led.record_step(node, key, "failed", f"{type(exc).__name__}: {exc}",
                                   code=str(getattr(exc, "code", "FAILED")))
+            await self.emit("node.failed", phase=phase.name, node=node, message=f"{key}: {type(exc).__name__}: {exc}",
+                            step=s.kind, code=str(getattr(exc, "code", "FAILED")))
             raise
         await led.record_step(node, key, res.status, res.detail)
 
@@ -297,6 +311,7 @@ class Executor:
             if self.clock.monotonic() >= end:
                 break
             await self.clock.sleep(min(5.0, max(0.5, self.opts.watch_s / 10)))
-        md = watch_report(self.rt, samples)
+        md = watch_report(self.rt, samples) + "\n\n" + await against_baseline(self.rt)
+        self.report_md = md
         await self.reporter.report(self.plan.migration_id, md, "Final report")
         return md
