@@ -90,10 +90,10 @@ def _drain_prefect_workers() -> None:
 
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def postgres():
-    """A throwaway PostgreSQL server for the session (:class:`tests.e2e.postgres.PostgresCluster`),
-    stopped by PID at the end, even after a failure."""
+    """A throwaway PostgreSQL server for a module (:class:`tests.e2e.postgres.PostgresCluster`),
+    stopped by PID at its end, even after a failure."""
     from tests.e2e.postgres import PostgresCluster
 
     pg = PostgresCluster()
@@ -103,12 +103,12 @@ def postgres():
         pg.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pg_stack(postgres):
     """A second real Prefect stack, on PostgreSQL: ``prefect server start`` on a database of
     ``postgres``, the work pool, ``prefect deploy --all`` and a worker. The PostgreSQL test and
-    the browser test share it (one server start, one deploy). Stopped by PID at the end of the
-    session, even after a failure (before the database under it).
+    the browser test share it (one server start, one deploy: tests/e2e/test_browser.py). Stopped
+    by PID at the end of the module, even after a failure (before the database under it).
     """
     from tests.e2e.stack import PrefectStack
 

@@ -1,13 +1,23 @@
-"""The Prefect UI in a real browser: Debian's headless Chromium driven by Node's
-``playwright-core`` (``tests/e2e/browser/run_and_approve.js``; no browser download), against the
-session's real server with its deployments and worker (``pg_stack``, shared with the PostgreSQL
-test).
+"""The Prefect server on PostgreSQL, driven through its API and through its UI in a real browser.
 
-A person fills the minimal-downtime deployment's run form, submits it, opens the run, waits for
-it to pause, clicks Resume, reads the plan in the dialog, chooses "approve" with a note and sees
-the run continue to Completed. The screenshots (the form, the dialog, the completed run) are
-kept in ``test-artifacts/browser/`` under the repository (``GARAGE_MIGRATE_ARTIFACTS`` moves
-it); the test prints the path.
+The module's stack (``pg_stack``): Debian's PostgreSQL server (a throwaway cluster,
+:mod:`tests.e2e.postgres`), ``prefect server start`` with
+``PREFECT_SERVER_DATABASE_CONNECTION_URL=postgresql+asyncpg://...`` (older name:
+``PREFECT_API_DATABASE_CONNECTION_URL``), the process work pool, a worker and
+``prefect deploy --all``, as a team runs Prefect beyond one laptop (README, "The Prefect server
+on PostgreSQL"). Two minimal-downtime migrations run on it, each on its own 3x1 lab, at the same
+time (one server start, one deploy, and the two runs overlap instead of adding up):
+
+- **through the API**: the deployment is triggered with parameters, pauses for its approval, is
+  resumed with a RunInput and completes (started in the background when the module starts, by
+  ``api_run``; checked by the last test);
+- **in the browser**: Debian's headless Chromium driven by Node's ``playwright-core``
+  (``tests/e2e/browser/run_and_approve.js``; no browser download). A person fills the
+  deployment's run form, submits it, opens the run, waits for it to pause, clicks Resume, reads
+  the plan in the dialog, chooses "approve" with a note and sees the run continue to Completed.
+  The screenshots (the form, the dialog, the completed run) are kept in
+  ``test-artifacts/browser/`` under the repository (``GARAGE_MIGRATE_ARTIFACTS`` moves
+  ``test-artifacts/``); the test prints the path.
 """
 
 from __future__ import annotations
@@ -18,23 +28,73 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.realserver import (
+    MD,
     OPTIONS,
     TARGET,
     assert_approved_and_completed,
     lab_spec,
     ledger_of,
+    wait_for_approval,
 )
 from tests.e2e.stack import ROOT
 
 BROWSER_DIR = ROOT / "tests" / "e2e" / "browser"
 CHROMIUM = "/usr/bin/chromium"
 NOTE = "approved in the browser"
+API_NOTE = "approved through the API (PostgreSQL)"
+
+
+def _psql(postgres, sql: str) -> str:
+    res = subprocess.run([str(postgres.bin / "psql"), "-h", "127.0.0.1", "-p", str(postgres.port), "-U",
+                          postgres.user, "-d", "prefect", "-At", "-c", sql],
+                         check=False, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+class _ApiRun:
+    """The API test's migration: triggered through the API with parameters, and resumed through
+    the API with a RunInput as soon as it pauses at its approval (in a thread, so that it runs
+    beside the browser test's migration). What it saw is kept for the test to check."""
+
+    def __init__(self, stack, postgres, lab):
+        self.stack, self.postgres, self.lab = stack, postgres, lab
+        self.inventory = str(lab.dir / "inventory.yaml")
+        self.t0 = time.monotonic()
+        self.frid = stack.run_deployment(MD, inventory=self.inventory, options=OPTIONS, auto_approve=False,
+                                         pause_timeout=900)
+        self.paused = None  # the flow run as it paused
+        self.row_while_paused = None  # its row in PostgreSQL then
+        self.approved_at: float | None = None
+        self.resumed = None  # the API's answer to the resume
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._answer, name="api-run", daemon=True)
+        self.thread.start()
+
+    def _answer(self) -> None:
+        try:
+            self.paused = wait_for_approval(self.stack, self.frid, timeout=900)
+            self.row_while_paused = _psql(self.postgres, "select state_type || ' ' || state_name from flow_run "
+                                                         f"where id = '{self.frid}'")
+            self.approved_at = time.time()
+            self.resumed = self.stack.resume(self.frid, {"action": "approve", "note": API_NOTE})
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+
+@pytest.fixture(scope="module", autouse=True)
+def api_run(pg_stack, postgres, module_lab):
+    """The API test's run, started when the module starts (see the module's docstring)."""
+    run = _ApiRun(pg_stack, postgres, module_lab(**lab_spec()))
+    yield run
+    run.thread.join(5)
 
 
 def _artifacts() -> Path:
@@ -114,3 +174,20 @@ def test_a_person_runs_the_deployment_from_its_form_and_approves_the_plan_in_the
         png = artifacts / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     print(f"browser test: {secs:.0f} s from the run form to Completed; screenshots in {artifacts}")
+
+
+@pytest.mark.timeout(1200)
+def test_the_minimal_downtime_deployment_paused_and_resumed_through_the_api_on_postgresql(api_run, postgres):
+    api_run.thread.join(1000)
+    assert not api_run.thread.is_alive() and api_run.error is None, (api_run.error, api_run.stack.logs())
+    # the parameters given through the API are the run's
+    params = api_run.paused.parameters
+    assert params["inventory"] == api_run.inventory, params
+    assert {k: params["options"][k] for k in OPTIONS} == OPTIONS, params
+    # the server keeps its runs in PostgreSQL: the paused run was a row of its flow_run table
+    assert api_run.row_while_paused == "PAUSED Paused", api_run.row_while_paused
+    assert api_run.resumed.status.value == "ACCEPT", api_run.resumed
+    assert_approved_and_completed(api_run.stack, api_run.lab, api_run.frid, API_NOTE, api_run.approved_at)
+    assert _psql(postgres, f"select state_type from flow_run where id = '{api_run.frid}'") == "COMPLETED"
+    print(f"minimal-downtime on the PostgreSQL-backed server: {time.monotonic() - api_run.t0:.0f} s from the "
+          f"API trigger to Completed (beside the browser test's run)")
