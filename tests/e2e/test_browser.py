@@ -130,7 +130,7 @@ def _drive(cfg: dict, timeout: float) -> list[dict]:
     return events
 
 
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(1800)  # includes the module stack's start (PostgreSQL, server, deploy)
 def test_a_person_runs_the_deployment_from_its_form_and_approves_the_plan_in_the_browser(pg_stack, make_lab):
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run scripts/bootstrap.sh"
     assert (BROWSER_DIR / "node_modules" / "playwright-core").is_dir(), \
