@@ -64,6 +64,10 @@ class MigrationOptions(BaseModel):
         extra_repairs: also run ``versions`` and/or ``block_refs`` before the upgrade (slow).
         gate_deadline_s: how long a sync gate waits before asking a person.
         gate_consecutive: consecutive clean observations a sync gate needs.
+        gate_settle_s: seconds a sync gate waits for a just-launched repair to show work before
+            idle figures count as passes.
+        gate_cli_reads_per_s: per-node CLI reads (``worker list``, 0.7's ``stats``) a sync gate
+            makes per second across the whole cluster, whatever its size.
         watch_s: length of the post-upgrade watch window.
         fanout: the fan-out policy.
     """
@@ -72,6 +76,8 @@ class MigrationOptions(BaseModel):
     extra_repairs: tuple[Literal["versions", "block_refs"], ...] = ()
     gate_deadline_s: float = Field(600.0, gt=0)
     gate_consecutive: int = Field(3, ge=1)
+    gate_settle_s: float = Field(5.0, ge=0)
+    gate_cli_reads_per_s: float = Field(8.0, gt=0)
     watch_s: float = Field(60.0, ge=0)
     fanout: FanoutPolicy = FanoutPolicy()
 
