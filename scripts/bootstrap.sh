@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian/Ubuntu machine, idempotently:
-#   - system packages openssh-server and prometheus (apt, with sudo when not root);
-#   - a venv in .venv with the locked Python dependencies (uv when available, else pip).
+#   - system packages openssh-server and prometheus (apt, with sudo when not root), and for the
+#     real-server tests postgresql (server binaries only; it is never started as a service),
+#     chromium and npm (when node/npm are missing);
+#   - a venv in .venv with the locked Python dependencies (uv when available, else pip);
+#   - the browser test's Node packages (playwright-core) in tests/e2e/browser/node_modules,
+#     from its package-lock.json (`npm ci`; no browser download: the test uses /usr/bin/chromium).
 # Called by `make demo` and `make test`; safe to run again (it skips what is present).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +16,11 @@ command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 # on-node backups and restores run `tar --zstd` on the node, which in the lab is this machine
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v flock >/dev/null 2>&1 || need_apt+=(util-linux)
+# the e2e tests on PostgreSQL (tests/e2e/postgres.py starts its own server from these binaries)
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need_apt+=(postgresql)
+# the browser test: Debian's Chromium, driven by Node's playwright-core (Node >= 20 for it)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
     echo "bootstrap: need ${need_apt[*]} but I am not root and sudo is missing." >&2
@@ -54,4 +63,13 @@ if [ ! -e "$stamp" ]; then
   fi
   rm -f .venv/.deps-*
   touch "$stamp"
+fi
+
+# the browser test's Node packages, reinstalled only when the lock file changed
+BROWSER=tests/e2e/browser
+bstamp=$BROWSER/node_modules/.deps-$(sha256sum $BROWSER/package-lock.json | cut -c1-16)
+if [ ! -e "$bstamp" ]; then
+  echo "bootstrap: npm ci in $BROWSER"
+  (cd "$BROWSER" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  touch "$bstamp"
 fi

@@ -87,3 +87,34 @@ def _drain_prefect_workers() -> None:
             await result
 
     run_coro_as_sync(drain())
+
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server for a module (:class:`tests.e2e.postgres.PostgresCluster`),
+    stopped by PID at its end, even after a failure."""
+    from tests.e2e.postgres import PostgresCluster
+
+    pg = PostgresCluster()
+    try:
+        yield pg.start()
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_stack(postgres):
+    """A second real Prefect stack, on PostgreSQL: ``prefect server start`` on a database of
+    ``postgres``, the work pool, ``prefect deploy --all`` and a worker. The PostgreSQL test and
+    the browser test share it (one server start, one deploy: tests/e2e/test_browser.py). Stopped
+    by PID at the end of the module, even after a failure (before the database under it).
+    """
+    from tests.e2e.stack import PrefectStack
+
+    stack = PrefectStack(lease_s=30, database_url=postgres.create_database("prefect"))
+    try:
+        # the first start creates Prefect's tables in PostgreSQL: slower than on SQLite
+        yield stack.start(timeout=300)
+    finally:
+        stack.stop()

@@ -49,8 +49,10 @@ def _stop(proc: subprocess.Popen | None, signals=(signal.SIGTERM, signal.SIGTERM
 class PrefectStack:
     """Server + work pool + worker + deployments; ``api`` is the API URL."""
 
-    def __init__(self, lease_s: int = 30):
+    def __init__(self, lease_s: int = 30, database_url: str | None = None):
         self.home = Path(tempfile.mkdtemp(prefix="gm-prefect-stack-"))
+        # None: a fresh SQLite file in the stack's home; else e.g. postgresql+asyncpg://...
+        self.database_url = database_url or f"sqlite+aiosqlite:///{self.home}/prefect.db"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api = f"{self.url}/api"
@@ -72,20 +74,23 @@ class PrefectStack:
             raise RuntimeError(f"prefect {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
         return res
 
-    def start(self) -> "PrefectStack":
+    def start(self, timeout: float = 120) -> "PrefectStack":
         """The whole stack: the server, then the work pool, the deployments and the worker."""
-        return self.start_server().start_operator()
+        return self.start_server(timeout).start_operator()
 
-    def start_server(self) -> "PrefectStack":
-        """``prefect server start`` on a fresh SQLite database; returns once it is healthy."""
-        env = self.env(PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.home}/prefect.db",
-                       PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION=str(self.lease_s))
+    def start_server(self, timeout: float = 120) -> "PrefectStack":
+        """``prefect server start`` on its database (by default a fresh SQLite file); returns once
+        it is healthy. The UI is told the API's address (``PREFECT_UI_API_URL``): it derives it
+        from the server's settings, not from ``--port``, and would call the default :4200."""
+        env = self.env(PREFECT_SERVER_DATABASE_CONNECTION_URL=self.database_url,
+                       PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION=str(self.lease_s),
+                       PREFECT_UI_API_URL=self.api)
         env.pop("PREFECT_API_URL")
         self.server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
                                        env=env, stdout=open(self.home / "server.log", "wb"), stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
         # a loaded machine (CI, or several suites at once) may need longer: GM_E2E_SERVER_START_S
-        limit = float(os.environ.get("GM_E2E_SERVER_START_S", "120"))
+        limit = max(timeout, float(os.environ.get("GM_E2E_SERVER_START_S", "0")))
         deadline = time.monotonic() + limit
         while True:
             if self.server.poll() is not None:
@@ -95,7 +100,8 @@ class PrefectStack:
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"prefect server did not become healthy in {limit:.0f} s") from None
+                    raise RuntimeError(f"prefect server did not become healthy in {limit:.0f} s: "
+                                       f"{(self.home / 'server.log').read_text()[-2000:]}") from None
                 time.sleep(0.5)
         return self
 
