@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian/Ubuntu machine, idempotently:
-#   - system packages openssh-server and prometheus (apt, with sudo when not root);
+#   - system packages openssh-server, prometheus, zstd, util-linux, nftables (apt, with sudo when not root);
 #   - a venv in .venv with the locked Python dependencies (uv when available, else pip).
 # Called by `make demo` and `make test`; safe to run again (it skips what is present).
 set -euo pipefail
@@ -12,6 +12,8 @@ command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 # on-node backups and restores run `tar --zstd` on the node, which in the lab is this machine
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v flock >/dev/null 2>&1 || need_apt+=(util-linux)
+# the netns lab (`garage-lab up --netns`, the network fault tests) cuts and drops with nftables
+[ -x /usr/sbin/nft ] || command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
     echo "bootstrap: need ${need_apt[*]} but I am not root and sudo is missing." >&2

@@ -70,6 +70,10 @@ FAULT_KINDS = (
     "errored-blocks",  # N blocks fail to resync forever
     "disk-full",  # writes under `path` fail with ENOSPC (tar/df shims)
     "kill-tar",  # tar is killed after `bytes` bytes of output
+    "net-delay",  # netns lab: `ms` more per round trip on SSH and admin connections (relay)
+    "net-loss",  # netns lab: `pct` % of packets dropped each way (nftables)
+    "net-partition",  # netns lab: cut from the controller, the other zones or both (`side`)
+    "ssh-drop",  # netns lab: the SSH session running a command matching `match` is killed
 )
 
 
