@@ -1,0 +1,137 @@
+"""Fault-matrix rows 2, 17, 18 and 19 (``docs/faults.md``): the real flows on a netns lab
+(``make_lab(netns=True)``: every node in its own network namespace, its own sshd, behind a
+bridge), with the network degraded or cut while they run.
+
+Each test asserts the documented outcome (recovered by retry, or halted in a safe state and
+completed by a new run with the same migration id once the network heals) and that nothing was
+lost: versions, backups read back against their manifests, bucket counters against the
+ground truth, acknowledged client writes, and the service events (which node stopped when).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from garage_lab import traffic
+from tests.e2e.faultrun import (FlowRun, assert_done_and_nothing_lost, ledger_doc, phase_ended, service_events,
+                                step_status)
+
+TARGET = "0.8.7"
+
+
+def _lab(make_lab, **kw):
+    return make_lab(version="0.7.3", zones=3, per_zone=1, netns=True, **kw)
+
+
+def _stops(lab, node: str, since: float = 0.0, until: float = float("inf")) -> list[dict]:
+    return [e for e in service_events(lab) if e["node"] == node and e["event"] in ("stop", "kill")
+            and since <= e["t"] <= until]
+
+
+def _drops(lab, node: str) -> list[dict]:
+    path = lab.node_dir(node) / "net-events.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.timeout(600)
+def test_fault_02_ssh_drop_during_a_backup_stream_and_during_a_stop_is_recovered_by_retry(make_lab, prefect_server):
+    # padded metadata, so the stream lasts long enough to be cut in the middle
+    lab = _lab(make_lab, meta_size=32 << 20)
+    streamer, stopper = "node-a1", "node-b1"
+    # the SSH session streaming node-a1's metadata to the controller dies mid-stream
+    lab.fault(streamer, "ssh-drop", match=" -cf - ")
+    # node-b1 takes 3 s longer to stop, and its session dies while `garage-service stop` waits
+    lab.fault(stopper, "slow-stop", seconds=3)
+    lab.fault(stopper, "ssh-drop", match="garage-service stop", seconds=0.5)
+    mid = "fault-02"
+    res, err = FlowRun("simple", lab, mid).run()
+    assert err is None, repr(err)
+    # not vacuous: both sessions were really killed while their command ran
+    assert [d["command"] for d in _drops(lab, streamer)] and " -cf - " in _drops(lab, streamer)[0]["command"]
+    assert _drops(lab, stopper) and "garage-service stop" in _drops(lab, stopper)[0]["command"]
+    lab.clear_faults(stopper)
+    led = assert_done_and_nothing_lost(lab, res, TARGET)
+    # the transport failures were retried by the task, not turned into a person's question
+    assert not [e for e in led.doc.events if e.kind == "decision"]
+    journal = [json.loads(x) for x in led.path.with_name("commands.jsonl").read_text().splitlines()]
+    streams = [e for e in journal if e["node"] == streamer and e["event"] == "started" and " -cf - " in e["command"]]
+    assert len(streams) >= 2, "the cut backup stream was not run again"
+    # node-b1 was stopped for the migration (once by the cut session, or again by the retry),
+    # and every node's daemon stops and starts pair up: none was left down
+    assert all(w[1] != float("inf") for ws in lab.downtime_windows().values() for w in ws)
+
+
+@pytest.mark.timeout(600)
+def test_fault_17_zone_partitioned_from_the_controller_during_the_zone_rounds_halts_then_resumes(make_lab, prefect_server):
+    lab = _lab(make_lab)
+    cut_zone, cut_node = "dc2", "node-b1"
+    mid = "fault-17"
+    t = {}
+
+    def cut():
+        import time
+
+        t["cut"] = time.time()
+        lab.zone_fault(cut_zone, "net-partition", side="controller")
+
+    # dc1's round is over (its node restarted on 0.7 after its backup): dc2 is cut off
+    run = FlowRun("minimal-downtime", lab, mid,
+                  when=[(lambda d: step_status(d, "node-a1", "rolling-backup:start") == "done", cut)])
+    with traffic.Traffic(lab, rate=5) as tr:
+        res, err = run.run()
+        assert err is not None, res
+        doc = ledger_doc(lab, mid)
+        lab.clear_faults(cut_node)
+        import time
+
+        healed = time.time()
+        # the safe state: the run failed on the unreachable node, the lock still held (a
+        # half-done migration), the cut-off node never stopped, every node still serving 0.7
+        assert doc["state"] == "failed", doc.get("state")
+        assert "NODE_UNREACHABLE" in json.dumps(doc["nodes"][cut_node]), doc["nodes"][cut_node]
+        assert not _stops(lab, cut_node, since=t["cut"], until=healed)
+        truth = lab.inspect(checksums=False)["nodes"]
+        assert {n: v["running_version"] for n, v in truth.items()} == {n: "0.7.3" for n in truth}
+        a1_backup = doc["nodes"]["node-a1"]["backup"]
+        # the network healed: a new run with the same id finishes the migration
+        res, err = FlowRun("minimal-downtime", lab, mid).run()
+        assert err is None, repr(err)
+    led = assert_done_and_nothing_lost(lab, res, TARGET, tr)
+    # dc1's round was not done again: its backup is the first run's, and node-a1 stopped only
+    # in its round, the flip and its offline repair
+    assert led.node("node-a1").backup.path == a1_backup["path"]
+    assert len(_stops(lab, "node-a1")) == 3, _stops(lab, "node-a1")
+
+
+@pytest.mark.timeout(600)
+def test_fault_18_zone_partitioned_from_the_other_zones_before_the_flip_never_splits_the_cluster(make_lab, prefect_server):
+    lab = _lab(make_lab)
+    cut_zone, cut_node = "dc3", "node-c1"
+    mid = "fault-18"
+    run = FlowRun("minimal-downtime", lab, mid,
+                  when=[(lambda d: phase_ended(d, "rolling-backup"),
+                         lambda: lab.zone_fault(cut_zone, "net-partition", side="peers"))])
+    res, err = run.run()
+    doc = ledger_doc(lab, mid)
+    lab.clear_faults(cut_node)
+    print("fault 18:", repr(err), run.pauses, doc.get("state"), doc.get("error"))
+    raise AssertionError("explore")
+
+
+@pytest.mark.timeout(900)
+def test_fault_19_latency_200ms_and_2pct_loss_to_every_node_the_minimal_downtime_run_completes(make_lab, prefect_server):
+    lab = _lab(make_lab)
+    for n in lab.nodes:
+        lab.fault(n["name"], "net-delay", ms=200)
+        lab.fault(n["name"], "net-loss", pct=2)
+    assert "numgen random mod 100 < 2 drop" in lab.netns_rules("node-a1")
+    mid = "fault-19"
+    with traffic.Traffic(lab, rate=5) as tr:
+        res, err = FlowRun("minimal-downtime", lab, mid).run(limit=800)
+    for n in lab.nodes:  # the checks below read the ground truth, not through the bad network
+        lab.clear_faults(n["name"])
+    assert err is None, repr(err)
+    led = assert_done_and_nothing_lost(lab, res, TARGET, tr)
+    print("fault 19 gates:", {k: (g.status, g.decision, g.by) for k, g in led.doc.gates.items()})
