@@ -15,8 +15,14 @@ import json
 import pytest
 
 from garage_lab import traffic
-from tests.e2e.faultrun import (FlowRun, assert_done_and_nothing_lost, ledger_doc, phase_ended, service_events,
-                                step_status)
+from tests.e2e.faultrun import (
+    FlowRun,
+    assert_done_and_nothing_lost,
+    ledger_doc,
+    phase_ended,
+    service_events,
+    step_status,
+)
 
 TARGET = "0.8.7"
 
@@ -90,7 +96,8 @@ def test_fault_17_zone_partitioned_from_the_controller_during_the_zone_rounds_ha
         # the safe state: the run failed on the unreachable node, the lock still held (a
         # half-done migration), the cut-off node never stopped, every node still serving 0.7
         assert doc["state"] == "failed", doc.get("state")
-        assert "NODE_UNREACHABLE" in json.dumps(doc["nodes"][cut_node]), doc["nodes"][cut_node]
+        # TransportError (NODE_UNREACHABLE), after the task's retries: never a guess about the node
+        assert doc["error"].startswith("TransportError") and cut_node in doc["error"], doc["error"]
         assert not _stops(lab, cut_node, since=t["cut"], until=healed)
         truth = lab.inspect(checksums=False)["nodes"]
         assert {n: v["running_version"] for n, v in truth.items()} == {n: "0.7.3" for n in truth}
@@ -102,7 +109,7 @@ def test_fault_17_zone_partitioned_from_the_controller_during_the_zone_rounds_ha
     # dc1's round was not done again: its backup is the first run's, and node-a1 stopped only
     # in its round, the flip and its offline repair
     assert led.node("node-a1").backup.path == a1_backup["path"]
-    assert len(_stops(lab, "node-a1")) == 3, _stops(lab, "node-a1")
+    assert len(lab.downtime_windows()["node-a1"]) == 3, lab.downtime_windows()["node-a1"]
 
 
 @pytest.mark.timeout(600)
@@ -110,14 +117,33 @@ def test_fault_18_zone_partitioned_from_the_other_zones_before_the_flip_never_sp
     lab = _lab(make_lab)
     cut_zone, cut_node = "dc3", "node-c1"
     mid = "fault-18"
+    # the zone rounds are over and every zone was seen healthy: dc3 is cut off from dc1 and dc2
+    # (the controller still reaches it) on the eve of the flip, too late for any check to see
     run = FlowRun("minimal-downtime", lab, mid,
                   when=[(lambda d: phase_ended(d, "rolling-backup"),
                          lambda: lab.zone_fault(cut_zone, "net-partition", side="peers"))])
-    res, err = run.run()
-    doc = ledger_doc(lab, mid)
-    lab.clear_faults(cut_node)
-    print("fault 18:", repr(err), run.pauses, doc.get("state"), doc.get("error"))
-    raise AssertionError("explore")
+    with traffic.Traffic(lab, rate=5) as tr:
+        res, err = run.run()
+        assert err is not None, res
+        doc = ledger_doc(lab, mid)
+        truth = lab.inspect(checksums=False)["nodes"]
+        lab.clear_faults(cut_node)
+        # the safe state: the flip finished its barrier (the controller reached every node), so
+        # every node runs 0.8.7, none is left on 0.7 or stopped: never a split cluster; the
+        # health check after it saw dc3 isolated and halted the run before any offline repair
+        assert {n: v["running_version"] for n, v in truth.items()} == {n: TARGET for n in truth}
+        assert doc["state"] == "failed" and "not all seen healthy" in doc["error"], doc.get("error")
+        assert all(step_status(doc, n["name"], "flip:start") == "done" for n in lab.nodes)
+        assert not any(step_status(doc, n["name"], "offline-repair:offline-repair") for n in lab.nodes)
+        assert not run.pauses  # auto-approved: the gates before the flip were clean
+        # the network healed: the same migration id finishes (health, offline repairs, sync)
+        res, err = FlowRun("minimal-downtime", lab, mid).run()
+        assert err is None, repr(err)
+    assert_done_and_nothing_lost(lab, res, TARGET, tr)
+    # one flip per node: stopped in its round, in the flip and in its offline repair, no more
+    assert {n: len(ws) for n, ws in lab.downtime_windows().items()} == {n["name"]: 3 for n in lab.nodes}
+    starts_087 = [e for e in service_events(lab) if e["event"] == "start" and e.get("binary") == "garage-v0.8.7"]
+    assert len(starts_087) == 2 * len(lab.nodes)  # the flip's start and the offline repair's restart
 
 
 @pytest.mark.timeout(900)
