@@ -61,7 +61,7 @@ def available() -> str:
 
 def _run(*args: str, ns: str | None = None, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
     cmd = ([_ip(), "netns", "exec", ns] if ns else []) + list(args)
-    res = subprocess.run(cmd, capture_output=True, text=True, input=input)
+    res = subprocess.run(cmd, capture_output=True, text=True, input=input, check=False)
     if check and res.returncode != 0:
         raise LabError(f"`{' '.join(cmd)}` failed: {res.stderr.strip() or res.stdout.strip()}")
     return res
@@ -210,12 +210,12 @@ def start_relays(lab) -> None:
     pids = {}
     for name, nn in lab.info["netns"]["nodes"].items():
         nd = lab.node_dir(name)
-        log = open(nd / "log" / "relay.log", "ab")
         env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-        proc = popen(lab, name, [sys.executable, "-m", "garage_lab.relay", "--node-dir", str(nd), "--addr", nn["addr"],
-                                 "--port", str(lab.spec.ssh_port), "--port", str(PORT_ADMIN),
-                                 "--offset", str(RELAY_OFFSET)],
-                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
+        with open(nd / "log" / "relay.log", "ab") as log:  # the child keeps its own copy of the fd
+            proc = popen(lab, name, [sys.executable, "-m", "garage_lab.relay", "--node-dir", str(nd),
+                                     "--addr", nn["addr"], "--port", str(lab.spec.ssh_port), "--port", str(PORT_ADMIN),
+                                     "--offset", str(RELAY_OFFSET)],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
         pids[name] = proc.pid
     lab.info["pids"]["relays"] = pids
     lab.save()
@@ -244,10 +244,9 @@ def teardown(lab) -> list[str]:
             except (ProcessLookupError, ValueError):
                 pass
     for ns in spaces:
-        if _ns_exists(ns):
-            # deleting a namespace deletes its veth ends, and so their peers and the routes over them
-            if _run(ip, "netns", "delete", ns, check=False).returncode == 0:
-                gone.append(ns)
+        # deleting a namespace deletes its veth ends, and so their peers and the routes over them
+        if _ns_exists(ns) and _run(ip, "netns", "delete", ns, check=False).returncode == 0:
+            gone.append(ns)
     if _run(ip, "link", "show", net["host_link"], check=False).returncode == 0:
         _run(ip, "link", "delete", net["host_link"], check=False)
         gone.append(net["host_link"])

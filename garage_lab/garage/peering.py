@@ -117,7 +117,7 @@ class Peering:
                 return
             try:
                 await conn.call("ping", {}, self.node.knobs.ping_timeout_s)
-            except (rpc.RpcError, asyncio.TimeoutError, ConnectionError, OSError):
+            except (rpc.RpcError, TimeoutError, ConnectionError, OSError):
                 peer.failed_pings += 1
                 if peer.failed_pings > self.node.knobs.failed_ping_threshold and peer.conn is conn:
                     self.node.log("WARN", "netapp::peering::fullmesh",

@@ -49,7 +49,8 @@ def test_each_node_has_its_own_namespace_address_and_sshd_and_prometheus_scrapes
         assert n["addr"] in addrs and ns in _netns_and_links()[0]
         # the node's daemon and its sshd live in that namespace (same network namespace inode)
         pid = lab.daemon_info(n["name"])["pid"]
-        assert subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True, text=True).stdout.strip() == ns
+        assert subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True, text=True,
+                              check=True).stdout.strip() == ns
     sshds = lab.info["pids"]["sshd_shards"]
     assert len(sshds) == 3 and len(set(sshds)) == 3
     inv = _inv(lab)
@@ -150,11 +151,13 @@ def test_teardown_removes_every_namespace_and_link_even_after_a_failed_start(tmp
     lab.down()
     assert _netns_and_links() == before
     assert f"{lab.info['netns']['subnet']}.0/24" not in subprocess.run(["ip", "route"], capture_output=True,
-                                                                        text=True).stdout
-    # a start that fails half-way (sshd's port taken in every node namespace? here: a bad
-    # sshd config) is undone too
+                                                                        text=True, check=True).stdout
+    # a start that fails half-way (here: sshd refuses its config, after the namespaces were
+    # made) is undone too
     spec = LabSpec(dir=str(tmp_path / "bad"), zones=3, per_zone=1, netns=True, ssh_port=0)
-    with pytest.raises(LabError):
+    with pytest.raises(LabError, match="sshd config rejected"):
         Lab.up(spec, wait_prometheus=False, timeout=20)
+    removed = json.loads((tmp_path / "bad" / "lab.down.json").read_text())["netns_removed"]
+    assert len(removed) == 5  # it failed after making its 4 namespaces and the controller's link
     assert _netns_and_links() == before
 
