@@ -167,6 +167,8 @@ class SshPool:
         self.client_grace = client_grace
         self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Slot]] = weakref.WeakKeyDictionary()
         self._slots_guard = threading.Lock()  # Prefect may drive several loops from threads
+        # connections this pool closed itself: a command cut by our own close is not a broken link
+        self._closed_here: weakref.WeakSet[asyncssh.SSHClientConnection] = weakref.WeakSet()
 
     @classmethod
     def from_inventory(cls, inventory: Inventory, **kwargs) -> SshPool:
@@ -235,6 +237,7 @@ class SshPool:
                 conn, slot.conn = slot.conn, None
                 if conn is None:
                     continue
+                self._closed_here.add(conn)
                 if loop is here:
                     conn.close()
                     waits.append(conn.wait_closed())
@@ -398,12 +401,14 @@ class SshNodeShell:
         while it ran. That is transport trouble (retried; every step observes before it acts),
         not a failed command; its outcome on the node is unknown and the retry observes it.
         """
-        if res.exit_status is not None or res.signal is not None:
+        if res.exit_status is not None or res.signal is not None or conn in self.pool._closed_here:
             return
         try:
             # the channels are closed just before the connection reports itself closed
             await asyncio.wait_for(conn.wait_closed(), _LOST_GRACE)
         except TimeoutError:
+            return
+        if conn in self.pool._closed_here:  # the pool is closing under it (its owner gave up)
             return
         self.pool._drop(slot, conn)
         raise TransportError(f"{self.name}: the connection broke while running `{text}` "
