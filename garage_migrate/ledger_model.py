@@ -155,6 +155,10 @@ class NodeRecord(Record):
         binary_before: where ``binary_path`` pointed at preflight (the switch back).
         config_original_sha256: digest of the original ``garage.toml`` while the API is cut.
         config_original_path: the owner-only copy of it kept on the node.
+        api_restart_version: set while the API step restarts a running node to apply its moved
+            (or restored) ports: the version to start it on again. A retry after a broken
+            connection finds it and finishes that restart, instead of taking the node, stopped
+            by the attempt that broke, for one that is meant to be down.
     """
 
     zone: str | None = None
@@ -167,6 +171,7 @@ class NodeRecord(Record):
     restored: RestoreRef | None = None
     config_original_sha256: str | None = Field(None, pattern=_SHA256)
     config_original_path: str | None = None
+    api_restart_version: str | None = None
     steps: dict[str, StepRecord] = {}
 
     @field_validator("config_original_path")
