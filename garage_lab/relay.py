@@ -133,7 +133,7 @@ class Relay:
             cur = ppid
         return out
 
-    def _matches(self, text: str) -> list[tuple[int, list[int]]]:
+    def _matches(self, text: str) -> list[tuple[int, list[int], str]]:
         want = f"GARAGE_LAB_NODE={self.node}".encode()
         hits = []
         for entry in os.scandir("/proc"):
@@ -150,7 +150,7 @@ class Relay:
                 continue
             session = self._session_of(pid)
             if session:
-                hits.append((pid, session))
+                hits.append((pid, session, cmd.decode(errors="replace").strip()))
         return hits
 
     def _check_drop(self) -> None:
@@ -158,7 +158,7 @@ class Relay:
         if not self._drop or not self._drop.get("match"):
             return
         now = time.monotonic()
-        for pid, session in self._matches(self._drop["match"]):
+        for pid, session, cmd in self._matches(self._drop["match"]):
             first = self._seen.setdefault(pid, now)
             if now - first < float(self._drop.get("seconds") or 0):
                 continue
@@ -171,11 +171,9 @@ class Relay:
                     pass
             consume_fault(self.nd / "faults.json", "ssh-drop")
             self._faults_mtime = None
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace") \
-                if Path(f"/proc/{pid}").exists() else ""
             with open(self.nd / "net-events.jsonl", "a") as f:
                 f.write(json.dumps({"t": time.time(), "event": "ssh-drop", "pid": pid, "killed": session,
-                                    "command": cmd.strip()}) + "\n")
+                                    "command": cmd}) + "\n")
             self._seen.clear()
             return
 
