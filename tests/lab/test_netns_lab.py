@@ -141,15 +141,24 @@ def test_net_faults_need_a_netns_lab(make_lab):
             lab.fault("node-a1", kind, **kw)
 
 
+def _mine(tag: str) -> tuple[set[str], set[str]]:
+    """This lab's namespaces and root-namespace links (other labs may come and go meanwhile)."""
+    spaces, links = _netns_and_links()
+    return {x for x in spaces if x.startswith(f"gl-{tag}")}, {x for x in links if x.startswith(f"gl{tag}")}
+
+
 def test_teardown_removes_every_namespace_and_link_even_after_a_failed_start(tmp_path):
     from garage_lab.harness import Lab, LabError, LabSpec
 
     before = _netns_and_links()
     lab = Lab.up(LabSpec(dir=str(tmp_path / "ok"), zones=3, per_zone=1, netns=True), wait_prometheus=False)
-    made = _netns_and_links()
-    assert made[0] - before[0] and made[1] - before[1]  # not vacuous
+    tag = lab.info["netns"]["tag"]
+    # not vacuous: 4 namespaces (the lab's, 3 nodes') and the controller's link, none there before
+    assert _mine(tag) == ({f"gl-{tag}", *(f"gl-{tag}-{i}" for i in (1, 2, 3))}, {f"gl{tag}h"})
+    assert not (_mine(tag)[0] & before[0])
     lab.down()
-    assert _netns_and_links() == before
+    assert _mine(tag) == (set(), set())  # `ip netns list` and `ip link` are as they were for this lab
+    assert before[0] - _netns_and_links()[0] <= {x for x in before[0] if x.startswith("gl-")}  # nothing else touched
     assert f"{lab.info['netns']['subnet']}.0/24" not in subprocess.run(["ip", "route"], capture_output=True,
                                                                         text=True, check=True).stdout
     # a start that fails half-way (here: sshd refuses its config, after the namespaces were
@@ -157,7 +166,6 @@ def test_teardown_removes_every_namespace_and_link_even_after_a_failed_start(tmp
     spec = LabSpec(dir=str(tmp_path / "bad"), zones=3, per_zone=1, netns=True, ssh_port=0)
     with pytest.raises(LabError, match="sshd config rejected"):
         Lab.up(spec, wait_prometheus=False, timeout=20)
-    removed = json.loads((tmp_path / "bad" / "lab.down.json").read_text())["netns_removed"]
-    assert len(removed) == 5  # it failed after making its 4 namespaces and the controller's link
-    assert _netns_and_links() == before
-
+    bad = json.loads((tmp_path / "bad" / "lab.down.json").read_text())
+    assert len(bad["netns_removed"]) == 5  # it failed after making its 4 namespaces and the controller's link
+    assert _mine(bad["netns"]["tag"]) == (set(), set())
