@@ -124,7 +124,12 @@ def create(lab_cls, spec: LabSpec):
     elif root.exists() and any(root.iterdir()):
         raise LabError(f"{root} is not empty: give `up` a new directory")
     root.mkdir(parents=True, exist_ok=True)
-    spec.subnet = spec.subnet or next(SUBNETS)
+    if spec.netns:
+        from . import netns
+
+        spec.subnet = spec.subnet or netns.pick_subnet()
+    else:
+        spec.subnet = spec.subnet or next(SUBNETS)
     rpc_secret = hashlib.sha256(f"rpc-secret:{spec.seed}".encode()).hexdigest()
     if spec.metrics_token is None:
         spec.metrics_token = hashlib.sha256(f"metrics:{spec.seed}".encode()).hexdigest()[:32]
@@ -154,6 +159,8 @@ def create(lab_cls, spec: LabSpec):
             "prometheus_url": f"http://{spec.subnet}.254:{spec.prometheus_port}",
             "s3": {"region": "garage", "access_key_id": ds.key_id, "secret_access_key": ds.key_secret},
             "created": time.time(), "pids": {}}
+    if spec.netns:
+        info["netns"] = netns.plan(root, spec.subnet, nodes)  # recorded before anything is made
     (root / "lab.json").write_text(json.dumps(info, indent=1))
     lab = lab_cls(root)
     p = PERSONALITIES[spec.version]
@@ -250,11 +257,19 @@ def write_ssh(lab) -> None:
 def sshd_shards(lab) -> list[list[dict]]:
     # OpenSSH binds at most 16 listen sockets (MAX_LISTEN_SOCKS): one sshd per 16 nodes,
     # all with the same host key and settings, so clients see one SSH service
+    # a netns lab runs one sshd per node, in the node's namespace
+    if lab.spec.netns:
+        return [[n] for n in lab.nodes]
     return [lab.nodes[i:i + SSHD_MAX_LISTEN] for i in range(0, len(lab.nodes), SSHD_MAX_LISTEN)]
 
 
 def sshd_config_path(lab, k: int) -> Path:
     return lab.dir / "ssh" / ("sshd_config" if k == 0 else f"sshd_config.{k}")
+
+
+def _spare_address(lab, k: int) -> str:
+    # in a node's own namespace only its loopback is free for a listener nobody reaches
+    return "127.0.0.1" if lab.spec.netns else f"{lab.spec.subnet}.{253 - k}"
 
 
 def write_sshd_config(lab) -> None:
@@ -269,7 +284,7 @@ def write_sshd_config(lab) -> None:
             f"Port {lab.spec.ssh_port}",
             *[f"ListenAddress {n['addr']}" for n in listen],
             # a shard whose every address is refused still needs one listener to start
-            *([] if listen else [f"ListenAddress {lab.spec.subnet}.{253 - k}"]),
+            *([] if listen else [f"ListenAddress {_spare_address(lab, k)}"]),
             f"HostKey {ssh / 'host_ed25519'}",
             f"PidFile {ssh / ('sshd.pid' if k == 0 else f'sshd.{k}.pid')}",
             f"AuthorizedKeysFile {ssh / 'authorized_keys'}",

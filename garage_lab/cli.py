@@ -1,10 +1,12 @@
 """``garage-lab``: bring a simulated Garage cluster up, look at it, break it, take it down.
 
-    garage-lab up --dir DIR [--zones 3] [--per-zone 2] [--version 0.7.3] [--meta-size 64MiB]
+    garage-lab up --dir DIR [--zones 3] [--per-zone 2] [--version 0.7.3] [--meta-size 64MiB] [--netns]
     garage-lab status --dir DIR
     garage-lab inspect --dir DIR [--no-checksums]
     garage-lab fault --dir DIR NODE KIND [--count N] [--seconds S] [--match TEXT] [--blocks N] [--path P] [--bytes N]
-    garage-lab fault --dir DIR NODE clear
+    garage-lab fault --dir DIR NODE|ZONE net-delay --ms 200 | net-loss --pct 2 | net-partition --side controller|peers|both
+    garage-lab fault --dir DIR NODE ssh-drop --match TEXT [--seconds S]   (netns labs)
+    garage-lab fault --dir DIR NODE|ZONE clear
     garage-lab traffic --dir DIR [--duration 10] [--rate 20] [--verify]   (boto3, with the lab's key)
     garage-lab down --dir DIR
 """
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="put 0.7-style top-level discovery keys in garage.toml (repeatable)")
     up.add_argument("--no-zstd", action="append", default=[], metavar="NODE",
                     help="build NODE without a zstd CLI (repeatable): its backups compress on the controller")
+    up.add_argument("--netns", action="store_true",
+                    help="each node in its own network namespace, behind a bridge (network faults need it)")
     for name in ("status", "down"):
         s = sub.add_parser(name)
         s.add_argument("--dir", required=True)
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ins.add_argument("--no-checksums", action="store_true")
     f = sub.add_parser("fault", help="inject a fault on a node")
     f.add_argument("--dir", required=True)
-    f.add_argument("node")
+    f.add_argument("node", help="a node name, or a zone name (every node of the zone)")
     f.add_argument("kind", choices=list(FAULT_KINDS) + ["clear"])
     f.add_argument("--count", type=int)
     f.add_argument("--seconds", type=float)
@@ -56,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--blocks", type=int)
     f.add_argument("--path")
     f.add_argument("--bytes", type=int)
+    f.add_argument("--ms", type=int, help="net-delay: milliseconds added per round trip")
+    f.add_argument("--pct", type=int, help="net-loss: percent of packets dropped each way")
+    f.add_argument("--side", choices=["controller", "peers", "both"], help="net-partition: cut from whom")
     t = sub.add_parser("traffic", help="write objects with boto3 and record acknowledged writes")
     t.add_argument("--dir", required=True)
     t.add_argument("--duration", type=float, default=10.0)
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = LabSpec(dir=args.dir, zones=args.zones, per_zone=args.per_zone, version=args.version,
                            meta_size=parse_size(args.meta_size), subnet=args.subnet, ssh_port=args.ssh_port,
                            seed=args.seed, objects_per_bucket=args.objects_per_bucket,
-                           discovery=tuple(args.discovery), no_zstd=tuple(args.no_zstd))
+                           discovery=tuple(args.discovery), no_zstd=tuple(args.no_zstd), netns=args.netns)
             lab = Lab.up(spec, timeout=args.timeout)
             print(json.dumps({"dir": str(lab.dir), "up_seconds": lab.info["up_seconds"],
                               "inventory": str(lab.dir / "inventory.yaml"), "prometheus": lab.prometheus_url,
@@ -92,13 +99,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "inspect":
             print(json.dumps(lab.inspect(checksums=not args.no_checksums), indent=1, sort_keys=True))
         elif args.cmd == "fault":
-            lab.node(args.node)
-            if args.kind == "clear":
-                lab.clear_faults(args.node)
-            else:
-                params = {"seconds": args.seconds, "match": args.match, "blocks": args.blocks,
-                          "path": args.path, "bytes": args.bytes}
-                lab.fault(args.node, args.kind, args.count, **params)
+            names = [n["name"] for n in lab.nodes if args.node in (n["name"], n["zone"])]
+            if not names:
+                lab.node(args.node)  # says there is no such node
+            params = {"seconds": args.seconds, "match": args.match, "blocks": args.blocks,
+                      "path": args.path, "bytes": args.bytes, "ms": args.ms, "pct": args.pct, "side": args.side}
+            for name in names:
+                if args.kind == "clear":
+                    lab.clear_faults(name)
+                else:
+                    lab.fault(name, args.kind, args.count, **params)
         elif args.cmd == "down":
             print(json.dumps({"killed": lab.down()}))
         return 0

@@ -80,7 +80,8 @@ class Lab:
     # ------------------------------------------------------------------ up and down
     @classmethod
     def up(cls, spec: LabSpec, wait: bool = True, timeout: float = 60.0, wait_prometheus: bool = True) -> "Lab":
-        """Create and start a lab; with ``wait``, return once it is healthy (and, with
+        """Create and start a lab (``spec.netns``: each node in its own network namespace, see
+        :mod:`.netns`); with ``wait``, return once it is healthy (and, with
         ``wait_prometheus``, once Prometheus has scraped every node: ~6 s on a fresh TSDB).
 
         Raises:
@@ -93,6 +94,11 @@ class Lab:
         for tool in (SSHD, shutil.which("prometheus") or "prometheus", shutil.which("ssh-keygen") or "ssh-keygen"):
             if not Path(tool).exists():
                 raise LabError(f"{tool} is missing: run `make deps` (apt-get install openssh-server prometheus)")
+        if spec.netns:
+            from . import netns
+
+            if missing := netns.available():
+                raise LabError(missing)
         t0 = time.monotonic()
         lab = build.create(cls, spec)
         processes.start(lab, wait, timeout, wait_prometheus, t0)
@@ -157,6 +163,16 @@ class Lab:
     def fault(self, name: str, kind: str, count: int | None = None, **params) -> None:
         """Inject a fault on node ``name`` (see ``garage_lab.garage.knobs.FAULT_KINDS``)."""
         faults.fault(self, name, kind, count, **params)
+
+    def zone_fault(self, zone: str, kind: str, count: int | None = None, **params) -> list[str]:
+        """Inject a fault on every node of ``zone`` (e.g. ``net-partition`` of a whole zone)."""
+        return faults.zone_fault(self, zone, kind, count, **params)
+
+    def netns_rules(self, name: str) -> str:
+        """A netns lab: node ``name``'s nftables ruleset (what its network faults made)."""
+        from . import netns
+
+        return netns.rules(self, name)
 
     def clear_faults(self, name: str) -> None:
         """Remove every fault from node ``name``."""

@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import build, service
+from . import build, netns, service
 from .garage.knobs import Faults
 from .garage.personality import PERSONALITIES
 from .spec import SSHD, LabError
@@ -29,15 +29,31 @@ def start(lab, wait: bool, timeout: float, wait_prometheus: bool, t0: float) -> 
     On any failure everything started so far is taken down before the error propagates.
     """
     try:
+        if lab.spec.netns:
+            netns.setup(lab)
+            netns.start_relays(lab)
         start_sshd(lab)
         start_prometheus(lab)
         for node in lab.nodes:
-            service.start(lab.node_dir(node["name"]))
+            start_daemon(lab, node["name"])
         if wait:
             wait_ready(lab, timeout=max(5.0, timeout - (time.monotonic() - t0)), prometheus=wait_prometheus)
     except BaseException:
         down(lab)
         raise
+
+
+def start_daemon(lab, name: str) -> None:
+    """Start node ``name``'s daemon (in its namespace on a netns lab, as its sshd would)."""
+    if not lab.spec.netns:
+        service.start(lab.node_dir(name))
+        return
+    env = dict(os.environ, GARAGE_LAB_NODE=name)
+    proc = netns.popen(lab, name, [str(lab.dir / "bin" / "garage-service"), "start"], env=env,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = proc.communicate(timeout=60)
+    if proc.returncode != 0:
+        raise LabError(f"{name}: the daemon did not start: {out.decode(errors='replace').strip()}")
 
 
 def start_sshd(lab) -> None:
@@ -49,8 +65,10 @@ def start_sshd(lab) -> None:
         if check.returncode != 0:
             raise LabError(f"sshd config rejected: {check.stderr.strip()}")
         log = open(lab.dir / "ssh" / "sshd.log", "ab")
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
+        argv = [SSHD, "-D", "-e", "-f", str(cfg)]
+        kw = dict(stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        # a netns lab: shard k is node k's sshd, in that node's namespace (`ip netns exec` execs it: same PID)
+        proc = netns.popen(lab, lab.nodes[k]["name"], argv, **kw) if lab.spec.netns else subprocess.Popen(argv, **kw)
         pids.append(proc.pid)
     lab.info["pids"]["sshd"] = pids[0]
     lab.info["pids"]["sshd_shards"] = pids
@@ -74,11 +92,13 @@ def reload_sshd(lab) -> None:
 def start_prometheus(lab) -> None:
     prom = lab.dir / "prometheus"
     log = open(prom / "prometheus.log", "ab")
-    proc = subprocess.Popen(
-        [shutil.which("prometheus") or "prometheus", f"--config.file={prom / 'prometheus.yml'}",
-         f"--storage.tsdb.path={prom / 'data'}", f"--web.listen-address={lab.spec.subnet}.254:{lab.spec.prometheus_port}",
-         "--storage.tsdb.retention.time=1d"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=str(prom))
+    argv = [shutil.which("prometheus") or "prometheus", f"--config.file={prom / 'prometheus.yml'}",
+            f"--storage.tsdb.path={prom / 'data'}", f"--web.listen-address={lab.spec.subnet}.254:{lab.spec.prometheus_port}",
+            "--storage.tsdb.retention.time=1d"]
+    kw = dict(stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=str(prom))
+    # a netns lab: Prometheus lives in the lab's namespace, on the bridge (10.242.C.254), and
+    # scrapes the nodes across it; the controller reaches it over the lab's route
+    proc = netns.popen(lab, None, argv, **kw) if lab.spec.netns else subprocess.Popen(argv, **kw)
     lab.info["pids"]["prometheus"] = proc.pid
     lab.save()
 
@@ -156,7 +176,7 @@ def down(lab) -> list[int]:
         pid = service.main_pid(lab.node_dir(n["name"]))
         if pid:
             targets.append(pid)
-    for pid in sshd_pids(lab) + [lab.info["pids"].get("prometheus")]:
+    for pid in sshd_pids(lab) + [lab.info["pids"].get("prometheus")] + list(lab.info["pids"].get("relays", {}).values()):
         if pid and service.proc_alive(pid):
             targets.append(pid)
     # sweep: anything else started from this lab (offline repairs, traffic, ssh sessions)
@@ -179,6 +199,8 @@ def down(lab) -> list[int]:
             pass
     for pid in killed:
         service.wait_exit(pid, 5)
+    # namespaces, links and routes go last, and always: even a half-made netns lab is undone
+    lab.info["netns_removed"] = netns.teardown(lab)
     lab.info["pids"] = {}
     lab.info["down"] = time.time()
     lab.save()

@@ -46,6 +46,7 @@ class LabSpec:
     replication_mode: str = "3"  # e.g. "3-dangerous": two zones may be down at once
     discovery: tuple[str, ...] = ()  # "consul" / "kubernetes": 0.7-style top-level keys in garage.toml
     no_zstd: tuple[str, ...] = ()  # nodes built without a zstd CLI (a persistent "no-zstd" fault)
+    netns: bool = False  # each node in its own network namespace (garage_lab/netns.py)
 
 
 class SubnetAllocator:

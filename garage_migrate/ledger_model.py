@@ -162,6 +162,10 @@ class NodeRecord(Record):
         config_original_path: the owner-only copy of it kept on the node.
         config_kept: where the switch to 0.8 kept the node's config from before it (the
             translated one took its place): what a rollback puts back with the binary.
+        api_restart_version: set while the API step restarts a running node to apply its moved
+            (or restored) ports: the version to start it on again. A retry after a broken
+            connection finds it and finishes that restart, instead of taking the node, stopped
+            by the attempt that broke, for one that is meant to be down.
     """
 
     zone: str | None = None
@@ -175,6 +179,7 @@ class NodeRecord(Record):
     config_original_sha256: str | None = Field(None, pattern=_SHA256)
     config_original_path: str | None = None
     config_kept: str | None = None
+    api_restart_version: str | None = None
     steps: dict[str, StepRecord] = {}
 
     @field_validator("config_original_path", "config_kept")

@@ -62,6 +62,8 @@ _STREAM_STDERR_KEEP = 64 * 1024
 _TIMEOUT_EXIT = (124, 137)
 #: ``returncode`` of a channel that closed without an exit status or signal (as OpenSSH's ssh).
 _NO_STATUS = 255
+#: how long a command that ended without a status waits for its connection to report closing
+_LOST_GRACE = 1.0
 
 Sink = Callable[[bytes], Awaitable[None] | None]  # sync or async; called with each chunk
 
@@ -165,6 +167,8 @@ class SshPool:
         self.client_grace = client_grace
         self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Slot]] = weakref.WeakKeyDictionary()
         self._slots_guard = threading.Lock()  # Prefect may drive several loops from threads
+        # connections this pool closed itself: a command cut by our own close is not a broken link
+        self._closed_here: weakref.WeakSet[asyncssh.SSHClientConnection] = weakref.WeakSet()
 
     @classmethod
     def from_inventory(cls, inventory: Inventory, **kwargs) -> SshPool:
@@ -233,6 +237,7 @@ class SshPool:
                 conn, slot.conn = slot.conn, None
                 if conn is None:
                     continue
+                self._closed_here.add(conn)
                 if loop is here:
                     conn.close()
                     waits.append(conn.wait_closed())
@@ -388,6 +393,27 @@ class SshNodeShell:
         return TransportError(f"{self.name}: connection failed while running `{cmd_text}`: {_reason(exc)}",
                               node=self.name, command=cmd_text)
 
+    async def _lost_under(self, res: Result, text: str, slot: _Slot, conn: asyncssh.SSHClientConnection) -> None:
+        """Raise :class:`TransportError` when the connection broke under the command.
+
+        A channel that closes with neither an exit status nor a signal, on a connection that
+        closes with it, did not end on the node: the link (or the node's SSH session) died
+        while it ran. That is transport trouble (retried; every step observes before it acts),
+        not a failed command; its outcome on the node is unknown and the retry observes it.
+        """
+        if res.exit_status is not None or res.signal is not None or conn in self.pool._closed_here:
+            return
+        try:
+            # the channels are closed just before the connection reports itself closed
+            await asyncio.wait_for(conn.wait_closed(), _LOST_GRACE)
+        except TimeoutError:
+            return
+        if conn in self.pool._closed_here:  # the pool is closing under it (its owner gave up)
+            return
+        self.pool._drop(slot, conn)
+        raise TransportError(f"{self.name}: the connection broke while running `{text}` "
+                             "(its outcome on the node is unknown)", node=self.name, command=text)
+
     def _check(self, cmd: RemoteCommand) -> str:
         check_allowed(cmd, self.target.ctx, self.pool.extra_executables)
         return cmd.render()
@@ -418,6 +444,7 @@ class SshNodeShell:
                 if proc is not None:
                     proc.close()
             res = self._result(proc, stdout, stderr)
+            await self._lost_under(res, text, slot, conn)
         return self._judge(cmd, res, time.monotonic() - t0, check)
 
     async def stream(self, cmd: RemoteCommand, sink: Sink, chunk: int = DEFAULT_CHUNK,
@@ -467,6 +494,7 @@ class SshNodeShell:
                 if proc is not None:
                     proc.close()
             res = self._result(proc, None, bytes(err_tail), streamed=total)
+            await self._lost_under(res, text, slot, conn)
         return self._judge(cmd, res, time.monotonic() - t0, check)
 
     async def put_file(self, local: str | os.PathLike[str], remote: str, *, timeout: float = 600.0) -> None:

@@ -442,7 +442,9 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
     client_addr = _bind_of(original, "s3_api")  # where clients reach the S3 API
     running = await service_active(rt, node)
     stale = running and client_addr is not None and await _client_reachable(rt, node, client_addr) != enabled
-    if want == text and not stale:
+    # an earlier attempt of this step stopped the node to restart it and broke before the start
+    pending = rt.ledger.node(node).api_restart_version
+    if want == text and not stale and not pending:
         return await _record(rt, _skip(rt, key, node, "config and running daemon already "
                                        + ("serve" if enabled else "refuse") + " clients"), key)
     if want != text:
@@ -453,18 +455,20 @@ async def set_api(rt: Runtime, node: str, enabled: bool) -> StepResult:
             await rt.ledger.set_node(node, config_original_sha256=_sha256(want))
     # Garage reads its bind addresses at start only (0.7 cannot disable endpoints, ref 9):
     # a running node is restarted on the same version for the change to take effect
-    if running:
-        version = await daemon_version(rt, node)
-        await stop_node(rt, node)
+    if running or pending:
+        version = (await daemon_version(rt, node) if running else None) or pending
+        await rt.ledger.set_node(node, api_restart_version=version)
+        await stop_node(rt, node)  # observes first: waits out a stop still under way
         if version:
             await start_node(rt, node, version)
+        await rt.ledger.set_node(node, api_restart_version=None)
         if client_addr and await _client_reachable(rt, node, client_addr) != enabled:
             raise StepError(f"S3 endpoint {client_addr} is {'not ' if enabled else 'still '}reachable", node=node)
     if enabled:  # restored: the kept copy has served (the ledger keeps its digest)
         await rt.act(node, acts.drop_original)
     return await _record(rt, StepResult(key, node, "done", ("API restored" if enabled else "API cut")
                                         + (f": clients' S3 address {client_addr} " + ("open" if enabled else "closed")
-                                           if running and client_addr else " (takes effect at the next start)")), key)
+                                           if (running or pending) and client_addr else " (takes effect at the next start)")), key)
 
 
 async def _upload_text(rt: Runtime, node: str, text: str, remote: str) -> None:

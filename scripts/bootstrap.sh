@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian/Ubuntu machine, idempotently:
-#   - system packages openssh-server and prometheus (apt, with sudo when not root), and for the
-#     real-server tests postgresql (server binaries only; it is never started as a service),
-#     chromium and npm (when node/npm are missing);
+#   - system packages openssh-server, prometheus, zstd, util-linux and nftables (the netns lab)
+#     (apt, with sudo when not root), and for the real-server tests postgresql (server binaries
+#     only; it is never started as a service), chromium and npm (when node/npm are missing);
 #   - a venv in .venv with the locked Python dependencies (uv when available, else pip);
 #   - the browser test's Node packages (playwright-core) in tests/e2e/browser/node_modules,
 #     from its package-lock.json (`npm ci`; no browser download: the test uses /usr/bin/chromium).
@@ -21,6 +21,8 @@ compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need_apt+=(postgre
 # the browser test: Debian's Chromium, driven by Node's playwright-core (Node >= 20 for it)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# the netns lab (`garage-lab up --netns`, the network fault tests) cuts and drops with nftables
+[ -x /usr/sbin/nft ] || command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
     echo "bootstrap: need ${need_apt[*]} but I am not root and sudo is missing." >&2

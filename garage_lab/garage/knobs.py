@@ -45,6 +45,12 @@ class Knobs:
     # connected to it, so each lab start and each restart waited up to this long: 0.25 s
     # brings a 6-node lab up in ~1.1 s instead of ~1.8 s)
     peer_retry_s: float = 0.25
+    # netapp's fullmesh pings every connected peer (PING_INTERVAL 15 s, PING_TIMEOUT 10 s) and
+    # closes the connection after more than FAILED_PING_THRESHOLD (4) failed pings in a row:
+    # how a node notices a peer cut off by the network (on loopback a link never dies silently)
+    ping_interval_s: float = 15.0
+    ping_timeout_s: float = 10.0
+    failed_ping_threshold: float = 4.0
     disk_stats_interval_s: float = 10.0  # 0.8.2+ disk figures refresh
     s3_anonymous: float = 1.0  # serve S3 requests without Authorization (0: refuse them like Garage)
 
@@ -75,6 +81,10 @@ FAULT_KINDS = (
     "disk-full",  # writes under `path` fail with ENOSPC (tar/df shims)
     "kill-tar",  # tar is killed after `bytes` bytes of output
     "no-zstd",  # the node has no zstd CLI (zstd shim: exit 127)
+    "net-delay",  # netns lab: `ms` more per round trip on SSH and admin connections (relay)
+    "net-loss",  # netns lab: `pct` % of packets dropped each way (nftables)
+    "net-partition",  # netns lab: cut from the controller, the other zones or both (`side`)
+    "ssh-drop",  # netns lab: the SSH session running a command matching `match` is killed
 )
 
 

@@ -3,7 +3,9 @@
 netapp in the real Garage: every node listens on ``rpc_bind_addr``, handshakes with the version
 tag and the network key (nodes and CLIs of another tag or secret are refused), keeps one
 connection per known peer (from ``bootstrap_peers`` and the persisted ``peer_list``) and
-retries the down ones every ``peer_retry_s``. ``call_node`` is how every other component
+retries the down ones every ``peer_retry_s``, and pings the connected ones every
+``ping_interval_s``, closing a connection whose pings fail more than ``failed_ping_threshold``
+times in a row (fullmesh's ping; on a netns lab that is how a partition is noticed). ``call_node`` is how every other component
 reaches a node, itself included, so quorum code never special-cases the local node.
 """
 
@@ -25,6 +27,9 @@ class Peer:
         self.hostname: str | None = None
         self.conn: rpc.Connection | None = None
         self.last_seen: float | None = None
+        self.last_ping = 0.0
+        self.failed_pings = 0
+        self.pinging = False
 
     @property
     def is_up(self) -> bool:
@@ -92,11 +97,36 @@ class Peering:
     async def loop(self) -> None:
         while True:
             await asyncio.gather(*(self.ensure_peer(p) for p in list(self.node.peers.values())))
+            now = time.monotonic()
             for p in self.node.peers.values():
                 if p.is_up:
                     p.last_seen = time.time()
+                if p.is_up and not p.pinging and now - p.last_ping >= self.node.knobs.ping_interval_s:
+                    p.pinging = True
+                    p.last_ping = now
+                    asyncio.ensure_future(self.ping(p))
             self.save_peer_list()
             await asyncio.sleep(self.node.knobs.peer_retry_s)
+
+    async def ping(self, peer: Peer) -> None:
+        """One ping of a connected peer: success refreshes ``last_seen``; too many failures in a
+        row close the connection (the peer is then down until a reconnection succeeds)."""
+        conn = peer.conn
+        try:
+            if conn is None:
+                return
+            try:
+                await conn.call("ping", {}, self.node.knobs.ping_timeout_s)
+            except (rpc.RpcError, TimeoutError, ConnectionError, OSError):
+                peer.failed_pings += 1
+                if peer.failed_pings > self.node.knobs.failed_ping_threshold and peer.conn is conn:
+                    self.node.log("WARN", "netapp::peering::fullmesh",
+                                  f"Too many failed pings from {peer.id64[:16]}, closing connection.")
+                    conn.close()
+                return
+            peer.failed_pings = 0
+        finally:
+            peer.pinging = False
 
     async def ensure_peer(self, peer: Peer) -> None:
         if peer.is_up:
@@ -110,6 +140,7 @@ class Peering:
             conn.close()
             return
         peer.conn = conn
+        peer.failed_pings = 0
         peer.hostname = conn.peer.get("hostname")
         peer.last_seen = time.time()
         self.node.log("INFO", "netapp::peering::fullmesh", f"Successfully connected to {peer.id64[:16]} at {peer.addr}")

@@ -23,6 +23,10 @@ class RpcApi:
     def __init__(self, node):
         self.node = node
 
+    async def rpc_ping(self):
+        """netapp's ping: answered at once; a peer that stops answering is disconnected."""
+        return {}
+
     async def rpc_status(self):
         known = {}
         for p in self.node.peers.values():
