@@ -49,6 +49,17 @@ class LabSpec:
     netns: bool = False  # each node in its own network namespace (garage_lab/netns.py)
 
 
+def _free(addr: str, port: int) -> bool:
+    s = socket.socket()
+    try:
+        s.bind((addr, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 class SubnetAllocator:
     """Hands out ``127.42.C`` subnets whose first node address is free, never one twice.
 
@@ -58,6 +69,10 @@ class SubnetAllocator:
     """
 
     LOW, HIGH = 20, 250
+    #: what a live lab holds for its whole life, whatever its nodes do: a node stopped during a
+    #: test frees its RPC port, but not the lab's sshd (2222, the default ``ssh_port``) nor its
+    #: Prometheus (``.254:9090``); another process must not take the subnet then
+    PROBES = ((1, PORT_RPC), (1, 2222), (254, 9090))
 
     def __init__(self, start: int | None = None):
         span = self.HIGH - self.LOW
@@ -71,14 +86,8 @@ class SubnetAllocator:
         for _ in range(span):
             c = self.LOW + self._next % span
             self._next += 1
-            s = socket.socket()
-            try:
-                s.bind((f"127.42.{c}.1", PORT_RPC))
-            except OSError:
-                continue
-            finally:
-                s.close()
-            return f"127.42.{c}"
+            if all(_free(f"127.42.{c}.{host}", port) for host, port in self.PROBES):
+                return f"127.42.{c}"
         raise LabError(f"no free 127.42.C.0/24 subnet for a lab (C in {self.LOW}..{self.HIGH - 1})")
 
 
