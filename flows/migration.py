@@ -19,8 +19,11 @@ Rules that hold in both flows:
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow, get_run_logger
 from prefect.exceptions import Abort
+from pydantic import Field
 
 from flows.adapters import PrefectReporter, PrefectSteps
 from flows.approvals import (Approval, Asker, CountersDecision, GateDecision, NodeFailureDecision,
@@ -32,6 +35,10 @@ from garage_migrate.executor import run_migration
 from garage_migrate.plan import MigrationOptions
 
 DEFAULT_PAUSE_TIMEOUT = 3600
+#: The form's bounds for ``pause_timeout``: Prefect validates parameters before the flow runs.
+PauseTimeout = Annotated[int, Field(ge=1, le=7 * 86400)]
+#: A migration id names a directory on the controller: a name, never a path.
+MigrationId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
 __all__ = ["Approval", "CountersDecision", "GateDecision", "MigrationAborted", "NodeFailureDecision",
            "minimal_downtime_migration", "simple_migration"]
@@ -43,7 +50,7 @@ async def _migrate(procedure: str, inventory: str, migration_id: str | None, opt
     try:
         # a dry run writes no ledger either: it must not pin the migration to a procedure
         async with R.open_runtime(inventory, procedure, migration_id, log=log,
-                                  persist=not dry_run) as rt:
+                                  persist=not dry_run, options=options) as rt:
             return await run_migration(
                 rt, R.plan_for(rt, procedure, options), options, dry_run=dry_run,
                 hold=lambda held: hold_cluster(held, procedure, "migration", log),
@@ -60,9 +67,9 @@ async def _migrate(procedure: str, inventory: str, migration_id: str | None, opt
 
 
 @flow(name="simple-migration", log_prints=False)
-async def simple_migration(inventory: str, migration_id: str | None = None,
+async def simple_migration(inventory: str, migration_id: MigrationId | None = None,
                            options: MigrationOptions = MigrationOptions(), dry_run: bool = False,
-                           auto_approve: bool = False, pause_timeout: int = DEFAULT_PAUSE_TIMEOUT) -> dict:
+                           auto_approve: bool = False, pause_timeout: PauseTimeout = DEFAULT_PAUSE_TIMEOUT) -> dict:
     """Garage 0.7 -> 0.8, simple procedure: the whole cluster goes offline (guide steps 1-11).
 
     Args:
@@ -79,9 +86,10 @@ async def simple_migration(inventory: str, migration_id: str | None = None,
 
 
 @flow(name="minimal-downtime-migration", log_prints=False)
-async def minimal_downtime_migration(inventory: str, migration_id: str | None = None,
+async def minimal_downtime_migration(inventory: str, migration_id: MigrationId | None = None,
                                      options: MigrationOptions = MigrationOptions(), dry_run: bool = False,
-                                     auto_approve: bool = False, pause_timeout: int = DEFAULT_PAUSE_TIMEOUT) -> dict:
+                                     auto_approve: bool = False,
+                                     pause_timeout: PauseTimeout = DEFAULT_PAUSE_TIMEOUT) -> dict:
     """Garage 0.7 -> 0.8, minimal-downtime procedure (guide steps 1-5, from v0.8.2's guide).
 
     Zone-by-zone backups while the cluster serves, every node restarted on 0.8 at once, then

@@ -532,6 +532,13 @@ def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
 def _run(args) -> int:
     import signal
 
+    from .plan import MigrationOptions
+
+    # out-of-range options are refused before a server starts or a node is reached
+    opts = MigrationOptions(watch_s=args.watch, gate_deadline_s=args.gate_deadline)
+    if not 1 <= args.pause_timeout <= 7 * 86400:
+        print(f"garage-migrate: --pause-timeout {args.pause_timeout} is not in 1..{7 * 86400} seconds", file=sys.stderr)
+        return 2
     _prefect_env()
     server = None
     if not os.environ.get("PREFECT_API_URL"):
@@ -548,10 +555,8 @@ def _run(args) -> int:
             ui = os.environ["PREFECT_API_URL"].removesuffix("/api")
         # prefect reads its settings at import: import it only once PREFECT_API_URL is set
         from flows.migration import minimal_downtime_migration, simple_migration
-        from garage_migrate.plan import MigrationOptions
 
         fl = simple_migration if args.procedure == "simple" else minimal_downtime_migration
-        opts = MigrationOptions(watch_s=args.watch, gate_deadline_s=args.gate_deadline)
         box: dict = {}
 
         def on_start(flow, flow_run, state):  # noqa: ARG001 - Prefect hook signature
@@ -677,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     bp.add_argument("--keep", type=int, required=True, metavar="N")
     bp.add_argument("--dry-run", action="store_true", help="print what would be deleted")
     args = ap.parse_args(argv)
+    from pydantic import ValidationError
+
     from .errors import GarageMigrateError
 
     try:
@@ -698,6 +705,10 @@ def main(argv: list[str] | None = None) -> int:
     except GarageMigrateError as exc:
         print(f"garage-migrate: {exc}", file=sys.stderr)
         return 1
+    except ValidationError as exc:  # an option out of range (MigrationOptions)
+        print(f"garage-migrate: invalid option: {exc.errors(include_url=False)[0]['msg']} "
+              f"({'.'.join(map(str, exc.errors()[0]['loc']))})", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -51,10 +51,11 @@ class FanoutPolicy(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    # upper bounds: a form's typo (an extra zero, a pasted word) is refused, not planned
     zones_in_parallel: bool = True
-    max_zones_down: int = Field(1, ge=1)
-    stop_after_zone: str | None = None
-    max_parallel_nodes: int = Field(32, ge=1)
+    max_zones_down: int = Field(1, ge=1, le=64)
+    stop_after_zone: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    max_parallel_nodes: int = Field(32, ge=1, le=1024)
 
 
 class MigrationOptions(BaseModel):
@@ -68,11 +69,12 @@ class MigrationOptions(BaseModel):
         fanout: the fan-out policy.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     extra_repairs: tuple[Literal["versions", "block_refs"], ...] = ()
-    gate_deadline_s: float = Field(600.0, gt=0)
-    gate_consecutive: int = Field(3, ge=1)
-    watch_s: float = Field(60.0, ge=0)
+    # bounds: a gate that waits a week or a watch of a day is a typo, not a plan
+    gate_deadline_s: float = Field(600.0, gt=0, le=7 * 86400)
+    gate_consecutive: int = Field(3, ge=1, le=100)
+    watch_s: float = Field(60.0, ge=0, le=86400)
     fanout: FanoutPolicy = FanoutPolicy()
 
 
