@@ -44,6 +44,7 @@ class LabSpec:
     prometheus_port: int = 9090
     knobs: dict = field(default_factory=dict)
     replication_mode: str = "3"  # e.g. "3-dangerous": two zones may be down at once
+    sshd_log_level: str = "ERROR"  # VERBOSE logs every connection (tests that prove none was opened)
 
 
 class SubnetAllocator:

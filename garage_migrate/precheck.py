@@ -119,8 +119,8 @@ def _key_problems(key: Path, passphrase_env: str | None) -> list[tuple[str, str]
         asyncssh.import_private_key(data, passphrase)
     except asyncssh.KeyImportError as exc:
         if passphrase is None and "assphrase" in str(exc):
-            return [(where, f"{key}: it is encrypted: name the variable holding its passphrase in "
-                            f"ssh.key_passphrase_env")]
+            return [(where, (f"{key}: it is encrypted: name the variable holding its passphrase in "
+                             f"ssh.key_passphrase_env"))]
         return [(where, f"{key} is not a private key asyncssh can use: {exc}")]
     except asyncssh.KeyEncryptionError:
         hint = (f"the passphrase in ${passphrase_env} does not open it" if passphrase_env
