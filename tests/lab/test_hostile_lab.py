@@ -50,8 +50,11 @@ def _runtime_refusal(path, case) -> Exception | None:
 
 
 def test_no_hostile_input_opens_an_ssh_connection(lab, tmp_path, monkeypatch, capsys):
-    from flows.migration import simple_migration  # Prefect validates the form's parameters with these types
     from prefect.exceptions import ParameterTypeError
+
+    from flows.migration import (
+        simple_migration,  # Prefect validates the form's parameters with these types
+    )
 
     base = yaml.safe_load((lab.dir / "inventory.yaml").read_text())
     before = connections(lab)
@@ -91,3 +94,41 @@ def test_no_hostile_input_opens_an_ssh_connection(lab, tmp_path, monkeypatch, ca
     # the control: the lab's own inventory does connect, once per node, and sshd's log shows it
     assert cli.main(["plan", "--inventory", inv, "--procedure", "simple"]) == 0
     assert connections(lab) >= before + len(lab.nodes)
+
+
+@pytest.fixture(scope="module")
+def pool(lab):
+    from garage_migrate.inventory import load_inventory
+    from garage_migrate.ssh import SshPool
+
+    return SshPool.from_inventory(load_inventory(lab.dir / "inventory.yaml"))
+
+
+def test_hostile_file_names_reach_the_node_literally_through_sshd(lab, pool, tmp_path_factory):
+    """The property of tests/unit/test_literal_args.py end to end: real sshd, the node's login shell."""
+    from hypothesis import HealthCheck, given, settings
+
+    from garage_migrate import commands as C
+    from tests.unit.test_literal_args import segment
+
+    where = tmp_path_factory.mktemp("hostile-names")
+    node = lab.nodes[0]["name"]
+
+    @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(name=segment)
+    def check(name):
+        f = where / name
+        f.write_bytes(name.encode())
+
+        async def go():
+            try:
+                return (await pool.shell(node).run(C.cat(str(f)))).stdout
+            finally:
+                await pool.close()
+        try:
+            assert run(go(), limit=60) == name
+        finally:
+            f.unlink()
+        assert sorted(p.name for p in where.iterdir()) == [], "a name was executed as shell"
+
+    check()
