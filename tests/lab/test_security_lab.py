@@ -141,7 +141,7 @@ def test_a_whole_migration_leaks_no_secret(lab, inventory, migrated):
     assert all(SECRETS[k] in toml for k in ("rpc_secret", "metrics_token", "admin_token"))
     assert {k: v["running_version"] for k, v in lab.inspect(checksums=False)["nodes"].items()} == \
         {n["name"]: "0.8.7" for n in lab.nodes}
-    path, inv = inventory
+    path, _inv = inventory
     files = [p for p in (lab.dir / "backups").rglob("*") if p.is_file()] + [p for p in path.parent.iterdir()
                                                                              if p.is_file() and p.name != "id_encrypted"]
     assert any(p.name == "ledger.json" for p in files) and any(p.name == "commands.jsonl" for p in files)
@@ -176,7 +176,7 @@ def test_the_controller_writes_owner_only_files(lab, migrated):
 def test_trust_on_first_use_records_each_key_in_known_hosts_and_the_ledger(lab, inventory, migrated):
     from garage_migrate.ledger import Ledger
 
-    path, inv = inventory
+    path, _inv = inventory
     _res, ledger_path, log_lines, _p = migrated
     kh = path.parent / "known_hosts"
     assert stat.S_IMODE(kh.stat().st_mode) == 0o600
