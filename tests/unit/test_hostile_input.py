@@ -145,3 +145,16 @@ def test_an_encrypted_key_opens_with_its_passphrase_from_the_environment(base, t
     inv = load_inventory(tmp_path / "inv.yaml")
     check_before_connecting(inv)
     assert inv.ssh.key_passphrase() == PASSPHRASE and PASSPHRASE not in repr(inv)
+
+
+@pytest.mark.parametrize("line", ['rpc_secret = "{s}', 'admin_token = {s}"', "metrics_token = {s} x"])
+def test_a_broken_secret_line_of_garage_toml_is_reported_without_its_value(line):
+    from garage_migrate.errors import ParseError
+    from garage_migrate.facts import parse_config
+
+    secret = "c0ffee" * 10 + "beef"
+    text = f'metadata_dir = "/m"\ndata_dir = "/d"\n{line.format(s=secret)}\nreplication_mode = "3"\n'
+    with pytest.raises(ParseError) as e:
+        parse_config(text)
+    assert e.value.line_no == 3 and "<redacted>" in str(e.value)
+    assert secret not in str(e.value) and secret not in repr(e.value.context())
