@@ -46,6 +46,7 @@ from .errors import (
 )
 from .inventory import SshTarget
 from .nodelog import node_log
+from .precheck import check_ssh_inputs
 
 if TYPE_CHECKING:
     from .inventory import Inventory
@@ -173,8 +174,18 @@ class SshPool:
 
     @classmethod
     def from_inventory(cls, inventory: Inventory, **kwargs) -> SshPool:
-        """A pool for every node of ``inventory`` and its API-gate hosts."""
+        """A pool for every node of ``inventory`` and its API-gate hosts.
+
+        Raises:
+            InventoryError: known_hosts lacks a host (without trust on first use), or the key
+                does not open: refused before any connection (:mod:`garage_migrate.precheck`).
+        """
         targets = [n.ssh for n in inventory.resolved_nodes()] + list(inventory.gate_targets())
+        problems = check_ssh_inputs(targets)
+        if problems:
+            lines = "\n".join(f"  {w}: {m}" for w, m in problems)
+            raise InventoryError(f"refused before connecting to any node ({len(problems)} problem"
+                                 f"{'s' if len(problems) != 1 else ''}):\n{lines}", problems=problems)
         return cls(targets, **kwargs)
 
     @property
