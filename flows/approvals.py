@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import pydantic
@@ -187,12 +188,14 @@ FORMS: dict[str, type[RunInput]] = {"approval": Approval, "gate": GateDecision, 
 
 class PrefectDecider:
     """The executor's :class:`~garage_migrate.executor.Decider` in a flow run: pauses through
-    :class:`Asker` with the kind's form, for at most ``pause_timeout`` seconds."""
+    :class:`Asker` with the kind's form, for at most ``pause_timeout`` seconds (or what the
+    callable answers when it is asked: the maintenance window's bound)."""
 
-    def __init__(self, asker: Asker, pause_timeout: float):
+    def __init__(self, asker: Asker, pause_timeout: float | Callable[[], float]):
         self.asker = asker
         self.pause_timeout = pause_timeout
 
     async def ask(self, kind: str, key: str, description: str) -> Answer:
         """See :meth:`garage_migrate.executor.Decider.ask`."""
-        return await self.asker.ask(FORMS[kind], key, description, self.pause_timeout)
+        timeout = self.pause_timeout() if callable(self.pause_timeout) else self.pause_timeout
+        return await self.asker.ask(FORMS[kind], key, description, timeout)

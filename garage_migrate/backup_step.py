@@ -14,7 +14,8 @@ from .steps import Runtime, StepResult, service_active
 
 
 async def backup_metadata(rt: Runtime, node: str) -> StepResult:
-    """Back up ``node``'s metadata (stopped), verified; reuse a verified one of this migration."""
+    """Back up ``node``'s metadata (stopped), verified; reuse a verified one of this migration
+    unless it is older than ``rt.backup_max_age_s`` (then a new one is taken)."""
     n = rt.node(node)
     f = rt.nfacts(node)
     stopped = await observe_stopped(rt.shell(node), n.ctx)
@@ -25,12 +26,14 @@ async def backup_metadata(rt: Runtime, node: str) -> StepResult:
         rt.shell(node), n.ctx, node_id=f.id64, metadata_dir=f.config.metadata_dir, stopped=stopped,
         dest_root=rt.inv.backup.root, cluster=rt.inv.cluster, migration_id=rt.ledger.doc.migration_id,
         source_version=version, level=rt.inv.backup.zstd_level, mode=rt.inv.backup.mode,
-        node_root=n.backup_root if rt.inv.backup.mode == "on-node" else None, archive_timeout=planned.timeout)
+        node_root=n.backup_root if rt.inv.backup.mode == "on-node" else None, archive_timeout=planned.timeout,
+        max_age_s=rt.backup_max_age_s)
     where = str(rec.archive_path or rec.remote_archive)
     await rt.ledger.set_node(node, backup=BackupRef(path=where, manifest=str(rec.manifest_path),
                                                     sha256=rec.manifest.archive_sha256,
                                                     bytes=rec.manifest.compressed_bytes, version=version,
-                                                    reused=rec.reused))
+                                                    reused=rec.reused,
+                                                    taken_at=rec.manifest.created_at.timestamp()))
     return StepResult("backup", node, "skipped" if rec.reused else "done",
                       f"{'reused ' if rec.reused else ''}{where} ({rec.manifest.archive_sha256[:16]}, verified)")
 

@@ -532,16 +532,30 @@ def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
 def _run(args) -> int:
     import signal
 
+    from .inventory import load_inventory
     from .plan import MigrationOptions
+    from .precheck import check_before_connecting, check_migration_id
 
-    # out-of-range options are refused before a server starts or a node is reached
+    # out-of-range options and bad inputs are refused before a server starts or a node is reached
     opts = MigrationOptions(watch_s=args.watch, gate_deadline_s=args.gate_deadline)
     if not 1 <= args.pause_timeout <= 7 * 86400:
         print(f"garage-migrate: --pause-timeout {args.pause_timeout} is not in 1..{7 * 86400} seconds", file=sys.stderr)
         return 2
+    if args.migration_id is not None:
+        check_migration_id(args.migration_id)
+    check_before_connecting(load_inventory(args.inventory), opts)
     _prefect_env()
     server = None
     if not os.environ.get("PREFECT_API_URL"):
+        if not args.dry_run:
+            # a run the cluster lock will refuse says so now, before a server takes tens of
+            # seconds to start (read-only; the flow's own lock still decides everything else)
+            from .lock_precheck import refusal
+
+            why = asyncio.run(refusal(args.inventory, args.procedure, args.migration_id))
+            if why is not None:
+                print(f"garage-migrate: refused: {why}", file=sys.stderr)
+                return 3
         server = _TemporaryServer()
     # a SIGTERM (a CI timeout, a kill) must still stop the server: make it an exception
     signal.signal(signal.SIGTERM, _interrupt)
@@ -571,7 +585,9 @@ def _run(args) -> int:
         try:
             state = asyncio.run(fl(inventory=args.inventory, migration_id=args.migration_id, options=opts,
                                    dry_run=args.dry_run, auto_approve=args.auto_approve,
-                                   pause_timeout=args.pause_timeout, return_state=True))
+                                   pause_timeout=args.pause_timeout, window_end=args.window_end,
+                                   window_minutes=args.window_minutes,
+                                   backup_max_age_hours=args.backup_max_age_hours, return_state=True))
         except Abort as exc:  # the run stopped without a state: cancelled, or taken over elsewhere
             state = None
             if not box.get("stopped"):
@@ -639,6 +655,17 @@ async def _unlock(args) -> int:
     return 0
 
 
+def _window_args(r) -> None:
+    from datetime import datetime
+
+    w = r.add_mutually_exclusive_group()
+    w.add_argument("--window-end", type=datetime.fromisoformat, metavar="ISO-TIME",
+                   help="when the maintenance window closes, with a zone (2026-12-06T04:00:00+00:00)")
+    w.add_argument("--window-minutes", type=float, metavar="M", help="the maintenance window's length from now")
+    r.add_argument("--backup-max-age-hours", type=float, default=24.0, metavar="H",
+                   help="a backup older than this is taken again before the flip (default 24)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``garage-migrate`` console script."""
     ap = argparse.ArgumentParser(prog="garage-migrate", description=__doc__.split("\n")[0])
@@ -657,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--pause-timeout", type=int, default=3600)
     r.add_argument("--watch", type=float, default=60.0, help="post-upgrade watch window, seconds")
     r.add_argument("--gate-deadline", type=float, default=600.0)
+    _window_args(r)
     r.add_argument("--no-input", action="store_true",
                    help="never wait for a person: a pause for a decision stops the run (not approved)")
     u = sub.add_parser("unlock", help="break the cluster lock of a migration whose run is gone (recorded)")

@@ -43,6 +43,7 @@ __all__ = [
     "ServiceControl",
     "cat",
     "check_allowed",
+    "db_file_id",
     "df_avail",
     "du_bytes",
     "exists",
@@ -56,6 +57,7 @@ __all__ = [
     "lock_record_take",
     "mkdir_p",
     "offline_repair",
+    "proc_locks",
     "readlink_f",
     "remove_file",
     "rename",
@@ -77,7 +79,7 @@ __all__ = [
 
 #: Executables any node may run, by basename. A test pins this set: growing it is a decision.
 FIXED_EXECUTABLES: frozenset[str] = frozenset({
-    "cat", "df", "du", "find", "flock", "kill", "ln", "mkdir", "mv", "readlink", "rm", "sha256sum",
+    "cat", "df", "du", "find", "kill", "ln", "mkdir", "mv", "readlink", "rm", "sha256sum",
     "stat", "sync", "systemctl", "tar", "test", "zstd",
 })
 #: Executables that :meth:`RemoteCommand.render` puts in front of a command. Never ``argv[0]``:
@@ -618,20 +620,27 @@ def service_signal(ctx: NodeContext, sig: str | int, *, timeout: float = DEFAULT
     return _service(ctx, "signal", timeout, (signal_name(sig),))
 
 
-LOCK_HELD_EXIT = 75  # EX_TEMPFAIL: what ``lock_probe`` exits with when the DB lock is held
+@_observing
+def db_file_id(metadata_dir: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``stat -c %d:%i <metadata_dir>/db/db``: the device and inode of the file sled locks.
+
+    Half of the read-only DB lock probe (:func:`garage_migrate.probes.db_lock`); exits 1 when
+    the file is missing (not a metadata dir a daemon has run on).
+    """
+    return _cmd(("stat", "-c", "%d:%i", posixpath.join(_abs(metadata_dir, "metadata_dir"), "db", "db")),
+                timeout=timeout, sudo=sudo)
 
 
 @_observing
-def lock_probe(metadata_dir: str, *, sudo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
-    """``flock -n -E 75 <metadata_dir>/db/db true``: exit 0 if sled's lock is free, 75 if held.
+def proc_locks(*, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``cat /proc/locks``: every file lock the node's kernel holds, read without taking any.
 
-    A running daemon (or offline repair) holds a non-blocking exclusive flock on ``db/db`` for
-    its whole life (ref 6), so this is the direct test that nothing has the DB open. Run with
-    ``check=False``. The probe takes and drops the lock at once; ``true`` is fixed here, so
-    ``flock`` cannot be used to run anything else.
+    The other half of the DB lock probe. It replaces ``flock -n <meta>/db/db true``, which
+    *takes* sled's lock for an instant: a daemon or an offline repair starting at that moment
+    fails to open its DB (0.8.0 panics, late 0.8 exits 1), and util-linux ``flock`` creates
+    ``db/db`` when it is missing (source audit, "Lock probe").
     """
-    return _cmd(("flock", "-n", "-E", str(LOCK_HELD_EXIT), posixpath.join(_abs(metadata_dir, "metadata_dir"), "db", "db"), "true"),
-                timeout=timeout, sudo=sudo)
+    return _cmd(("cat", "/proc/locks"), timeout=timeout)
 
 
 # --- backup/restore builders ---

@@ -23,6 +23,7 @@ persisted in the migration state and shown to an operator::
     ├── MigrationAborted               ABORTED                              no
     ├── ClusterLockedError             CLUSTER_LOCKED                       no
     ├── SupersededError                SUPERSEDED                           no
+    ├── WindowTooShort                 WINDOW_TOO_SHORT                     no
     └── StepError                      STEP_FAILED                          no
         ├── LockHeldError              LOCK_HELD                            no
         └── BackupError                BACKUP_FAILED                        no
@@ -64,6 +65,7 @@ __all__ = [
     "StepError",
     "SupersededError",
     "TransportError",
+    "WindowTooShort",
     "is_transient",
     "tail_text",
 ]
@@ -97,6 +99,7 @@ class ErrorCode(StrEnum):
     PARSE_FAILED = "PARSE_FAILED"
     LEDGER_FORMAT = "LEDGER_FORMAT"
     NOT_IN_PLAN = "NOT_IN_PLAN"
+    WINDOW_TOO_SHORT = "WINDOW_TOO_SHORT"
 
 
 def tail_text(text: str | bytes | None, max_lines: int = STDERR_TAIL_LINES,
@@ -362,6 +365,13 @@ class SupersededError(GarageMigrateError):
     """This run's hold on the migration was taken over by a newer attempt: stop, touch nothing."""
 
     code = ErrorCode.SUPERSEDED
+
+
+class WindowTooShort(GarageMigrateError):
+    """What is left of the maintenance window is shorter than the next phase's estimate: the
+    run stops before it, in a safe state (recorded in the ledger); the next window's run resumes."""
+
+    code = ErrorCode.WINDOW_TOO_SHORT
 
 
 class StepError(GarageMigrateError):

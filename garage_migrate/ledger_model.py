@@ -128,6 +128,9 @@ class BackupRef(Record):
     bytes: int | None = Field(None, ge=0)  # the archive's size (format 1 did not record it)
     version: str  # the Garage version whose metadata it holds
     reused: bool = False
+    # when the archive was completed (Unix time, its manifest's created_at); None in ledgers
+    # written before it was recorded (the manifest still says)
+    taken_at: float | None = None
     # a dry run's stand-in (in memory only: a dry run never writes its ledger): no archive, no hash
     dry_run: bool = False
 

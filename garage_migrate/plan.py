@@ -65,6 +65,10 @@ class MigrationOptions(BaseModel):
         extra_repairs: also run ``versions`` and/or ``block_refs`` before the upgrade (slow).
         gate_deadline_s: how long a sync gate waits before asking a person.
         gate_consecutive: consecutive clean observations a sync gate needs.
+        gate_settle_s: seconds a sync gate waits for a just-launched repair to show work before
+            idle figures count as passes.
+        gate_cli_reads_per_s: per-node CLI reads (``worker list``, 0.7's ``stats``) a sync gate
+            makes per second across the whole cluster, whatever its size.
         watch_s: length of the post-upgrade watch window.
         fanout: the fan-out policy.
     """
@@ -74,6 +78,8 @@ class MigrationOptions(BaseModel):
     # bounds: a gate that waits a week or a watch of a day is a typo, not a plan
     gate_deadline_s: float = Field(600.0, gt=0, le=7 * 86400)
     gate_consecutive: int = Field(3, ge=1, le=100)
+    gate_settle_s: float = Field(5.0, ge=0, le=3600)
+    gate_cli_reads_per_s: float = Field(8.0, gt=0, le=1000)
     watch_s: float = Field(60.0, ge=0, le=86400)
     fanout: FanoutPolicy = FanoutPolicy()
 

@@ -6,8 +6,28 @@ each wave says how it runs (the scheduler's label) and shows the commands its st
 
 from __future__ import annotations
 
+from . import estimates as E
 from .executor.schedule import schedule_wave  # the executor package imports plan, not this module
 from .plan import MigrationPlan, Wave
+
+
+def _about(plan: MigrationPlan, est: dict[str, float], phase: str) -> str:
+    """`` (about N min)`` for a phase with an estimate (:mod:`garage_migrate.estimates`)."""
+    if phase not in est:
+        return ""
+    span = {p for u in E.units(plan) if u.phase == phase for p, _ in u.parts}
+    return f" (about {E.minutes(est[phase])} min" + (f" for {len(span)} phases: the offline part)" if len(span) > 1
+                                                     else ")")
+
+
+def estimates_note(plan: MigrationPlan) -> str:
+    """The defaults the estimates start from (refined during the run by what was measured)."""
+    covered = {pw for u in E.units(plan) for pw in u.parts}
+    kinds = list(dict.fromkeys(s.kind for ph in plan.phases for w in ph.waves for s in w.steps
+                               if (ph.name, w.name) in covered and E.DEFAULT_SECONDS.get(s.kind, 0) > 0))
+    return ("Estimates (phases that must finish once started): conservative defaults per step, "
+            + ", ".join(f"{k} {E.DEFAULT_SECONDS[k]:.0f} s" for k in kinds)
+            + "; refined during the run by the durations measured in this migration.")
 
 
 def _where(plan: MigrationPlan, w: Wave) -> str:
@@ -27,15 +47,15 @@ def to_markdown(plan: MigrationPlan, from_phase: str | None = None) -> str:
            f"Replication mode `{plan.replication_mode}`; zones: " +
            ", ".join(f"**{z}** ({', '.join(ns)})" for z, ns in plan.zones),
            f"At most {plan.max_parallel_nodes} node(s) at once in a wave, except the simultaneous restart "
-           "(every node at once).", ""]
+           "(every node at once).", estimates_note(plan), ""]
     for w in plan.warnings:
         out.append(f"> warning: {w}")
-    started = from_phase is None
+    started, est = from_phase is None, E.phase_estimates(plan)
     for i, ph in enumerate(plan.phases, 1):
         started = started or ph.name == from_phase
         if not started:
             continue
-        out.append(f"**{i}. {ph.title}**" + (" (needs approval)" if ph.risky else ""))
+        out.append(f"**{i}. {ph.title}**" + (" (needs approval)" if ph.risky else "") + _about(plan, est, ph.name))
         for w in ph.waves:
             ws = schedule_wave(w, plan.max_parallel_nodes)
             kinds = sorted({s.kind for s in w.steps}, key=[s.kind for s in w.steps].index)
@@ -54,8 +74,10 @@ def to_text(plan: MigrationPlan) -> str:
            "; ".join(f"{z}: {' '.join(ns)}" for z, ns in plan.zones),
            f"max_parallel_nodes {plan.max_parallel_nodes} (the simultaneous restart is never split)"]
     out += [f"warning: {w}" for w in plan.warnings]
+    out.append(estimates_note(plan))
+    est = E.phase_estimates(plan)
     for i, ph in enumerate(plan.phases, 1):
-        out.append(f"\n{i}. {ph.title}" + ("  [approval]" if ph.risky else ""))
+        out.append(f"\n{i}. {ph.title}" + ("  [approval]" if ph.risky else "") + _about(plan, est, ph.name))
         for w in ph.waves:
             label = schedule_wave(w, plan.max_parallel_nodes).label()
             out.append(f"   wave {w.name}" + (f" ({label})" if label else ""))

@@ -1,7 +1,8 @@
 """The two observations that say a node's daemon is stopped, in one place.
 
 - :func:`service_state`: what the service manager says (``is-active``); active when it exits 0.
-- :func:`db_lock`: whether anything holds sled's ``flock`` on ``<metadata_dir>/db/db``.
+- :func:`db_lock`: whether anything holds sled's ``flock`` on ``<metadata_dir>/db/db``, read
+  from ``/proc/locks`` (the probe never takes the lock itself).
 
 The steps (:mod:`garage_migrate.steps`) and the backup engine (:mod:`garage_migrate.backup`)
 both read them through these functions and raise their own errors from the answers.
@@ -9,6 +10,7 @@ both read them through these functions and raise their own errors from the answe
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,13 +39,43 @@ class DbLock:
 
     Attributes:
         state: ``free``, ``held``, or ``unknown`` (the probe itself failed: see ``result``).
-        command: the rendered probe.
-        result: the command's result (exit status, stderr) for the caller's error.
+        command: the rendered probe (both of its commands).
+        result: the failing command's result (exit status, stderr) for the caller's error.
+        holders: the PIDs that hold a lock on the file (when ``held``).
     """
 
     state: Literal["free", "held", "unknown"]
     command: str
     result: object
+    holders: tuple[int, ...] = ()
+
+
+def lock_holders(proc_locks: str, file_id: str) -> tuple[int, ...]:
+    """The PIDs holding a lock on the file ``file_id`` (``"<st_dev>:<st_ino>"``, as
+    :func:`garage_migrate.commands.db_file_id` prints it) in a ``/proc/locks`` text.
+
+    ``/proc/locks`` names a file ``MAJOR:MINOR:INODE`` with major and minor in hex
+    (``fs/locks.c``: ``%02x:%02x:%lu``); ``-> `` lines are waiters, not holders. A line this
+    cannot read is skipped: a lock this probe cannot name is not one it may report.
+
+    Raises:
+        ValueError: ``file_id`` is not ``<dev>:<ino>``.
+    """
+    dev_s, ino_s = file_id.strip().split(":")
+    dev, ino = int(dev_s), int(ino_s)
+    want = (os.major(dev), os.minor(dev), ino)
+    out: list[int] = []
+    for line in proc_locks.splitlines():
+        f = line.split()
+        if len(f) < 6 or f[1] == "->":
+            continue
+        try:
+            maj, mnr, i = f[5].split(":")
+            if (int(maj, 16), int(mnr, 16), int(i)) == want:
+                out.append(int(f[4]))
+        except ValueError:
+            continue
+    return tuple(out)
 
 
 async def service_state(shell, ctx: NodeContext) -> ServiceState:
@@ -55,8 +87,21 @@ async def service_state(shell, ctx: NodeContext) -> ServiceState:
 
 
 async def db_lock(shell, ctx: NodeContext, metadata_dir: str) -> DbLock:
-    """Probe sled's lock on ``<metadata_dir>/db/db`` (read-only)."""
-    cmd = C.lock_probe(metadata_dir, sudo=ctx.sudo)
-    res = await shell.run(cmd, check=False)
-    state = "free" if res.returncode == 0 else "held" if res.returncode == C.LOCK_HELD_EXIT else "unknown"
-    return DbLock(state=state, command=cmd.render(), result=res)
+    """Whether anything holds sled's lock on ``<metadata_dir>/db/db``, read from ``/proc/locks``
+    without taking it (and without creating the file): a daemon starting while this looks can
+    never find its DB locked by the probe."""
+    id_cmd, locks_cmd = C.db_file_id(metadata_dir, sudo=ctx.sudo), C.proc_locks()
+    rendered = f"{id_cmd.render()}; {locks_cmd.render()}"
+    fid = await shell.run(id_cmd, check=False)
+    if fid.returncode != 0:
+        # no db/db at all is not "free": the metadata dir is not a sled DB a daemon has run on
+        # (a wrong metadata_dir), and nothing should be decided from it
+        return DbLock(state="unknown", command=rendered, result=fid)
+    locks = await shell.run(locks_cmd, check=False)
+    if locks.returncode != 0:
+        return DbLock(state="unknown", command=rendered, result=locks)
+    try:
+        holders = lock_holders(locks.stdout, fid.stdout)
+    except ValueError:
+        return DbLock(state="unknown", command=rendered, result=fid)
+    return DbLock(state="held" if holders else "free", command=rendered, result=locks, holders=holders)

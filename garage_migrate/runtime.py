@@ -84,7 +84,7 @@ async def _live_versions(rt: Runtime) -> dict[str, str | None]:
     return out
 
 
-def _gate_source(rt: Runtime, versions: dict[str, str | None]):
+def _gate_source(rt: Runtime, versions: dict[str, str | None], cli_per_second: float | None = None):
     prom = None
     ps = rt.inv.prometheus
     if ps is not None:
@@ -93,14 +93,15 @@ def _gate_source(rt: Runtime, versions: dict[str, str | None]):
                                 headers={"Authorization": f"Bearer {token}"} if token else None,
                                 hosts={n.name: n.host for n in rt.facts.nodes})
     names = [n.name for n in rt.facts.nodes]
-    return auto_source(versions, prom, {n: rt.shell(n) for n in names}, {n: rt.node(n).ctx for n in names})
+    return auto_source(versions, prom, {n: rt.shell(n) for n in names}, {n: rt.node(n).ctx for n in names},
+                       cli_per_second=cli_per_second)
 
 
 async def run_sync_gate(rt: Runtime, opts: MigrationOptions, name: str = "sync") -> GateOutcome:
     """The sync gate: every queue empty on every node for N consecutive observations."""
-    source = _gate_source(rt, await _live_versions(rt))
+    source = _gate_source(rt, await _live_versions(rt), opts.gate_cli_reads_per_s)
     gate = Gate(name=name, source=source, nodes=tuple(n.name for n in rt.facts.nodes), deadline=opts.gate_deadline_s,
-                consecutive=opts.gate_consecutive, interval=1.0, clock=SystemClock())
+                consecutive=opts.gate_consecutive, interval=1.0, settle=opts.gate_settle_s, clock=SystemClock())
     return await gate.run()
 
 

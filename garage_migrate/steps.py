@@ -62,6 +62,8 @@ class Runtime:
         facts: what discovery found at the start.
         clock: time source for polling.
         log: where step logs go (the Prefect run logger in flows).
+        backup_max_age_s: a backup older than this is taken again, not reused (``None``: any
+            age; the executor sets its window policy's limit).
     """
 
     inv: Inventory
@@ -70,6 +72,7 @@ class Runtime:
     facts: ClusterFacts
     clock: Clock = field(default_factory=SystemClock)
     log: logging.Logger | logging.LoggerAdapter = log
+    backup_max_age_s: float | None = None
 
     def node(self, name: str) -> ResolvedNode:
         return self.inv.node(name)

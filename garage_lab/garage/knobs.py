@@ -33,6 +33,10 @@ class Knobs:
     # 0.8.0's offline-repair runs a full background runner; how long it lives after the repair
     # (the real one logs RPC errors after ~20 s and may take the 9 s drain to shut down)
     offline_repair_runner_s: float = 1.5
+    # seconds from a repair's launch to its work showing (a worker listed after its first
+    # step(), a sync queue filled once the sync worker gets the request). The source fixes no
+    # number: on an idle node it is a scheduling delay, more under load; 0.5 s is our estimate
+    repair_start_delay_s: float = 0.5
     anti_entropy_startup_s: float = 20.0  # first periodic full sync after start (src: 20 s)
     anti_entropy_interval_s: float = 600.0  # then every 10 min (ANTI_ENTROPY_INTERVAL)
     gc_delay_s: float = 86400.0  # TABLE_GC_DELAY

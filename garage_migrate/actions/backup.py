@@ -61,7 +61,7 @@ class BackupActions:
 
     def ops(self) -> tuple[Op, ...]:
         """Every action, in the order a backup runs them."""
-        return tuple(x for x in (self.probes.is_active, self.probes.lock, self.listing, self.size, self.stream,
+        return tuple(x for x in (*self.probes.all, self.listing, self.size, self.stream,
                                  self.mkdir, self.archive, self.sync, self.install, self.manifest_copy)
                      if x is not None)
 
@@ -141,7 +141,7 @@ class RestoreActions:
 
     def ops(self) -> tuple[Op, ...]:
         """Every action of a clean restore, in order."""
-        return tuple(x for x in (self.probes.is_active, self.probes.lock, self.upload, self.hash_, self.extract,
+        return tuple(x for x in (*self.probes.all, self.upload, self.hash_, self.extract,
                                  self.exists, self.move_aside, self.install, self.sync, self.remove_upload)
                      if x is not None)
 

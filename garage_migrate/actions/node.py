@@ -56,12 +56,18 @@ class Probes:
     """The two observations that say a daemon is stopped (:mod:`garage_migrate.probes`)."""
 
     is_active: RemoteCommand
-    lock: RemoteCommand
+    lock_file: RemoteCommand
+    locks: RemoteCommand
 
     @classmethod
     def of(cls, n: NodeSpec) -> "Probes":
         """The probes of node ``n``."""
-        return cls(C.service_status(n.ctx), C.lock_probe(n.metadata_dir, sudo=n.ctx.sudo))
+        return cls(C.service_status(n.ctx), C.db_file_id(n.metadata_dir, sudo=n.ctx.sudo), C.proc_locks())
+
+    @property
+    def all(self) -> tuple[RemoteCommand, ...]:
+        """Every probe, in the order they run."""
+        return (self.is_active, self.lock_file, self.locks)
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ class StopActions:
 
     def ops(self) -> tuple[Op, ...]:
         """Every action, observations first."""
-        return (self.probes.is_active, self.probes.lock, self.signal, self.stop)
+        return (*self.probes.all, self.signal, self.stop)
 
 
 def stop(n: NodeSpec) -> StopActions:
@@ -153,7 +159,7 @@ class OfflineRepairActions:
 
     def ops(self) -> tuple[Op, ...]:
         """Every action."""
-        return (self.probes.is_active, self.probes.lock, self.repair)
+        return (*self.probes.all, self.repair)
 
 
 def offline_repair(n: NodeSpec) -> OfflineRepairActions:

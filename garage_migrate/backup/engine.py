@@ -496,7 +496,7 @@ async def backup_node(shell: NodeShell, ctx: NodeContext, *, node_id: str, metad
                       dest_root: str | os.PathLike[str], cluster: str, migration_id: str, source_version: str,
                       level: int = 3, mode: Literal["controller", "on-node"] = "controller",
                       node_root: str | None = None, options: BackupOptions | None = None,
-                      archive_timeout: float | None = None) -> BackupRecord:
+                      archive_timeout: float | None = None, max_age_s: float | None = None) -> BackupRecord:
     """Back up a stopped node's metadata dir, verify it, and return the record.
 
     ``controller`` mode streams ``tar -C <parent> -cf - <name>`` over the node's SSH
@@ -529,6 +529,8 @@ async def backup_node(shell: NodeShell, ctx: NodeContext, *, node_id: str, metad
         options: tuning; defaults otherwise.
         archive_timeout: the archive command's timeout as the plan shows it
             (:func:`garage_migrate.actions.backup_timeout`); default: from the size measured.
+        max_age_s: an existing backup completed longer ago than this is not reused: a new one
+            is taken (``None``: any age).
 
     Returns:
         The :class:`BackupRecord` (``reused`` tells whether an existing backup was kept).
@@ -553,7 +555,7 @@ async def backup_node(shell: NodeShell, ctx: NodeContext, *, node_id: str, metad
         await check_offline(shell, ctx, meta, stopped)
         step = dataclasses.replace(step, listing=await _listing(shell, ctx, meta, root, node),
                                    du=await _du(shell, ctx, meta, node))
-        reused = await _reuse(step)
+        reused = await _reuse(step, max_age_s)
         if reused is not None:
             return reused
         if mode == "controller":
@@ -561,7 +563,7 @@ async def backup_node(shell: NodeShell, ctx: NodeContext, *, node_id: str, metad
         return await _on_node_backup(step, node_root)  # type: ignore[arg-type]
 
 
-async def _reuse(step: _Step) -> BackupRecord | None:
+async def _reuse(step: _Step, max_age_s: float | None = None) -> BackupRecord | None:
     paths, log = step.paths, step.log
     if not paths.manifest.exists():
         return None
@@ -569,6 +571,12 @@ async def _reuse(step: _Step) -> BackupRecord | None:
         m = load_manifest(paths.manifest)
     except BackupError as exc:
         log.warning("existing backup not reused: %s", exc)
+        return None
+    created = m.created_at if m.created_at.tzinfo else m.created_at.replace(tzinfo=timezone.utc)
+    age = (_utcnow() - created).total_seconds()
+    if max_age_s is not None and age > max_age_s:
+        log.warning("existing backup not reused, taking a new one: it was completed %s (%.1f h ago), "
+                    "older than the %.1f h a backup may be", m.created_at.isoformat(), age / 3600, max_age_s / 3600)
         return None
     if m.identity() != step.identity():
         log.warning("existing backup not reused: it is of %s, not %s", m.identity(), step.identity())

@@ -98,7 +98,8 @@ class SimShell:
         self.recorded: list[str] = []
         ctx = spec.ctx
         self._status = C.service_status(ctx)
-        self._lock = C.lock_probe(spec.metadata_dir, sudo=ctx.sudo)
+        self._lock_file = C.db_file_id(spec.metadata_dir, sudo=ctx.sudo)
+        self._locks = C.proc_locks()
         self._stats = C.garage(ctx, "stats")
         self._status_cmd = C.garage(ctx, "status")
         self._signals = {C.service_signal(ctx, sig).argv for sig in ("SIGINT", "SIGTERM", "SIGKILL", spec.stop_signal)}
@@ -169,8 +170,15 @@ class SimShell:
         if sim.active is not None:
             if cmd == self._status:
                 return _ok("active\n") if sim.active else _ok("inactive\n", 3)
-            if cmd == self._lock:
-                return _ok() if not sim.active else _ok(status=C.LOCK_HELD_EXIT)
+            if cmd == self._locks:
+                if not sim.active:
+                    return _ok("")  # the simulated node holds no lock (nor does any other process)
+                # a simulated running daemon: one flock on the node's real db/db
+                fid = await self.inner.run(self._lock_file, check=False)
+                dev, _, ino = fid.stdout.strip().partition(":")
+                if fid.returncode != 0 or not dev.isdigit():
+                    return fid
+                return _ok(f"1: FLOCK  ADVISORY  WRITE 0 {os.major(int(dev)):02x}:{os.minor(int(dev)):02x}:{ino} 0 EOF\n")
             if cmd == self._stats or cmd == self._status_cmd:
                 if not sim.active:
                     return _ok(status=1, stderr="Error: the daemon is stopped (dry run)\n")

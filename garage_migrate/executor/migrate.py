@@ -24,6 +24,7 @@ from ..gates import Clock
 from ..journal import CommandJournal, in_step, with_journal
 from ..plan import MigrationOptions, MigrationPlan
 from ..steps import Runtime
+from ..window import WindowPolicy
 from .interfaces import Decider, Reporter, StepRunner
 from .planfile import save_plan
 from .run import Executor
@@ -32,7 +33,8 @@ from .run import Executor
 async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions, *, dry_run: bool,
                         hold: Callable[[Runtime], Awaitable[ClusterLock]], decider_for: Callable[[ClusterLock], Decider],
                         steps: StepRunner, reporter: Reporter, clock: Clock | None = None,
-                        auto_approve: bool = False, log: logging.Logger | logging.LoggerAdapter | None = None) -> dict:
+                        auto_approve: bool = False, log: logging.Logger | logging.LoggerAdapter | None = None,
+                        window: WindowPolicy | None = None) -> dict:
     """Run ``plan`` as the module docstring says and return the run's summary.
 
     Args:
@@ -48,6 +50,7 @@ async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions
         clock: time for the watch window.
         auto_approve: approve clean approvals by rule.
         log: the run's logger.
+        window: the maintenance window and backup age limit (refuses what cannot finish in it).
     """
     log = log or rt.log
     led = rt.ledger
@@ -72,7 +75,7 @@ async def run_migration(rt: Runtime, plan: MigrationPlan, opts: MigrationOptions
         lock = await hold(rt)  # the cluster lock, before any command that changes anything
     save_plan(plan, led.path.parent)  # what this run executes, as data, beside its journal
     executor = Executor(rt, plan, opts, steps=steps, decider=decider_for(lock), reporter=reporter, clock=clock,
-                        auto_approve=auto_approve, log=log)
+                        auto_approve=auto_approve, log=log, window=window)
     try:
         await executor.run()
     except SupersededError:

@@ -13,12 +13,16 @@ Guarantees (issue 8):
   failure;
 - a step the ledger records as done in this migration is skipped (and the log says why);
 - a run whose plan changed since the last run records a ``replan`` event; approvals given for
-  the old plan are asked again (see :mod:`.decisions`).
+  the old plan are asked again (see :mod:`.decisions`);
+- before each wave, the window guard (:mod:`garage_migrate.window`) refuses a unit (a round, the
+  flip, the simple procedure's offline part) that cannot finish in the maintenance window, and
+  marks the backup round of a node whose backup is too old to run again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import OrderedDict
 
@@ -28,6 +32,7 @@ from ..journal import in_step
 from ..plan import MigrationOptions, MigrationPlan, Phase, Step, Wave
 from ..runtime import watch_report
 from ..steps import Runtime, StepResult
+from ..window import WindowGuard, WindowPolicy
 from .decisions import Decisions
 from .interfaces import Decider, NullReporter, Reporter, StepRunner
 from .rollback import rollback_plan_for, run_rollback
@@ -55,12 +60,16 @@ class Executor:
         clock: time for the watch window.
         auto_approve: approve clean approvals by rule.
         log: the run's logger (default: the runtime's).
+        window: the maintenance window and backup age limit (:mod:`garage_migrate.window`;
+            default: no window, any backup age).
     """
 
     def __init__(self, rt: Runtime, plan: MigrationPlan, opts: MigrationOptions, *, steps: StepRunner,
                  decider: Decider, reporter: Reporter | None = None, clock: Clock | None = None,
-                 auto_approve: bool = False, log: logging.Logger | logging.LoggerAdapter | None = None):
-        self.rt = rt
+                 auto_approve: bool = False, log: logging.Logger | logging.LoggerAdapter | None = None,
+                 window: WindowPolicy | None = None):
+        window = window or WindowPolicy(backup_max_age_s=None)
+        self.rt = rt = dataclasses.replace(rt, backup_max_age_s=window.backup_max_age_s)
         self.plan = plan
         self.opts = opts
         self.steps = steps
@@ -68,6 +77,7 @@ class Executor:
         self.clock = clock or SystemClock()
         self.log = log or rt.log
         self.decisions = Decisions(rt.ledger, decider, plan.digest(), auto_approve, self.log)
+        self.window = WindowGuard(window, plan, rt.ledger, opts, self.log)
         self.step_kinds = list(OrderedDict.fromkeys(f"{ph.name}:{s.kind}" for ph in plan.phases for w in ph.waves
                                                     for s in w.steps if s.node is not None))
 
@@ -97,6 +107,7 @@ class Executor:
         for phase in self.plan.phases:
             await led.event("phase", f"start {phase.name}")
             for wave in phase.waves:
+                await self.window.before(phase, wave)  # refuses what cannot finish in the window
                 await self.run_wave(phase, wave)
             await led.event("phase", f"end {phase.name}")
             await self.reporter.progress(self.plan.migration_id, phase.name,
@@ -130,7 +141,7 @@ class Executor:
     async def run_recorded(self, phase: Phase, s: Step) -> None:
         """One node step: skipped when done earlier, else ``running`` (fenced) then its result."""
         led, node, key = self.rt.ledger, s.node, f"{phase.name}:{s.kind}"
-        if led.step_done(node, key):
+        if self.window.done(phase.name, s):
             self.log.info("[%s] %s: skipped: done earlier in this migration (ledger)", node, key)
             return
         await led.record_step(node, key, "running")  # raises in a superseded process: it never acts
@@ -175,7 +186,8 @@ class Executor:
         launch fails while a node is down. Approvals follow the decision rule instead.
         """
         key = ":".join([phase.name, wave.name, s.kind] + [f"{k}={v}" for k, v in s.args])
-        if s.kind in SKIPPABLE_WHEN_DONE and self.rt.ledger.cluster_step_done(key):
+        if (s.kind in SKIPPABLE_WHEN_DONE and self.rt.ledger.cluster_step_done(key)
+                and not self.window.reruns(phase.name, wave.name)):  # a round whose backup is retaken
             self.log.info("[cluster] %s: skipped: done earlier in this migration (ledger)", key)
             return None
         res = await self.run_cluster_step(phase, s)
@@ -200,6 +212,7 @@ class Executor:
                 key = f"approve-{s.arg('gate')}"
                 md = (f"**{phase.title}**\n\n" + self.plan.to_markdown(from_phase=self._next_phase(phase).name)
                       + "\n\n#### Cluster facts\n" + rt.facts.to_markdown())
+                md += self.window.approval_note(phase, self._wave_of(phase, s))
                 if await self.decide("approval", key, md, clean=True) == "abort":
                     raise MigrationAborted(f"aborted at {key}")
                 return None
@@ -217,6 +230,10 @@ class Executor:
             case "watch":
                 return await self.watch()
         raise ValueError(f"no cluster task for step {s.kind}")
+
+    @staticmethod
+    def _wave_of(phase: Phase, s: Step) -> Wave:
+        return next(w for w in phase.waves if s in w.steps)
 
     def _next_phase(self, phase: Phase) -> Phase:
         names = [p.name for p in self.plan.phases]

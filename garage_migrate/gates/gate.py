@@ -27,6 +27,15 @@ __all__ = ["Gate"]
 logger = logging.getLogger("garage_migrate.gates")
 
 
+def _at_work(q: NodeQueues) -> bool:
+    """The node was read and shows work: a queue above zero or a busy worker (not a node that
+    could not be read, nor a figure that is only unknown)."""
+    if not q.reachable:
+        return False
+    merkle = any(v > 0 for v in (q.merkle_todo or {}).values())
+    return merkle or bool(q.resync_queue) or bool(q.workers_busy)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Gate:
     """A sync gate: what it reads, the predicate, the deadline, how many passes in a row.
@@ -67,6 +76,11 @@ class Gate:
             stops early; ``None``: only at the deadline.
         unreachable_grace: seconds a node must stay unreadable before the gate stops early;
             ``None``: only at the deadline.
+        settle: seconds from the gate's start during which a pass counts only once a node has
+            been seen at work (blocking while readable). A repair launched just before the gate
+            shows nothing at first: a worker is listed after its first step, and a sync queue
+            fills once the sync worker gets the request (source audit, "Repair start"), so an
+            idle first look proves nothing. After ``settle`` the passes count anyway.
         observe_timeout: seconds one observation may take (real time) before every node counts
             as unreadable for that round; the sources' own timeouts should be shorter.
         history_limit: observations kept in the outcome's history.
@@ -86,6 +100,7 @@ class Gate:
     clock: Clock = field(default_factory=SystemClock)
     errored_blocks_grace: float | None = 420.0
     unreachable_grace: float | None = 120.0
+    settle: float = 0.0
     observe_timeout: float = 300.0
     history_limit: int = 100
 
@@ -103,6 +118,8 @@ class Gate:
             problems.append(f"interval must be > 0, got {self.interval}")
         if not self.deadline >= 0:
             problems.append(f"deadline must be >= 0, got {self.deadline}")
+        if not self.settle >= 0:
+            problems.append(f"settle must be >= 0, got {self.settle}")
         if not self.observe_timeout > 0:
             problems.append(f"observe_timeout must be > 0, got {self.observe_timeout}")
         if self.history_limit < 1:
@@ -150,6 +167,7 @@ class Gate:
         errors_since: dict[str, float] = {}
         down_since: dict[str, float] = {}
         previous: dict[str, tuple[str, ...]] = {}
+        work_seen = False
         while True:
             obs = await self._observe()
             now = clock.monotonic()
@@ -165,6 +183,13 @@ class Gate:
                 fresh = False
                 baseline.update(stamps)
             passed = not blocking
+            work_seen = work_seen or any(_at_work(obs[n]) for n in blocking)
+            if passed and fresh and not work_seen and elapsed < self.settle:
+                # nothing seen at work yet: the repair launched before the gate may not have
+                # started (its figures read idle until it does); not a pass until settle is over
+                logger.debug("gate %s: observation %d passes but nothing was seen at work yet (%.1f s of "
+                             "%g s settle); not counted", self.name, index, elapsed, self.settle)
+                fresh = False
             if not passed:
                 streak = 0
                 baseline.update(stamps)

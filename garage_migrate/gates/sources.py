@@ -504,6 +504,11 @@ def _join(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
+def _stalest(a: float | None, b: float | None) -> float | None:
+    """The stamp of a reading made of two parts: as fresh as its stalest part."""
+    return a if b is None else b if a is None else min(a, b)
+
+
 class CombinedSource:
     """Queues from a primary source, a fallback for nodes it cannot fully read, plus workers.
 
@@ -563,7 +568,7 @@ class CombinedSource:
             out[n] = NodeQueues(
                 node=n, reachable=q.reachable and w.reachable, source=f"{q.source}+{w.source}",
                 merkle_todo=q.merkle_todo, gc_todo=q.gc_todo, resync_queue=q.resync_queue,
-                resync_errors=q.resync_errors, workers_busy=busy, observed_at=q.observed_at,
+                resync_errors=q.resync_errors, workers_busy=busy, observed_at=_stalest(q.observed_at, w.observed_at),
                 detail=_join(q.detail, f"{w.source}: {w.detail}" if w.detail else ""))
         return out
 
@@ -618,7 +623,8 @@ def version_family(version: VersionLike) -> tuple[int, int]:
 
 def auto_source(versions: Mapping[str, VersionLike] | VersionLike, prometheus: PrometheusSource | None,
                 shells: Mapping[str, NodeShell], contexts: Mapping[str, NodeContext], *,
-                expect_repairs: Iterable[str] = (), timeout: float = DEFAULT_CLI_TIMEOUT) -> QueueSource:
+                expect_repairs: Iterable[str] = (), timeout: float = DEFAULT_CLI_TIMEOUT,
+                cli_per_second: float | None = None) -> QueueSource:
     """The source policy of ref 4.3 and 11, per node version.
 
     - 0.7.x: :class:`StatsSource` only (no queue metrics; Prometheus would only show absent
@@ -635,20 +641,29 @@ def auto_source(versions: Mapping[str, VersionLike] | VersionLike, prometheus: P
         contexts: node name to command context.
         expect_repairs: repair worker names that must be listed on 0.8 nodes.
         timeout: per-command timeout of the CLI sources.
+        cli_per_second: read ``stats`` (0.7) and ``worker list`` (0.8) on at most this many
+            nodes per second across the cluster (:class:`~garage_migrate.gates.paced.PacedSource`);
+            ``None``: every node at every look.
 
     Raises:
         ValueError: a version outside 0.7.x/0.8.x.
     """
     per_node = dict(versions) if isinstance(versions, Mapping) else {n: versions for n in contexts}
     families = {n: version_family(v) for n, v in per_node.items()}
+    from .paced import PacedSource  # noqa: PLC0415 - paced imports this module
+
+    def paced(src: QueueSource) -> QueueSource:
+        return src if cli_per_second is None else PacedSource(src, cli_per_second)
+
     stats = StatsSource(shells, contexts, timeout=timeout)
+    primary07 = paced(stats)
     v08 = CombinedSource(
-        prometheus if prometheus is not None else stats,
-        fallback=stats if prometheus is not None else None,
-        workers=WorkerListSource(shells, contexts, expect_repairs=expect_repairs, timeout=timeout))
+        prometheus if prometheus is not None else primary07,
+        fallback=stats if prometheus is not None else None,  # only the nodes whose series are absent
+        workers=paced(WorkerListSource(shells, contexts, expect_repairs=expect_repairs, timeout=timeout)))
     kinds = set(families.values())
     if kinds == {(0, 7)}:
-        return stats
+        return primary07
     if kinds == {(0, 8)}:
         return v08
-    return RoutedSource({n: stats if f == (0, 7) else v08 for n, f in families.items()})
+    return RoutedSource({n: primary07 if f == (0, 7) else v08 for n, f in families.items()})

@@ -337,9 +337,12 @@ def test_two_terminal_runs_one_cluster_unlock_and_nothing_left_running(make_lab)
         assert b.returncode == 3, (b.returncode, out, err)
         assert "still running" in err and "refused" in err, err
         assert "Traceback" not in out + err
+        # refused before a temporary server or a flow run was started (lock_precheck)
+        assert "flow run " not in out, out
         c = _cli("run", "simple", "--inventory", inv, "--migration-id", "other-migration", "--no-input")
         out, err = c.communicate(timeout=240)
         assert c.returncode == 3 and "cluster is locked by migration" in err, (c.returncode, err)
+        assert "flow run " not in out, out
         assert service_events(lab, t0) == [], "a refused terminal run touched a node"
     finally:
         if a.poll() is None:
@@ -353,6 +356,7 @@ def test_two_terminal_runs_one_cluster_unlock_and_nothing_left_running(make_lab)
     c = _cli("run", "simple", "--inventory", inv, "--migration-id", "other-migration", "--no-input")
     out, err = c.communicate(timeout=240)
     assert c.returncode == 3 and "cluster is locked by migration" in err, (c.returncode, err)
+    assert "flow run " not in out, out
     mid = _ledger(lab).doc.migration_id
     u = subprocess.run([sys.executable, "-m", "garage_migrate.cli", "unlock", "--inventory", inv,
                         "--migration-id", mid], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -79,10 +79,12 @@ def test_a_dry_run_records_exactly_the_plans_acts_and_changes_nothing(lab, proce
     # every act of the plan was recorded once per node and step (one-of steps on one node)
     recorded = [(e["node"], e["phase"], e["step"], e["command"]) for e in lines if e["event"] == "started"]
     assert len(recorded) == len(set(recorded))
-    # the observations that follow a recorded stop saw a stopped node: a lock probe found the lock free
-    probes = [e for e in lines if e["event"] == "finished" and e["kind"] == "observe" and "flock" in e["command"]
-              and e["step"] == "stop"]
-    assert probes and all(e["exit_status"] == 0 for e in probes[-len(lab.nodes):])
+    # the observations that follow a recorded stop saw a stopped node: the stop steps (which
+    # check that nothing holds sled's lock) passed, after reading /proc/locks on every node
+    probes = [e for e in lines if e["event"] == "finished" and e["kind"] == "observe"
+              and e["command"].endswith("cat /proc/locks") and e["step"] == "stop"]
+    assert {e["node"] for e in probes} == {n["name"] for n in lab.nodes}
+    assert all(e["exit_status"] == 0 for e in probes)
     # the questions a person is asked are listed, answered by the dry run's rule only
     gates = {"simple": {"approve-shutdown", "approve-reopen"}, "minimal-downtime": {"approve-flip"}}[procedure]
     assert gates <= {key for kind, key, _a in res["questions"] if kind == "approval"}

@@ -202,12 +202,12 @@ def test_087_errored_blocks_need_a_decision(make_lab):
     wait_truth(lab, lambda t: t["node-b1"]["resync_errors"] == 2)
 
     async def body(c: Cluster):
-        return await c.gate(c.source("0.8.7"), name="errored", deadline=15, errored_blocks_grace=2).run()
+        return await c.gate(c.source("0.8.7"), name="errored", deadline=45, errored_blocks_grace=2).run()
 
     out = with_cluster(lab, body)
     assert out.status == "errored_blocks" and out.decision_needed, out.summary()
     assert out.choices == ("wait_more", "proceed_anyway", "abort")
-    assert out.elapsed < 10
+    assert out.elapsed < out.deadline  # stopped by the grace, not by the deadline
     assert len(out.reasons) == 1
     assert out.reasons[0].startswith("node-b1: ") and "errored blocks 2" in out.reasons[0]
     assert out.last["node-b1"].resync_errors == 2 and out.last["node-b1"].resync_queue == 2
@@ -225,10 +225,49 @@ def test_087_metrics_down_falls_back_to_stats_for_that_node(make_lab):
         while (await c.prom.observe(c.nodes))["node-a1"].reachable:  # scaffolding: Prometheus notices
             assert time.monotonic() < deadline, "Prometheus never marked node-a1 down"
             await asyncio.sleep(0.3)
-        return await c.gate(c.source("0.8.7"), name="metrics-down", deadline=15, consecutive=2).run()
+        return await c.gate(c.source("0.8.7"), name="metrics-down", deadline=40, consecutive=2).run()
 
     out = with_cluster(lab, body)
     assert out.passed, out.summary()
     q = out.last["node-a1"]
     assert q.source == "stats+worker list" and "up == 0" in q.detail and q.complete
     assert out.last["node-b1"].source == "prometheus+worker list"
+
+
+def _work_started(lab, node: str) -> bool:
+    log = (lab.node_dir(node) / "log" / "garage.log").read_text(errors="replace")
+    return "repair tables: work started" in log
+
+
+def test_087_a_gate_right_after_repair_tables_is_fooled_without_settle_and_not_with_it(make_lab):
+    """The lab reproduces the repair-start race (source audit): ``worker list`` and the queue
+    metrics read idle until the sync workers get the full-sync request (knob
+    ``repair_start_delay_s``). A gate with no settle time passes on those idle figures before
+    the repair has even begun (shown with a start that never comes); with the migration's
+    settle time it passes only once the work began, and was seen or the settle was over."""
+    from garage_migrate.plan import MigrationOptions
+
+    lab = make_lab(version="0.8.7", zones=1, per_zone=1, knobs={"anti_entropy_startup_s": 3600,
+                                                               "repair_start_delay_s": 3600})
+    node = lab.nodes[0]["name"]
+
+    async def gate_after_repair(c: Cluster, **kw):
+        r = await c.garage(node, "repair", "--all-nodes", "--yes", "tables")
+        assert "Repair launched" in r.stdout
+        return await c.gate(c.source("0.8.7"), name="race", interval=1.0, consecutive=2, **kw).run()
+
+    async def fooled(c: Cluster):
+        return await gate_after_repair(c, deadline=30, settle=0)
+
+    out = with_cluster(lab, fooled)
+    assert out.passed and not _work_started(lab, node), "the lab did not reproduce the race"
+
+    lab.set_knobs(node, repair_start_delay_s=2.5)
+    time.sleep(1.5)  # the daemon re-reads its knobs within a second
+
+    async def settled(c: Cluster):
+        return await gate_after_repair(c, deadline=45, settle=MigrationOptions().gate_settle_s)
+
+    out = with_cluster(lab, settled)
+    assert out.passed and _work_started(lab, node), out.summary()
+    assert any(r.blocking for r in out.history) or out.elapsed >= MigrationOptions().gate_settle_s, out.history

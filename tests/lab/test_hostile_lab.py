@@ -83,12 +83,16 @@ def test_no_hostile_input_opens_an_ssh_connection(lab, tmp_path, monkeypatch, ca
         with pytest.raises(ParameterTypeError):
             simple_migration.validate_parameters({"inventory": str(lab.dir / "inventory.yaml"), **params})
     inv = str(lab.dir / "inventory.yaml")
-    for flags in (["--watch", "1e9"], ["--pause-timeout", "0"]):
-        # `run` ends its process with os._exit: run it as the operator does, from a shell
-        res = subprocess.run([sys.executable, "-m", "garage_migrate.cli", "run", "simple", "--inventory", inv,
-                              "--no-input", *flags], capture_output=True, text=True, timeout=120,
+    tampered = str(tmp_path / "binary-checksum-mismatch" / "inventory.yaml")
+    for flags, rc, said in ((["--inventory", inv, "--watch", "1e9"], 2, "watch_s"),
+                            (["--inventory", inv, "--pause-timeout", "0"], 2, "--pause-timeout"),
+                            (["--inventory", tampered], 1, "target.sha256")):
+        # `run` ends its process with os._exit: run it as the operator does, from a shell; each is
+        # refused before a temporary Prefect server starts or the lock pre-check reads a node
+        res = subprocess.run([sys.executable, "-m", "garage_migrate.cli", "run", "simple", "--no-input", *flags],
+                             capture_output=True, text=True, timeout=120, check=False,
                              stdin=subprocess.DEVNULL, env=dict(os.environ, PREFECT_API_URL=""))
-        assert res.returncode == 2 and "garage-migrate:" in res.stderr, (flags, res.stderr[-2000:])
+        assert res.returncode == rc and said in res.stderr, (flags, res.stderr[-2000:])
     assert connections(lab) == before, "a refused option opened an SSH connection"
     assert len(seen) == len(CASES) >= 30
     # the control: the lab's own inventory does connect, once per node, and sshd's log shows it

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import time
+from datetime import timedelta
 
 from pathlib import Path
 
@@ -20,6 +23,18 @@ def make_lab(make_lab):
 
 def _truth(lab, name):
     return lab.inspect()["nodes"][name]
+
+
+async def _age_backup(rt, node: str, hours: float) -> None:
+    """Make ``node``'s backup look ``hours`` older (its manifest and the ledger's record), as a
+    backup taken in an earlier maintenance window is."""
+    from garage_migrate.backup.manifest import load_manifest, write_private_file
+
+    ref = rt.ledger.node(node).backup
+    m = load_manifest(ref.manifest)
+    old = m.model_copy(update={"created_at": m.created_at - timedelta(hours=hours)})
+    write_private_file(Path(ref.manifest), old.to_json().encode())
+    await rt.ledger.set_node(node, backup=ref.model_copy(update={"taken_at": old.created_at.timestamp()}))
 
 
 def _row(rt, node: str) -> dict:
@@ -41,6 +56,12 @@ def test_node_steps_are_idempotent_on_073_to_087(make_lab):
             out["stopped_truth"] = _truth(lab, node)
             out["stop"].append(await steps.stop_node(rt, node))
             out["backup"] = [await backup_step.backup_metadata(rt, node) for _ in range(2)]
+            # a backup older than the maximum age (an earlier window's) is not relied on: a new one
+            await _age_backup(rt, node, hours=30)
+            out["aged_kept"] = await backup_step.backup_metadata(rt, node)  # no age limit: reused
+            await _age_backup(rt, node, hours=30)
+            out["aged"] = await backup_step.backup_metadata(dataclasses.replace(rt, backup_max_age_s=24 * 3600), node)
+            out["aged_ref"] = rt.ledger.node(node).backup
             out["stage"] = [await steps.stage_binary(rt, node) for _ in range(2)]
             out["switch"] = [await steps.switch_binary(rt, node) for _ in range(2)]
             out["repair"] = [await steps.offline_repair(rt, node)]
@@ -60,6 +81,9 @@ def test_node_steps_are_idempotent_on_073_to_087(make_lab):
     assert [r.status for r in out["stop"]] == ["done", "skipped"]
     assert out["stopped_truth"]["running_version"] is None and out["stopped_truth"]["lock_holder"] is None
     assert [r.status for r in out["backup"]] == ["done", "skipped"]  # the second one is reused
+    assert out["aged_kept"].status == "skipped"
+    assert out["aged"].status == "done" and "reused" not in out["aged"].detail
+    assert time.time() - out["aged_ref"].taken_at < 600 and not out["aged_ref"].reused
     assert [r.status for r in out["stage"]] == ["done", "skipped"]
     assert [r.status for r in out["switch"]] == ["done", "skipped"]
     assert out["after_first_repair"]["binary_target"].endswith("garage-v0.8.7")

@@ -29,6 +29,7 @@ from garage_migrate.errors import (
     StepError,
     SupersededError,
     TransportError,
+    WindowTooShort,
     is_transient,
     tail_text,
 )
@@ -52,6 +53,7 @@ TREE = {
     MigrationAborted: (GarageMigrateError, "ABORTED", False),
     ClusterLockedError: (GarageMigrateError, "CLUSTER_LOCKED", False),
     SupersededError: (GarageMigrateError, "SUPERSEDED", False),
+    WindowTooShort: (GarageMigrateError, "WINDOW_TOO_SHORT", False),
     StepError: (GarageMigrateError, "STEP_FAILED", False),
     LockHeldError: (StepError, "LOCK_HELD", False),
     BackupError: (StepError, "BACKUP_FAILED", False),
@@ -80,7 +82,7 @@ def test_error_codes_are_stable():
         "NODE_UNREACHABLE", "HOST_KEY_UNKNOWN", "HOST_KEY_CHANGED", "AUTH_FAILED", "COMMAND_FAILED",
         "COMMAND_TIMEOUT", "SYNC_GATE_TIMEOUT", "SYNC_GATE_ERRORS", "STEP_FAILED", "LOCK_HELD",
         "BACKUP_FAILED", "ABORTED", "CLUSTER_LOCKED", "SUPERSEDED", "PARSE_FAILED", "LEDGER_FORMAT",
-        "NOT_IN_PLAN",
+        "NOT_IN_PLAN", "WINDOW_TOO_SHORT",
     }
     assert all(c.name == c.value for c in ErrorCode)
 

@@ -945,3 +945,101 @@ def test_every_log_line_names_its_node(caplog):
         assert getattr(r, "node", None) in NODES and msg.startswith(f"[{r.node}] ") or all(n in msg for n in NODES), msg
     assert any(r.getMessage() == "[node-b1] gate test: blocking: resync queue 3" for r in records)
     assert any(r.getMessage() == "[node-b1] gate test: passes" for r in records)
+
+
+# ---------------------------------------------------------------------------------- settle (repair start race)
+
+
+def test_idle_looks_before_any_work_is_seen_do_not_count_until_settle_is_over():
+    # a repair launched just before the gate shows no work at first (source audit, "Repair
+    # start"): with nothing seen at work, the passes of the first 25 s do not count
+    clock = FakeClock()
+    out = run(gate(ScriptedSource([all_ok()]), clock, interval=10.0, settle=25.0).run())
+    assert out.passed
+    assert [(r.elapsed, r.streak) for r in out.history] == [(0, 0), (10, 0), (20, 0), (30, 1), (40, 2), (50, 3)]
+
+
+def test_work_seen_ends_the_settle_at_once():
+    clock = FakeClock()
+    busy = with_node("node-b1", merkle_todo={t: 5 for t in REQUIRED_TABLES})
+    out = run(gate(ScriptedSource([all_ok(), busy, all_ok()]), clock, interval=10.0, settle=1000.0).run())
+    assert out.passed and out.elapsed == 40.0
+    assert [r.streak for r in out.history] == [0, 0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("change", [{"reachable": False}, {"resync_queue": None}], ids=["unreadable", "unknown"])
+def test_an_unreadable_node_or_an_unknown_figure_is_not_work_seen(change):
+    clock = FakeClock()
+    odd = with_node("node-b1", **change)
+    out = run(gate(ScriptedSource([odd, all_ok()]), clock, interval=10.0, settle=25.0).run())
+    assert out.passed and [r.streak for r in out.history] == [0, 0, 0, 1, 2, 3]
+
+
+def test_settle_zero_is_the_plain_gate_and_a_negative_one_is_refused():
+    out = run(gate(ScriptedSource([all_ok()]), FakeClock(), settle=0.0).run())
+    assert out.passed and out.observations == 3
+    with pytest.raises(ValueError, match="settle"):
+        gate(ScriptedSource([all_ok()]), FakeClock(), settle=-1)
+
+
+# ---------------------------------------------------------------------------------- paced CLI reads (issue 13)
+
+
+class PerNodeSource:
+    """A per-node CLI source: answers each node asked, counts the reads."""
+
+    name = "worker list"
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.asked: list[tuple[str, ...]] = []
+
+    async def observe(self, nodes):
+        self.asked.append(tuple(nodes))
+        return {n: self.answer(n) for n in nodes}
+
+
+def test_paced_reads_stay_under_the_rate_and_a_pass_is_a_full_sweep():
+    from garage_migrate.gates.paced import PacedSource
+
+    clock = FakeClock(1000.0)
+    nodes = tuple(f"n{i:02d}" for i in range(12))
+    inner = PerNodeSource(lambda n: ok(n))
+    src = PacedSource(inner, per_second=4, wall=clock.monotonic)
+    out = run(gate(src, clock, nodes=nodes, interval=1.0, consecutive=2, deadline=60).run())
+    assert out.passed
+    # never more than 4 nodes per look (1 s apart), never-read nodes first, in name order
+    assert all(len(a) <= 4 for a in inner.asked)
+    assert inner.asked[:3] == [nodes[0:4], nodes[4:8], nodes[8:12]]
+    # a pass counts only once every node was read again since the last counted one: the
+    # first sweep ends at look 3, the passes count at looks 5 and 8; 32 reads, not 8 x 12
+    assert [r.streak for r in out.history] == [0, 0, 0, 0, 1, 1, 1, 2]
+    assert sorted(set(src.reads.values())) == [2, 3] and sum(src.reads.values()) == 32
+
+
+def test_paced_reads_revisit_a_blocked_node_before_the_idle_ones():
+    from garage_migrate.gates.paced import PacedSource
+
+    clock = FakeClock(1000.0)
+    nodes = ("a", "b", "c", "d")
+    state = {"b": 3}
+
+    def answer(n):
+        left = state.get(n, 0)
+        if left:
+            state[n] = left - 1
+            return ok(n, resync_queue=left)
+        return ok(n)
+    inner = PerNodeSource(answer)
+    src = PacedSource(inner, per_second=2, wall=clock.monotonic)
+    run(src.observe(nodes))  # a, b (b blocks)
+    clock.advance(1.0)
+    run(src.observe(nodes))  # c, d: never read come first
+    clock.advance(1.0)
+    run(src.observe(nodes))  # b (blocked) first, then the stalest of the idle ones
+    assert inner.asked == [("a", "b"), ("c", "d"), ("b", "a")]
+    not_read = PacedSource(PerNodeSource(ok), per_second=1, wall=clock.monotonic)
+    first = run(not_read.observe(nodes))
+    assert first["a"].observed_at is not None and first["d"].resync_queue is None and first["d"].reachable
+    with pytest.raises(ValueError):
+        PacedSource(inner, per_second=0)

@@ -82,7 +82,7 @@ def test_a_command_that_raises_is_finished_with_its_error(tmp_path):
 
 def test_read_only_builders_are_observations_and_the_rest_acts():
     assert C.cat("/etc/garage.toml").kind == "observe"
-    assert C.lock_probe("/var/lib/garage/meta").kind == "observe"
+    assert C.db_file_id("/var/lib/garage/meta").kind == "observe" and C.proc_locks().kind == "observe"
     assert C.garage(CTX, "stats").kind == "observe" and C.garage(CTX, "layout", "show").kind == "observe"
     assert C.repair(CTX, "tables").kind == "act"
     assert C.service_stop(CTX).kind == "act" and C.rename("/a", "/b").kind == "act"
