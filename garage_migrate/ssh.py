@@ -331,7 +331,7 @@ def _has_entry(kh: Path, t: SshTarget) -> bool:
         m = asyncssh.read_known_hosts(str(kh)).match(t.host, t.host, t.port)
     except (OSError, ValueError, asyncssh.Error):
         return True  # unreadable: let the connection refuse it with the usual message
-    return any(m[:3]) or any(m[3:])  # trusted keys, CAs, revoked, X.509 ...
+    return any(m)  # any of its lists: trusted keys, CAs, revoked keys, X.509 certificates and names
 
 
 async def _trust_first_key(t: SshTarget, kh: Path, log: logging.LoggerAdapter) -> dict:
