@@ -18,6 +18,7 @@ Messages never hold a secret's value: only the name of the variable that holds i
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
     from .inventory import Inventory, SshTarget
     from .plan import MigrationOptions
 
-__all__ = ["check_before_connecting", "check_migration_id", "check_ssh_inputs", "known_hosts_pattern"]
+__all__ = ["check_before_connecting", "check_migration_id", "check_ssh_inputs", "known_host_match",
+           "known_hosts_pattern"]
 
 _CHUNK = 1 << 20
 _MIGRATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -55,6 +57,16 @@ def known_hosts_pattern(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
+def known_host_match(entries: asyncssh.SSHKnownHosts, host: str, port: int) -> tuple:
+    """``entries.match`` for ``host`` (a name or an address): asyncssh's ``addr`` must be an IP."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        addr: str | None = host
+    except ValueError:
+        addr = None  # a host name: matched by name only, as OpenSSH does without CheckHostIP
+    return entries.match(host, addr, port)
+
+
 def check_ssh_inputs(targets: list[SshTarget] | tuple[SshTarget, ...]) -> list[tuple[str, str]]:
     """Problems with what connecting to ``targets`` needs on the controller.
 
@@ -70,7 +82,7 @@ def check_ssh_inputs(targets: list[SshTarget] | tuple[SshTarget, ...]) -> list[t
             known[kh] = _read_known_hosts(kh, t.trust_on_first_use, problems)
         entries = known[kh]
         if entries is not None and not t.trust_on_first_use:
-            host_keys = entries.match(t.host, t.host, t.port)[0]
+            host_keys = known_host_match(entries, t.host, t.port)[0]
             if not host_keys:
                 problems.append((f"ssh.known_hosts ({t.name})",
                                  (f"{kh} has no key for {known_hosts_pattern(t.host, t.port)}: host keys are always "

@@ -46,7 +46,7 @@ from .errors import (
 )
 from .inventory import SshTarget
 from .nodelog import node_log
-from .precheck import check_ssh_inputs
+from .precheck import check_ssh_inputs, known_host_match
 
 if TYPE_CHECKING:
     from .inventory import Inventory
@@ -328,7 +328,7 @@ def _has_entry(kh: Path, t: SshTarget) -> bool:
     if not kh.is_file():
         return False
     try:
-        m = asyncssh.read_known_hosts(str(kh)).match(t.host, t.host, t.port)
+        m = known_host_match(asyncssh.read_known_hosts(str(kh)), t.host, t.port)
     except (OSError, ValueError, asyncssh.Error):
         return True  # unreadable: let the connection refuse it with the usual message
     return any(m)  # any of its lists: trusted keys, CAs, revoked keys, X.509 certificates and names

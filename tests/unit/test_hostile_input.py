@@ -10,6 +10,7 @@ names the field (and, from YAML, the line), and holds no secret.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import asyncssh
 import pytest
@@ -158,3 +159,17 @@ def test_a_broken_secret_line_of_garage_toml_is_reported_without_its_value(line)
         parse_config(text)
     assert e.value.line_no == 3 and "<redacted>" in str(e.value)
     assert secret not in str(e.value) and secret not in repr(e.value.context())
+
+
+def test_nodes_named_by_host_name_are_found_in_known_hosts(base, tmp_path):
+    # asyncssh matches an address only if it is an IP: a host name must still be looked up by name
+    key = Path(base["ssh"]["known_hosts"]).read_text().split()[1:3]
+    (tmp_path / "kh").write_text(f"[g1.example.net]:2222 {key[0]} {key[1]}\n")
+    d = dict(base, ssh=dict(base["ssh"], known_hosts=str(tmp_path / "kh")),
+             nodes=[{"name": "g1", "host": "g1.example.net"}])
+    (tmp_path / "inv.yaml").write_text(yaml.safe_dump(d))
+    check_before_connecting(load_inventory(tmp_path / "inv.yaml"))
+    d["nodes"].append({"name": "g2", "host": "g2.example.net"})
+    (tmp_path / "inv.yaml").write_text(yaml.safe_dump(d))
+    with pytest.raises(InventoryError, match=r"ssh\.known_hosts \(g2\): .* has no key for \[g2\.example\.net\]:2222"):
+        check_before_connecting(load_inventory(tmp_path / "inv.yaml"))
