@@ -113,7 +113,11 @@ def migrated(lab, inventory):
     path, _inv = inventory
     handler = Everything()
     root = logging.getLogger()
-    old_level = root.level
+    old_level, others = root.level, list(root.handlers)
+    # only ours while DEBUG is on: a handler another module installed (Prefect's console, once
+    # imported) would write every asyncssh record to a closed capture stream and stall the run
+    for h in others:
+        root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     reporter = Recorder()
@@ -129,6 +133,8 @@ def migrated(lab, inventory):
         print(f"simple migration on 3x1: {time.monotonic() - t0:.1f}s")
     finally:
         root.removeHandler(handler)
+        for h in others:
+            root.addHandler(h)
         root.setLevel(old_level)
     return res, ledger_path, handler.lines, reporter.published
 
