@@ -78,7 +78,8 @@ async def _migrate(procedure: str, inventory: str | GarageCluster, migration_id:
     try:
         # a dry run writes no ledger either: it must not pin the migration to a procedure
         with inventory_of(inventory) as inv:
-            async with R.open_runtime(inv, procedure, migration_id, log=log, persist=not dry_run) as rt:
+            async with R.open_runtime(inv, procedure, migration_id, log=log, persist=not dry_run,
+                                      options=options) as rt:
                 result = await run_migration(
                     rt, R.plan_for(rt, procedure, options), options, dry_run=dry_run,
                     hold=lambda held: hold_cluster(held, procedure, "migration", log),

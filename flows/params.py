@@ -27,9 +27,10 @@ def param(title: str, description: str, **constraints: Any) -> Any:
 Inventory = Annotated[str | GarageCluster, param(
     "Inventory", "Path of the inventory YAML on the worker, or a Garage Cluster block (the inventory and its "
                  "secrets).")]
+# a migration id names a directory on the controller: a name, never a path
 MigrationId = Annotated[str | None, param(
     "Migration id", "Names this migration's ledger; a new run with the same id resumes it. Empty: "
-                    "<cluster>-to-v<target version>.")]
+                    "<cluster>-to-v<target version>.", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 Options = Annotated[MigrationOptions, param(
     "Options", "Extra repairs, sync gate deadlines, the watch window and how nodes fan out over zones.")]
 DryRun = Annotated[bool, param(
@@ -39,7 +40,7 @@ AutoApprove = Annotated[bool, param(
                                          "rule (recorded); anything abnormal still waits for a person.")]
 PauseTimeout = Annotated[int, param(
     "Approval wait (seconds)", "How many seconds each approval waits for an answer; no answer in time is "
-                               "not an approval, and the run stops with nothing done.", ge=1)]
+                               "not an approval, and the run stops with nothing done.", ge=1, le=7 * 86400)]
 Nodes = Annotated[list[str] | None, param(
     "Nodes", "The nodes to roll back, by name; empty: every node of the migration.")]
 Procedure = Annotated[Literal["minimal-downtime", "simple"], param(

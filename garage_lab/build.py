@@ -297,7 +297,7 @@ def write_sshd_config(lab) -> None:
             "MaxSessions 200",
             "MaxStartups 200:30:300",
             "PrintMotd no",
-            "LogLevel ERROR",
+            f"LogLevel {lab.spec.sshd_log_level}",
             "ClientAliveInterval 30",
             # real Debian servers have it: staging a binary goes through SFTP
             "Subsystem sftp internal-sftp",

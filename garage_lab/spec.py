@@ -48,6 +48,8 @@ class LabSpec:
     no_zstd: tuple[str, ...] = ()  # nodes built without a zstd CLI (a persistent "no-zstd" fault)
     netns: bool = False  # each node in its own network namespace (garage_lab/netns.py)
 
+    sshd_log_level: str = "ERROR"  # VERBOSE logs every connection (tests that prove none was opened)
+
 
 def _free(addr: str, port: int) -> bool:
     s = socket.socket()

@@ -534,6 +534,18 @@ def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
 def _run(args) -> int:
     import signal
 
+    from .inventory import load_inventory
+    from .plan import MigrationOptions
+    from .precheck import check_before_connecting, check_migration_id
+
+    # out-of-range options and bad inputs are refused before a server starts or a node is reached
+    opts = MigrationOptions(watch_s=args.watch, gate_deadline_s=args.gate_deadline)
+    if not 1 <= args.pause_timeout <= 7 * 86400:
+        print(f"garage-migrate: --pause-timeout {args.pause_timeout} is not in 1..{7 * 86400} seconds", file=sys.stderr)
+        return 2
+    if args.migration_id is not None:
+        check_migration_id(args.migration_id)
+    check_before_connecting(load_inventory(args.inventory), opts)
     _prefect_env()
     server = None
     if not os.environ.get("PREFECT_API_URL"):
@@ -559,10 +571,8 @@ def _run(args) -> int:
             ui = os.environ["PREFECT_API_URL"].removesuffix("/api")
         # prefect reads its settings at import: import it only once PREFECT_API_URL is set
         from flows.migration import minimal_downtime_migration, simple_migration
-        from garage_migrate.plan import MigrationOptions
 
         fl = simple_migration if args.procedure == "simple" else minimal_downtime_migration
-        opts = MigrationOptions(watch_s=args.watch, gate_deadline_s=args.gate_deadline)
         box: dict = {}
 
         def on_start(flow, flow_run, state):  # noqa: ARG001 - Prefect hook signature
@@ -710,6 +720,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cli_watch.add_parser(sub)
     args = ap.parse_args(argv)
+    from pydantic import ValidationError
+
     from .errors import GarageMigrateError
 
     try:
@@ -737,6 +749,10 @@ def main(argv: list[str] | None = None) -> int:
     except GarageMigrateError as exc:
         print(f"garage-migrate: {exc}", file=sys.stderr)
         return 1
+    except ValidationError as exc:  # an option out of range (MigrationOptions)
+        print(f"garage-migrate: invalid option: {exc.errors(include_url=False)[0]['msg']} "
+              f"({'.'.join(map(str, exc.errors()[0]['loc']))})", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -220,6 +220,8 @@ async def discover(inv: Inventory, shells, *, procedure: str = "simple", resumin
         if not allowed:
             problems.append(f"{f.name} runs {v or 'an unknown version'}: only 0.7.x can be migrated"
                             + ("" if resuming else " (or resume a migration in progress)"))
+        elif inv.source is not None and v.startswith("0.7.") and v != inv.source.version:
+            problems.append(f"{f.name} runs {v}, not the inventory's source.version {inv.source.version}")
         if f.config.deprecated_keys:
             warnings.append(f"{f.name}: keys ignored silently by 0.8: {', '.join(f.config.deprecated_keys)} "
                             f"(the stage step prepares a translated garage.toml, switched with the binary)")

@@ -51,6 +51,7 @@ __all__ = [
     "PrometheusSettings",
     "ResolvedNode",
     "ServiceSettings",
+    "SourceSettings",
     "SshSettings",
     "SshTarget",
     "TargetSettings",
@@ -62,6 +63,13 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEX64_RE = re.compile(r"[0-9a-fA-F]{64}")
 _TARGET_VERSION_RE = re.compile(r"v?(0\.8\.\d+)")
+_SOURCE_VERSION_RE = re.compile(r"v?(0\.7\.\d+)")
+# what a remote path may hold: it is quoted on the way out anyway, but a path with a shell
+# metacharacter, a space or a quote in an inventory is far more often a paste error (or an
+# attack) than a real directory, and it would reach log lines and operator commands verbatim
+_REMOTE_PATH_RE = re.compile(r"/[A-Za-z0-9._/+@,=:~-]*")
+# host names, IPv4, IPv6 (with a %zone); nothing a shell or an ssh_config would read specially
+_HOST_RE = re.compile(r"[A-Za-z0-9_.:%\[\]-]+")
 
 
 # ---------------------------------------------------------------------------- field types
@@ -78,6 +86,10 @@ def _remote_path(value: str) -> str:
         raise ValueError(f"must be an absolute path, got {value!r}")
     if "\n" in value or "\0" in value or ".." in value.split("/"):
         raise ValueError(f"{value!r} is not a plain absolute path")
+    if not _REMOTE_PATH_RE.fullmatch(value):
+        bad = sorted({c for c in value if not _REMOTE_PATH_RE.fullmatch("/" + c)})
+        raise ValueError(f"{value!r} holds {', '.join(repr(c) for c in bad)}: use letters, digits and "
+                         f"'/._+@,=:~-' (no spaces, quotes or shell metacharacters)")
     return value.rstrip("/") or "/"
 
 
@@ -92,6 +104,9 @@ def _argv(value: list[str]) -> list[str]:
         raise ValueError("must be a non-empty argv list")
     if any(not w for w in value):
         raise ValueError("argv words must not be empty")
+    if any(ord(c) < 32 or ord(c) == 127 for w in value for c in w):
+        # a newline would split the journal's and the log's lines; words are quoted, never parsed
+        raise ValueError("argv words must not hold control characters (newline, tab, NUL...)")
     exe = value[0]
     if "/" in exe and not exe.startswith("/"):
         raise ValueError(f"the program must be a bare name or an absolute path, got {exe!r}")
@@ -101,6 +116,8 @@ def _argv(value: list[str]) -> list[str]:
 def _host(value: str) -> str:
     if not value or any(c.isspace() for c in value) or value.startswith("-") or "@" in value:
         raise ValueError(f"{value!r} is not a host name or address (the user goes in ssh.user)")
+    if not _HOST_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a host name or address (letters, digits, '.', ':', '-', '_')")
     return value
 
 
@@ -117,6 +134,21 @@ def _target_version(value: Any) -> Any:
     if isinstance(value, str) and not m:
         raise ValueError(f"must be a 0.8.x release (this tool migrates 0.7.3 to 0.8), got {value!r}")
     return m.group(1) if m else value
+
+
+def _source_version(value: Any) -> Any:
+    if isinstance(value, float):
+        raise ValueError(f"YAML read {value!r} as a number: quote the version, e.g. \"0.7.3\"")
+    m = _SOURCE_VERSION_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if isinstance(value, str) and not m:
+        raise ValueError(f"must be a 0.7.x release (this tool migrates 0.7 to 0.8), got {value!r}")
+    return m.group(1) if m else value
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_RE.fullmatch(value):
+        raise ValueError("must be the NAME of an environment variable, not the secret itself")
+    return value
 
 
 def _sha256(value: str) -> str:
@@ -139,6 +171,7 @@ KnownHosts = Annotated[Path, BeforeValidator(_known_hosts)]
 Argv = Annotated[list[str], AfterValidator(_argv)]
 Host = Annotated[str, AfterValidator(_host)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
 
 
 def _problem(loc: tuple, kind: str, message: str, value: Any = None) -> InitErrorDetails:
@@ -164,6 +197,11 @@ class SshSettings(_Model):
         keepalive_interval: seconds between keepalives, so a dead node is noticed.
         sudo: run privileged commands through ``sudo -n``.
         max_channels: concurrent sessions per connection (OpenSSH ``MaxSessions`` defaults to 10).
+        key_passphrase_env: name of the environment variable holding ``key_file``'s passphrase
+            (the passphrase itself never goes in the inventory).
+        trust_on_first_use: accept the key a node offers when known_hosts has no entry for it,
+            append it to known_hosts and record it in the ledger (``host-key-trusted``). Off by
+            default; a key that differs from a recorded one is refused either way.
     """
 
     user: Name = "root"
@@ -174,7 +212,21 @@ class SshSettings(_Model):
     keepalive_interval: float = Field(15.0, gt=0, le=3600)
     sudo: bool = False
     max_channels: int = Field(8, ge=1, le=64)
+    key_passphrase_env: EnvName | None = None
+    trust_on_first_use: bool = False
 
+    def key_passphrase(self) -> str | None:
+        """The key's passphrase from the environment, or ``None`` when none is configured.
+
+        Raises:
+            InventoryError: the variable is configured but not set (its value is never shown).
+        """
+        if self.key_passphrase_env is None:
+            return None
+        value = os.environ.get(self.key_passphrase_env)
+        if not value:
+            raise InventoryError(f"ssh.key_passphrase_env: ${self.key_passphrase_env} is not set")
+        return value
 
 
 class GarageSettings(_Model):
@@ -344,6 +396,16 @@ class BackupSettings(_Model):
     compress_on: Literal["auto", "controller"] = "auto"
 
 
+class SourceSettings(_Model):
+    """The Garage release the cluster runs now (optional: discovery reads it from the nodes).
+
+    Attributes:
+        version: ``0.7.x``; when given, discovery refuses a node that runs anything else.
+    """
+
+    version: Annotated[str, BeforeValidator(_source_version)]
+
+
 class TargetSettings(_Model):
     """The Garage release to migrate to.
 
@@ -376,6 +438,8 @@ class SshTarget:
         keepalive_interval: seconds.
         max_channels: concurrent sessions on the connection.
         ctx: what this host may run (the allow-list context).
+        key_passphrase_env: environment variable with ``key_file``'s passphrase, if any.
+        trust_on_first_use: accept and record an unknown host key (see :class:`SshSettings`).
     """
 
     name: str
@@ -388,6 +452,8 @@ class SshTarget:
     keepalive_interval: float
     max_channels: int
     ctx: NodeContext = field(repr=False)
+    key_passphrase_env: str | None = None
+    trust_on_first_use: bool = False
 
 
 @dataclass(frozen=True)
@@ -438,7 +504,7 @@ class Node(_Model):
 
     name: Name
     host: Host
-    zone: str | None = None
+    zone: Name | None = None
     ssh_port: Port | None = None
     binary_path: RemotePath | None = None
     config_path: RemotePath | None = None
@@ -473,6 +539,7 @@ class Inventory(_Model):
         prometheus: metrics source, or ``None`` (gates then read ``garage stats``).
         api_gate: how client traffic is cut during the offline window.
         backup: metadata backup settings.
+        source: the release the cluster runs now, if the operator states it.
         target: the release to migrate to.
         nodes: the storage nodes (and gateways) of the cluster.
     """
@@ -485,6 +552,7 @@ class Inventory(_Model):
     prometheus: PrometheusSettings | None = None
     api_gate: ApiGateSettings = Field(default_factory=ApiGateSettings)
     backup: BackupSettings
+    source: SourceSettings | None = None
     target: TargetSettings
     nodes: list[Node] = Field(min_length=1)
 
@@ -513,7 +581,8 @@ class Inventory(_Model):
         return SshTarget(name=name, host=host, port=port or s.port, user=s.user, key_file=s.key_file,
                          known_hosts=s.known_hosts, connect_timeout=s.connect_timeout,
                          keepalive_interval=s.keepalive_interval, max_channels=s.max_channels,
-                         ctx=ctx or NodeContext(name=name, sudo=s.sudo))
+                         ctx=ctx or NodeContext(name=name, sudo=s.sudo), key_passphrase_env=s.key_passphrase_env,
+                         trust_on_first_use=s.trust_on_first_use)
 
     def gate_argvs_for(self, name: str, host: str) -> tuple[tuple[str, ...], ...]:
         """The API-gate commands configured to run on this node (by name or host)."""
@@ -575,11 +644,12 @@ def parse_inventory(text: str, source: str = "<inventory>") -> Inventory:
     Raises:
         InventoryError: invalid YAML (with its line), duplicate keys, or invalid content.
     """
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # the reader refuses control characters here already
         root = loader.get_single_node()
         if root is None:
-            raise InventoryError(f"{source}: the inventory is empty")
+            raise InventoryError(f"{source}: the inventory is empty", problems=[(source, "empty")])
         _check_duplicate_keys(root, source)
         data = loader.construct_document(root)
     except yaml.YAMLError as exc:
@@ -589,7 +659,8 @@ def parse_inventory(text: str, source: str = "<inventory>") -> Inventory:
         raise InventoryError(f"{where}: invalid YAML: {reason}",
                              problems=[(where, f"invalid YAML: {reason}")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise InventoryError(f"{source}:{root.start_mark.line + 1}: the inventory must be a mapping",
                              problems=[(f"{source}:{root.start_mark.line + 1}", "must be a mapping")])

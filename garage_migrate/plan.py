@@ -42,20 +42,21 @@ class FanoutPolicy(BaseModel):
     # The docstrings above and the field descriptions are what the Prefect form shows (plain
     # text: no markup). The policy is a value, read by the scheduler (executor/schedule.py).
     model_config = ConfigDict(frozen=True, extra="forbid")
+    # upper bounds: a form's typo (an extra zero, a pasted word) is refused, not planned
     zones_in_parallel: bool = Field(
         True, title="Zones in parallel (simple procedure)",
         description="Back up and offline-repair every zone at once (the cluster is down anyway); "
                     "off: one zone after the other.")
     max_zones_down: int = Field(
-        1, ge=1, title="Zones down at once (minimal-downtime)",
+        1, ge=1, le=64, title="Zones down at once (minimal-downtime)",
         description="How many zones are stopped together in each round of the rolling backups and offline "
                     "repairs; 1 keeps write quorum with replication mode 3 over 3 zones.")
     stop_after_zone: str | None = Field(
-        None, title="Canary zone (minimal-downtime)",
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", title="Canary zone (minimal-downtime)",
         description="Pause for an approval after the first backup round that holds this zone; empty: no "
                     "canary pause.")
     max_parallel_nodes: int = Field(
-        32, ge=1, title="Nodes at once",
+        32, ge=1, le=1024, title="Nodes at once",
         description="At most this many nodes work at the same time in a wave (SSH fan-out); the "
                     "simultaneous restart is never split.")
 
@@ -65,26 +66,27 @@ class MigrationOptions(BaseModel):
 
     # Shown as a form in the Prefect UI: the docstring above and each field's title and
     # description are what a person reads there (plain text, units in words).
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    # bounds: a gate that waits a week or a watch of a day is a typo, not a plan
     extra_repairs: tuple[Literal["versions", "block_refs"], ...] = Field(
         (), title="Extra repairs",
         description="Also run these repairs before the upgrade (slow on big clusters): versions, block_refs.")
     gate_deadline_s: float = Field(
-        600.0, gt=0, title="Sync gate deadline (seconds)",
+        600.0, gt=0, le=7 * 86400, title="Sync gate deadline (seconds)",
         description="How many seconds a sync gate waits for every queue to empty before it asks a person.")
     gate_consecutive: int = Field(
-        3, ge=1, title="Clean observations needed",
+        3, ge=1, le=100, title="Clean observations needed",
         description="How many observations in a row must show empty queues for a sync gate to pass.")
     gate_settle_s: float = Field(
-        5.0, ge=0, title="Repair settle time (seconds)",
+        5.0, ge=0, le=3600, title="Repair settle time (seconds)",
         description="How many seconds a sync gate waits for a just-launched repair to show work before "
                     "idle figures count as passes.")
     gate_cli_reads_per_s: float = Field(
-        8.0, gt=0, title="Gate CLI reads per second",
+        8.0, gt=0, le=1000, title="Gate CLI reads per second",
         description="How many per-node CLI reads (worker list, stats on 0.7) a sync gate makes per "
                     "second across the whole cluster, whatever its size.")
     watch_s: float = Field(
-        60.0, ge=0, title="Watch window (seconds)",
+        60.0, ge=0, le=86400, title="Watch window (seconds)",
         description="How many seconds the cluster is watched after the upgrade before the final report.")
     fanout: FanoutPolicy = Field(
         FanoutPolicy(), title="Fan-out",

@@ -15,6 +15,7 @@ from .gates import Gate, GateOutcome, PrometheusSource, SystemClock, auto_source
 from .inventory import Inventory, load_inventory
 from .ledger import Ledger
 from .plan import MigrationOptions, MigrationPlan, make_plan
+from .precheck import check_before_connecting, check_migration_id
 from .ssh import SshPool
 from .steps import Runtime
 
@@ -35,10 +36,13 @@ def ledger_for(inv: Inventory, migration_id: str, procedure: str, persist: bool 
 @contextlib.asynccontextmanager
 async def open_runtime(inventory: str | Path | Inventory, procedure: str, migration_id: str | None = None, *,
                        log: logging.Logger | logging.LoggerAdapter | None = None,
-                       persist: bool = True):
-    """Load the inventory, open SSH, open (or resume) the ledger, and discover the cluster."""
+                       persist: bool = True, options: MigrationOptions | None = None):
+    """Load the inventory, check every local input (:mod:`garage_migrate.precheck`: nothing has
+    reached a node if that refuses), open SSH, open (or resume) the ledger, and discover the
+    cluster. A host key accepted on first use is recorded in the ledger (``host-key-trusted``)."""
     inv = inventory if isinstance(inventory, Inventory) else load_inventory(inventory)
-    mid = migration_id or default_migration_id(inv)
+    check_before_connecting(inv, options)
+    mid = check_migration_id(migration_id or default_migration_id(inv))
     ledger = ledger_for(inv, mid, procedure, persist)
     doc = ledger.doc
     if doc.procedure != procedure:
@@ -53,7 +57,13 @@ async def open_runtime(inventory: str | Path | Inventory, procedure: str, migrat
             f"was refused and touched nothing; finish or roll back that migration first",
             holder=doc.holder.model_dump() if doc.holder else {})
     resuming = bool(doc.nodes)
-    async with SshPool.from_inventory(inv) as pool:
+    async def trusted(rec: dict) -> None:
+        await ledger.event("host-key-trusted",
+                           f"{rec['node']}: {rec['algorithm']} host key {rec['fingerprint']} of {rec['host']} accepted "
+                           f"on first use (ssh.trust_on_first_use) and recorded in {rec['known_hosts']}",
+                           nodes=[rec["node"]])
+
+    async with SshPool.from_inventory(inv, on_trust=trusted) as pool:
         facts = await discover(inv, pool.shell, procedure=procedure, resuming=resuming)
         rt = Runtime(inv=inv, shells=pool.shell, ledger=ledger, facts=facts,
                      log=log or logging.getLogger("garage_migrate"))

@@ -46,6 +46,7 @@ from .errors import (
 )
 from .inventory import SshTarget
 from .nodelog import node_log
+from .precheck import check_ssh_inputs, known_host_match
 
 if TYPE_CHECKING:
     from .inventory import Inventory
@@ -154,10 +155,13 @@ class SshPool:
             tests and diagnostics only, never for migration steps.
         client_grace: seconds the client waits past a command's node-side deadline
             (``timeout`` + ``KILL_AFTER``) before it gives up on the channel itself.
+        on_trust: awaited with the record of every host key accepted on first use (a target
+            with ``trust_on_first_use``), after it is written to known_hosts: the runtime
+            records it in the ledger. The records are also kept in :attr:`trusted_keys`.
     """
 
     def __init__(self, targets: Iterable[SshTarget], *, extra_executables: Iterable[str] = (),
-                 client_grace: float = 10.0) -> None:
+                 client_grace: float = 10.0, on_trust: Callable[[dict], Awaitable[None]] | None = None) -> None:
         self._targets: dict[str, SshTarget] = {}
         for t in targets:
             if t.name in self._targets:
@@ -165,6 +169,8 @@ class SshPool:
             self._targets[t.name] = t
         self.extra_executables = frozenset(extra_executables)
         self.client_grace = client_grace
+        self.on_trust = on_trust
+        self.trusted_keys: list[dict] = []
         self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Slot]] = weakref.WeakKeyDictionary()
         self._slots_guard = threading.Lock()  # Prefect may drive several loops from threads
         # connections this pool closed itself: a command cut by our own close is not a broken link
@@ -172,8 +178,18 @@ class SshPool:
 
     @classmethod
     def from_inventory(cls, inventory: Inventory, **kwargs) -> SshPool:
-        """A pool for every node of ``inventory`` and its API-gate hosts."""
+        """A pool for every node of ``inventory`` and its API-gate hosts.
+
+        Raises:
+            InventoryError: known_hosts lacks a host (without trust on first use), or the key
+                does not open: refused before any connection (:mod:`garage_migrate.precheck`).
+        """
         targets = [n.ssh for n in inventory.resolved_nodes()] + list(inventory.gate_targets())
+        problems = check_ssh_inputs(targets)
+        if problems:
+            lines = "\n".join(f"  {w}: {m}" for w, m in problems)
+            raise InventoryError(f"refused before connecting to any node ({len(problems)} problem"
+                                 f"{'s' if len(problems) != 1 else ''}):\n{lines}", problems=problems)
         return cls(targets, **kwargs)
 
     @property
@@ -214,9 +230,14 @@ class SshPool:
         slot = self._slot(target)
         async with slot.lock:
             if slot.conn is None or slot.conn.is_closed():
-                slot.conn = await _connect(target, log)
+                slot.conn = await _connect(target, log, self._trusted)
                 slot.opened += 1
             return slot, slot.conn
+
+    async def _trusted(self, record: dict) -> None:
+        self.trusted_keys.append(record)
+        if self.on_trust is not None:
+            await self.on_trust(record)
 
     @staticmethod
     def _drop(slot: _Slot, conn: asyncssh.SSHClientConnection) -> None:
@@ -253,8 +274,13 @@ class SshPool:
         await self.close()
 
 
-async def _connect(t: SshTarget, log: logging.LoggerAdapter) -> asyncssh.SSHClientConnection:
+async def _connect(t: SshTarget, log: logging.LoggerAdapter,
+                   trusted: Callable[[dict], Awaitable[None]] | None = None) -> asyncssh.SSHClientConnection:
     kh = Path(t.known_hosts)
+    if t.trust_on_first_use and not _has_entry(kh, t):
+        record = await _trust_first_key(t, kh, log)
+        if trusted is not None:
+            await trusted(record)
     if not kh.is_file():
         raise HostKeyError(
             f"{t.name}: known_hosts file {kh} does not exist; host keys are always verified. "
@@ -266,6 +292,11 @@ async def _connect(t: SshTarget, log: logging.LoggerAdapter) -> asyncssh.SSHClie
     if t.key_file is not None:
         # only the configured key: agent keys tried first can exhaust sshd's MaxAuthTries
         kwargs.update(client_keys=[str(t.key_file)], agent_path=None)
+    if t.key_passphrase_env is not None:
+        passphrase = os.environ.get(t.key_passphrase_env)
+        if not passphrase:
+            raise InventoryError(f"{t.name}: ssh.key_passphrase_env: ${t.key_passphrase_env} is not set", node=t.name)
+        kwargs.update(passphrase=passphrase)
     t0 = time.monotonic()
     try:
         conn = await asyncssh.connect(
@@ -278,7 +309,12 @@ async def _connect(t: SshTarget, log: logging.LoggerAdapter) -> asyncssh.SSHClie
         raise AuthenticationError(
             f"{t.name}: {t.user}@{t.host}:{t.port} refused our credentials ({exc.reason}); "
             f"check ssh.user and ssh.key_file", node=t.name) from None
-    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+    except asyncssh.KeyEncryptionError:
+        # asyncssh's text is generic; ours names the variable, never the passphrase
+        raise InventoryError(f"{t.name}: cannot open ssh.key_file {t.key_file}: wrong or missing passphrase"
+                             + (f" (from ${t.key_passphrase_env})" if t.key_passphrase_env else ""),
+                             node=t.name) from None
+    except asyncssh.KeyImportError as exc:
         raise InventoryError(f"{t.name}: cannot use ssh.key_file {t.key_file}: {exc}", node=t.name) from None
     except (asyncssh.Error, OSError) as exc:
         # TimeoutError is an OSError: the connect_timeout expired
@@ -286,6 +322,51 @@ async def _connect(t: SshTarget, log: logging.LoggerAdapter) -> asyncssh.SSHClie
         raise TransportError(f"{t.name}: cannot connect to {t.host}:{t.port}: {reason}", node=t.name) from None
     log.info("connected to %s@%s:%s in %.2fs", t.user, t.host, t.port, time.monotonic() - t0)
     return conn
+
+
+def _pattern(t: SshTarget) -> str:
+    return t.host if t.port == 22 else f"[{t.host}]:{t.port}"
+
+
+def _has_entry(kh: Path, t: SshTarget) -> bool:
+    """Whether known_hosts names ``t`` at all (with any key: a changed key is never trusted)."""
+    if not kh.is_file():
+        return False
+    try:
+        m = known_host_match(asyncssh.read_known_hosts(str(kh)), t.host, t.port)
+    except (OSError, ValueError, asyncssh.Error):
+        return True  # unreadable: let the connection refuse it with the usual message
+    return any(m)  # any of its lists: trusted keys, CAs, revoked keys, X.509 certificates and names
+
+
+async def _trust_first_key(t: SshTarget, kh: Path, log: logging.LoggerAdapter) -> dict:
+    """Fetch the key ``t`` offers, append it to known_hosts (owner-only) and say so.
+
+    The connection that follows verifies against the file as always: a key swapped between the
+    two is refused.
+    """
+    try:
+        key = await asyncio.wait_for(asyncssh.get_server_host_key(t.host, t.port, config=None), t.connect_timeout)
+    except (asyncssh.Error, OSError) as exc:
+        reason = f"no answer within {t.connect_timeout:g}s" if isinstance(exc, TimeoutError) else _reason(exc)
+        raise TransportError(f"{t.name}: cannot read the host key of {t.host}:{t.port}: {reason}",
+                             node=t.name) from None
+    if key is None:
+        raise HostKeyError(f"{t.name}: {t.host}:{t.port} offered no host key", node=t.name)
+    public = key.export_public_key("openssh").decode().split()
+    line = f"{_pattern(t)} {public[0]} {public[1]}\n"
+    kh.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(kh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    record = {"node": t.name, "host": _pattern(t), "algorithm": key.get_algorithm(),
+              "fingerprint": key.get_fingerprint(), "known_hosts": str(kh)}
+    log.warning("TRUST ON FIRST USE: accepted %s key %s of %s without verification and recorded it in %s",
+                record["algorithm"], record["fingerprint"], record["host"], kh)
+    return record
 
 
 async def _host_key_error(t: SshTarget, exc: asyncssh.HostKeyNotVerifiable) -> HostKeyError:

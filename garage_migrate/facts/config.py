@@ -16,6 +16,7 @@ from .models import GarageConfig, ParseError
 __all__ = ["DEPRECATED_TOP_LEVEL_KEYS", "parse_config"]
 
 _COMMAND = "garage.toml"
+_SECRET_KEY = re.compile(r"(?i)(secret|token|password|passwd)")
 
 DEPRECATED_TOP_LEVEL_KEYS = (
     "consul_host",
@@ -66,6 +67,10 @@ def parse_config(text: str) -> GarageConfig:
         line_no = int(m.group(1)) if m else None
         lines = text.splitlines()
         line = lines[line_no - 1] if line_no and line_no <= len(lines) else None
+        if line is not None and _SECRET_KEY.search(line):
+            # the offending line of a secret (rpc_secret, admin_token...) is shown without its value:
+            # this message reaches logs, the ledger and the flow's state
+            line = line.split("=", 1)[0] + "= <redacted>" if "=" in line else "<redacted>"
         raise ParseError(f"invalid TOML ({exc})", command=_COMMAND, line_no=line_no,
                          line=line) from None
 
