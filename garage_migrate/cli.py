@@ -399,7 +399,7 @@ class _TemporaryServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None
 
-    def start(self, timeout: float = 120.0) -> str:
+    def start(self, timeout: float = 300.0) -> str:
         import subprocess
         import time
         import urllib.request

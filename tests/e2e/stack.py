@@ -74,11 +74,11 @@ class PrefectStack:
             raise RuntimeError(f"prefect {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
         return res
 
-    def start(self, timeout: float = 120) -> "PrefectStack":
+    def start(self, timeout: float = 300) -> "PrefectStack":
         """The whole stack: the server, then the work pool, the deployments and the worker."""
         return self.start_server(timeout).start_operator()
 
-    def start_server(self, timeout: float = 120) -> "PrefectStack":
+    def start_server(self, timeout: float = 300) -> "PrefectStack":
         """``prefect server start`` on its database (by default a fresh SQLite file); returns once
         it is healthy. The UI is told the API's address (``PREFECT_UI_API_URL``): it derives it
         from the server's settings, not from ``--port``, and would call the default :4200."""
