@@ -45,13 +45,6 @@ __all__ = ["RestoreReport", "restore_metadata"]
 
 logger = logging.getLogger("garage_migrate.backup")
 
-#: ``systemctl is-active`` words that mean the daemon is not running.
-STOPPED_STATES = frozenset({"inactive", "failed"})
-_MiB = 1 << 20
-
-
-
-
 
 @dataclass(frozen=True)
 class RestoreReport:
