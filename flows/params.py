@@ -64,3 +64,15 @@ WatchEveryMinutes = Annotated[float, param(
 ScheduleWatch = Annotated[bool, param(
     "Schedule the watch", "When the migration completes, schedule the post-migration-watch runs (off for a "
                           "terminal run with no lasting Prefect server: its report says how to watch instead).")]
+InventoryPath = Annotated[str, param(
+    "Inventory", "Path of the inventory YAML on the worker.")]
+Node = Annotated[str, param(
+    "Node", "The node whose failed step to run again, as the ledger table names it.")]
+RetryStep = Annotated[str | None, param(
+    "Step", "The step to run again, as phase:kind or kind; empty: the node's failed step.")]
+Observation = Annotated[int, param(
+    "Observation", "Which observation of the watch this run is (1 is the first).", ge=1)]
+Planned = Annotated[int | None, param(
+    "Observations planned", "How many observations the watch makes in all; empty: unknown.", ge=1)]
+FinalObservation = Annotated[bool, param(
+    "Last observation", "This run is the watch's last one: its report closes the watch.")]

@@ -14,6 +14,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.exceptions import Abort
 
+from flows import params as P
 from flows.adapters import PrefectReporter, PrefectSteps
 from flows.holding import hold_cluster, refused
 from garage_migrate import runtime as R
@@ -24,7 +25,8 @@ from garage_migrate.ledger import Ledger
 
 
 @flow(name="retry-node")
-async def retry_node_flow(inventory: str, node: str, step: str | None = None, migration_id: str | None = None) -> dict:
+async def retry_node_flow(inventory: P.InventoryPath, node: P.Node, step: P.RetryStep = None,
+                          migration_id: P.MigrationId = None) -> dict:
     """Re-run one node's failed step, and the rest of that node's steps in the same phase.
 
     Args:
@@ -44,7 +46,7 @@ async def retry_node_flow(inventory: str, node: str, step: str | None = None, mi
         async with R.open_runtime(inv, procedure, mid, log=log) as rt:
             report = await retry_node(rt, saved_plan(rt), node, step,
                                       hold=lambda held: hold_cluster(held, procedure, "retry", log),
-                                      steps=PrefectSteps(), reporter=PrefectReporter("Ledger after retry of " + node),
+                                      steps=PrefectSteps(), reporter=PrefectReporter(),
                                       log=log)
     except ClusterLockedError as exc:
         return refused(exc, log)

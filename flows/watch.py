@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows import params as P
 from flows.adapters import emit
 from flows.approvals import prefect_key
 from garage_migrate.watch.run import (
@@ -42,8 +43,9 @@ DEPLOYMENT = "post-migration-watch/post-migration-watch"
 
 
 @flow(name="post-migration-watch", log_prints=False)
-async def post_migration_watch(inventory: str, migration_id: str | None = None, watch_every_minutes: float = 15.0,
-                               observation: int = 1, planned: int | None = None, final: bool = False) -> dict:
+async def post_migration_watch(inventory: P.InventoryPath, migration_id: P.MigrationId = None,
+                               watch_every_minutes: P.WatchEveryMinutes = 15.0, observation: P.Observation = 1,
+                               planned: P.Planned = None, final: P.FinalObservation = False) -> dict:
     """One observation of a migrated cluster against the baseline recorded before the migration.
 
     Args:

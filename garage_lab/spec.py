@@ -8,8 +8,11 @@ spec leaves ``subnet`` empty, and so do the tests (through ``Lab.up``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,9 +79,32 @@ class SubnetAllocator:
     #: Prometheus (``.254:9090``); another process must not take the subnet then
     PROBES = ((1, PORT_RPC), (1, 2222), (254, 9090))
 
-    def __init__(self, start: int | None = None):
+    #: a claim is fresh for this long: the time a lab takes to bind its addresses
+    CLAIM_S = 120.0
+
+    def __init__(self, start: int | None = None, claims: str | None = None):
         span = self.HIGH - self.LOW
-        self._next = (os.getpid() if start is None else start) % span
+        # parallel test processes have consecutive PIDs: spread their starting points apart
+        self._next = (os.getpid() * 97 if start is None else start) % span
+        self._claims = claims or os.path.join(tempfile.gettempdir(), "garage-lab-subnets")
+
+    def _claim(self, c: int) -> bool:
+        """Claim subnet ``c`` for the lab about to start (an exclusive create, so two processes
+        probing at the same moment cannot both take it); a claim older than
+        :data:`CLAIM_S` is the past (its lab is bound, or gone) and is taken over."""
+        os.makedirs(self._claims, exist_ok=True)
+        path = os.path.join(self._claims, str(c))
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - os.stat(path).st_mtime < self.CLAIM_S:
+                return False
+            os.unlink(path)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
 
     def __iter__(self):
         return self
@@ -88,7 +114,7 @@ class SubnetAllocator:
         for _ in range(span):
             c = self.LOW + self._next % span
             self._next += 1
-            if all(_free(f"127.42.{c}.{host}", port) for host, port in self.PROBES):
+            if all(_free(f"127.42.{c}.{host}", port) for host, port in self.PROBES) and self._claim(c):
                 return f"127.42.{c}"
         raise LabError(f"no free 127.42.C.0/24 subnet for a lab (C in {self.LOW}..{self.HIGH - 1})")
 

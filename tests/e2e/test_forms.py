@@ -50,7 +50,8 @@ def test_every_parameter_of_every_deployment_has_its_own_title_and_a_one_line_de
     from prefect.utilities.callables import parameter_schema
 
     flows = _deployed_flows()
-    assert {n for n, _ in flows} == {"minimal-downtime", "simple", "minimal-downtime-maintenance-window", "rollback"}
+    assert {n for n, _ in flows} == {"minimal-downtime", "simple", "minimal-downtime-maintenance-window", "rollback",
+                                     "retry-node", "post-migration-watch"}
     models = set()
     for dep, fn in flows:
         schema = parameter_schema(fn).model_dump()

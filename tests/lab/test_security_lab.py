@@ -89,6 +89,10 @@ class Recorder:
     async def report(self, migration_id, markdown, description):
         self.published += [markdown, description]
 
+    async def event(self, name, migration_id, cluster, *, phase=None, node=None, message="", **data):
+        self.published.append(json.dumps(dict(data, name=name, phase=phase, node=node, message=message),
+                                         default=str))
+
 
 class Everything(logging.Handler):
     def __init__(self):

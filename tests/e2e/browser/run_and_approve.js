@@ -62,12 +62,16 @@ async function main() {
     await page.getByRole('link', { name: cfg.deployment, exact: true }).click();
     await page.getByRole('button', { name: /^run/i }).first().click();
     await page.getByRole('menuitem', { name: /custom run/i }).click();
-    const inventory = page.getByLabel(/^inventory/i).first();
+    // "Inventory" is a path or a GarageCluster block: the form shows a type switch (str is the
+    // default) and a text box under the field's title, so take the box of the innermost block
+    // that holds both the title and a text box
+    const inventory = page.locator('div', { has: page.getByText(/^Inventory$/) })
+      .filter({ has: page.locator('textarea') }).last().locator('textarea').first();
     await inventory.fill(cfg.inventory);
     const o = cfg.options || {};
-    if (o.gate_deadline !== undefined) await fillNumber(page, /^gate deadline/i, o.gate_deadline);
-    if (o.gate_consecutive !== undefined) await fillNumber(page, /^gate consecutive/i, o.gate_consecutive);
-    if (o.watch !== undefined) await fillNumber(page, /^watch/i, o.watch);
+    if (o.gate_deadline !== undefined) await fillNumber(page, /^sync gate deadline/i, o.gate_deadline);
+    if (o.gate_consecutive !== undefined) await fillNumber(page, /^clean observations needed/i, o.gate_consecutive);
+    if (o.watch !== undefined) await fillNumber(page, /^watch window/i, o.watch);
     await page.setViewportSize({ width: 1400, height: 2600 });
     await inventory.scrollIntoViewIfNeeded();
     await page.screenshot({ path: shot('1-run-form.png') });
