@@ -257,7 +257,7 @@ def check_zones(plan: MigrationPlan, sel: Selection, down: set[str]) -> list[str
 class _NoQuestions:
     """A retry asks nobody: a question belongs to the migration run."""
 
-    async def ask(self, kind, key: str, description: str) -> Answer:
+    async def ask(self, kind, key: str, description: str, choices: tuple[str, ...] = ()) -> Answer:
         raise MigrationAborted(f"a node retry does not ask questions ({kind} {key}): run the migration")
 
 

@@ -41,7 +41,7 @@ QUIET = {"anti_entropy_startup_s": 3600.0}
 class _NoOne:
     """Nobody answers: only auto-approve's clean approvals pass (anything else fails the run)."""
 
-    async def ask(self, kind, key, description):
+    async def ask(self, kind, key, description, choices=()):
         from garage_migrate.errors import MigrationAborted
 
         raise MigrationAborted(f"no person in this test to answer {kind} {key}")

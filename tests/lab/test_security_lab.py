@@ -70,7 +70,7 @@ def inventory(lab, tmp_path_factory):
 
 
 class Approver:
-    async def ask(self, kind, key, description):
+    async def ask(self, kind, key, description, choices=()):
         return Answer(action="approve", note="security test", pause_key=key, flow_run_id="")
 
 
