@@ -66,7 +66,8 @@ def approval(plan: MigrationPlan, phase: Phase, after: Phase, facts_markdown: st
     what = phase.title.removeprefix("Approval: ")
     nodes = sorted({s.node for w in after.waves for s in w.steps if s.node})
     summary = (f"**Approve: {what}?** Next is phase {plan.phases.index(after) + 1} of {len(plan.phases)}, "
-               f"\"{after.title}\"" + (f", on {len(nodes)} node(s)" if nodes else "") + ".")
+               f"\"{after.title}\"" + (f", on {len(nodes)} node(s)" if nodes else "") + "."
+               f" Migration `{plan.migration_id}` of cluster `{plan.cluster}` to Garage v{plan.target_version}.")
     body = ("#### What comes next\n\n" + plan.to_markdown(from_phase=after.name, header=False, notes=notes)
             + "\n\n" + collapsed("Cluster facts", facts_markdown))
     return compose(summary, choices, body, extra)

@@ -90,7 +90,8 @@ def test_the_approval_dialog_starts_with_a_summary_and_the_choices_then_every_co
                          extra=["Backups: n1 taken 3 min ago"])
     lines = md.splitlines()
     assert lines[0] == ('**Approve: restart every node on 0.8 at once?** Next is phase 6 of 10, '
-                        '"Stop all nodes at the same moment, switch, start all on 0.8", on 6 node(s).')
+                        '"Stop all nodes at the same moment, switch, start all on 0.8", on 6 node(s). '
+                        f'Migration `{plan.migration_id}` of cluster `{plan.cluster}` to Garage v{plan.target_version}.')
     assert lines[2:6] == ["Choose the **Decision** at the bottom of this dialog:", "",
                           f"- **approve**: {dialog.MEANING['approve']}", f"- **abort**: {dialog.MEANING['abort']}"]
     assert lines[7] == "Backups: n1 taken 3 min ago"
