@@ -127,22 +127,22 @@ def _known_hosts(value: Any) -> Any:
     return _local_path(value)
 
 
-def _target_version(value: Any) -> Any:
+def _release(value: Any, pattern: re.Pattern, example: str, want: str) -> Any:
+    """A quoted ``x.y.z`` version matching ``pattern`` (YAML reads an unquoted one as a number)."""
     if isinstance(value, float):
-        raise ValueError(f"YAML read {value!r} as a number: quote the version, e.g. \"0.8.7\"")
-    m = _TARGET_VERSION_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+        raise ValueError(f"YAML read {value!r} as a number: quote the version, e.g. \"{example}\"")
+    m = pattern.fullmatch(value.strip()) if isinstance(value, str) else None
     if isinstance(value, str) and not m:
-        raise ValueError(f"must be a 0.8.x release (this tool migrates 0.7.3 to 0.8), got {value!r}")
+        raise ValueError(f"must be {want}, got {value!r}")
     return m.group(1) if m else value
+
+
+def _target_version(value: Any) -> Any:
+    return _release(value, _TARGET_VERSION_RE, "0.8.7", "a 0.8.x release (this tool migrates 0.7.3 to 0.8)")
 
 
 def _source_version(value: Any) -> Any:
-    if isinstance(value, float):
-        raise ValueError(f"YAML read {value!r} as a number: quote the version, e.g. \"0.7.3\"")
-    m = _SOURCE_VERSION_RE.fullmatch(value.strip()) if isinstance(value, str) else None
-    if isinstance(value, str) and not m:
-        raise ValueError(f"must be a 0.7.x release (this tool migrates 0.7 to 0.8), got {value!r}")
-    return m.group(1) if m else value
+    return _release(value, _SOURCE_VERSION_RE, "0.7.3", "a 0.7.x release (this tool migrates 0.7 to 0.8)")
 
 
 def _env_name(value: str) -> str:

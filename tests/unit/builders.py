@@ -44,3 +44,25 @@ nodes:
         facts.append(NodeFacts(node.name, node.host, node.zone, f"{int(node.name[1:]):064x}", cfg, True,
                                v, v, "/usr/local/bin/garage"))
     return inv, ClusterFacts(tuple(facts), None, None)
+
+
+def backed_up_runtime(tmp_path, backed_up=("n1", "n2", "n3")):
+    """A 3-zone minimal-downtime runtime on a fresh ledger, preflighted everywhere and backed up
+    on ``backed_up`` (by the fake steps): what a rollback plan is made from."""
+    import asyncio
+    import logging
+
+    from fakes import FakeSteps
+
+    from garage_migrate.ledger import Ledger
+    from garage_migrate.steps import Runtime
+
+    inv, facts = inventory_and_facts({"dc1": 1, "dc2": 1, "dc3": 1}, backup_root=str(tmp_path))
+    rt = Runtime(inv=inv, shells={}, ledger=Ledger.open(tmp_path, inv.cluster, "m1", "minimal-downtime"),
+                 facts=facts, log=logging.getLogger("test"))
+    steps = FakeSteps()
+    for n in ("n1", "n2", "n3"):
+        asyncio.run(steps.preflight(rt, n))
+    for n in backed_up:
+        asyncio.run(steps.backup_metadata(rt, n))
+    return rt

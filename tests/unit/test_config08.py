@@ -129,23 +129,13 @@ def test_the_plan_stages_the_08_config_shows_its_diff_at_the_flip_approval_and_s
 
 def test_the_rollback_switches_the_kept_config_back_with_the_binary(tmp_path):
     import asyncio
-    import logging
 
-    from builders import inventory_and_facts
-    from fakes import FakeSteps
+    from builders import backed_up_runtime
 
     from garage_migrate import actions as A
     from garage_migrate.executor.rollback import rollback_plan_for
-    from garage_migrate.ledger import Ledger
-    from garage_migrate.steps import Runtime
 
-    inv, facts = inventory_and_facts({"dc1": 1, "dc2": 1, "dc3": 1}, backup_root=str(tmp_path))
-    rt = Runtime(inv=inv, shells={}, ledger=Ledger.open(tmp_path, inv.cluster, "m1", "minimal-downtime"),
-                 facts=facts, log=logging.getLogger("test"))
-    steps = FakeSteps()
-    for n in ("n1", "n2", "n3"):
-        asyncio.run(steps.preflight(rt, n))
-        asyncio.run(steps.backup_metadata(rt, n))
+    rt = backed_up_runtime(tmp_path)
     kept = A.kept_config_path("/etc/garage.toml")
     asyncio.run(rt.ledger.set_node("n1", config_kept=kept))  # what the switch recorded on n1 only
     plan = rollback_plan_for(rt, tag="rb-x")

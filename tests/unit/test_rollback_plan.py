@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
 import pytest
 
 from garage_migrate.errors import PlanError
 from garage_migrate.executor.rollback import rollback_plan_for
-from garage_migrate.ledger import Ledger
 from garage_migrate.rollback_plan import PHASES
-from garage_migrate.steps import Runtime
 
-from builders import inventory_and_facts
-from fakes import FakeSteps
-
-
-def _rt(tmp_path, backed_up=("n1", "n2", "n3")):
-    inv, facts = inventory_and_facts({"dc1": 1, "dc2": 1, "dc3": 1}, backup_root=str(tmp_path))
-    rt = Runtime(inv=inv, shells={}, ledger=Ledger.open(tmp_path, inv.cluster, "m1", "minimal-downtime"),
-                 facts=facts, log=logging.getLogger("test"))
-    steps = FakeSteps()
-    for n in ("n1", "n2", "n3"):
-        asyncio.run(steps.preflight(rt, n))
-    for n in backed_up:
-        asyncio.run(steps.backup_metadata(rt, n))
-    return rt
+from builders import backed_up_runtime as _rt
 
 
 def test_the_rollback_plan_is_approved_then_stops_switches_restores_and_starts_every_node(tmp_path):
