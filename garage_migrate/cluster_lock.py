@@ -174,6 +174,15 @@ async def read_records(shells, nodes: list[tuple[str, str, bool]]) -> dict[str, 
     return {n[0]: r for n, r in zip(nodes, got)}
 
 
+def locked_by(other: LockRecord, where: str, migration_id: str, node: str) -> ClusterLockedError:
+    """The refusal of ``migration_id`` by ``other``'s lock record (found at ``where``)."""
+    return ClusterLockedError(
+        f"cluster is locked by {other.describe()} ({where}); this migration ({migration_id}) was refused "
+        f"and changed nothing. When that migration is done or rolled back the lock is released; if its run "
+        f"is gone for good, `garage-migrate unlock --migration-id {other.migration_id}` breaks it",
+        node=node, holder=asdict(other))
+
+
 class ClusterLock:
     """The cluster lock of one migration, as held by one run.
 
@@ -290,12 +299,7 @@ class ClusterLock:
                 raise ClusterLockedError(
                     f"cannot take the cluster lock on {name}: {path}: {(res.stderr or cur.stderr).strip()}",
                     node=name, holder={})
-            raise ClusterLockedError(
-                f"cluster is locked by {other.describe()} (lock record {path} on {name}); "
-                f"this migration ({self.migration_id}) was refused and changed nothing. When that "
-                f"migration is done or rolled back the lock is released; if its run is gone for good, "
-                f"`garage-migrate unlock --migration-id {other.migration_id}` breaks it",
-                node=name, holder=asdict(other))
+            raise locked_by(other, f"lock record {path} on {name}", self.migration_id, name)
 
     # ------------------------------------------------------------------ holding it
     async def _heartbeats(self) -> None:

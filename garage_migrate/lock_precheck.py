@@ -15,9 +15,8 @@ goes on to the real lock.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 
-from .cluster_lock import describe_holder, holder_gone, lock_nodes, read_records
+from .cluster_lock import describe_holder, holder_gone, lock_nodes, locked_by, read_records
 from .errors import ClusterLockedError, GarageMigrateError
 from .inventory import load_inventory
 from .runtime import default_migration_id, ledger_for, open_runtime
@@ -61,9 +60,5 @@ async def refusal(inventory: str, procedure: str, migration_id: str | None) -> C
         return None
     for node, rec in sorted(records.items()):
         if rec is not None and rec.migration_id != mid:
-            return ClusterLockedError(
-                f"cluster is locked by {rec.describe()} (lock record on {node}); this migration ({mid}) "
-                f"was refused and changed nothing. When that migration is done or rolled back the lock is "
-                f"released; if its run is gone for good, `garage-migrate unlock --migration-id "
-                f"{rec.migration_id}` breaks it", node=node, holder=asdict(rec))
+            return locked_by(rec, f"lock record on {node}", mid, node)
     return None
