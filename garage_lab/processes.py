@@ -84,7 +84,7 @@ def reload_sshd(lab) -> None:
     """Apply changed sshd configs (SIGHUP re-execs sshd; open sessions stay)."""
     lab.write_sshd_config()
     for pid in sshd_pids(lab):
-        if service.proc_alive(pid):
+        if service.proc_alive(pid, str(lab.dir)):
             os.kill(pid, signal.SIGHUP)
     time.sleep(0.3)
 
@@ -177,7 +177,9 @@ def down(lab) -> list[int]:
         if pid:
             targets.append(pid)
     for pid in sshd_pids(lab) + [lab.info["pids"].get("prometheus")] + list(lab.info["pids"].get("relays", {}).values()):
-        if pid and service.proc_alive(pid):
+        # a PID recorded at start may be another process's by now (the daemon died, the PID
+        # was recycled): only one whose command line names this lab is this lab's
+        if pid and service.proc_alive(pid, str(lab.dir)):
             targets.append(pid)
     # sweep: anything else started from this lab (offline repairs, traffic, ssh sessions)
     marker = str(lab.dir) + "/"

@@ -33,6 +33,33 @@ def module_lab(module_lab):
     return functools.partial(module_lab, wait_prometheus=False)
 
 
+def _drop_watch_runs(request) -> None:
+    for name in ("prefect_stack", "pg_stack"):
+        if name in request.fixturenames:
+            try:
+                stack = request.getfixturevalue(name)
+            except Exception:  # noqa: BLE001 - the stack never started: nothing was scheduled
+                continue
+            if stack.server is not None and stack.server.poll() is None:
+                stack.drop_pending_watch_runs()
+
+
+@pytest.fixture(autouse=True)
+def _no_watch_run_outlives_its_test(request):
+    """The watch runs a test's migrations scheduled are deleted when it ends (see
+    :meth:`tests.e2e.stack.PrefectStack.drop_pending_watch_runs`); a module whose tests check
+    the watch runs of its one migration is marked ``watch_runs_live_for_module``."""
+    yield
+    if request.node.get_closest_marker("watch_runs_live_for_module") is None:
+        _drop_watch_runs(request)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_watch_run_outlives_its_module(request):
+    yield
+    _drop_watch_runs(request)
+
+
 @pytest.fixture(scope="session")
 def prefect_stack():
     """One real Prefect server (``prefect server start``, fresh SQLite) for the whole session.

@@ -146,6 +146,24 @@ class PrefectStack:
         with self.client() as c:
             return c.read_deployments()
 
+    def drop_pending_watch_runs(self) -> int:
+        """Delete the post-migration watch runs not yet final; returns how many.
+
+        A completed migration schedules its watch (every 15 min for 6 h by default) against its
+        lab's inventory. The lab goes down with its test, and its subnet is soon another lab's:
+        a worker of a later test would run those watches against that lab's sshd. So the tier
+        deletes them at the end of every test (``tests/e2e/conftest.py``).
+        """
+        from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+        n = 0
+        with self.client() as c:
+            for r in c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["post-migration-watch"]))):
+                if r.state is None or not r.state.is_final():
+                    c.delete_flow_run(r.id)
+                    n += 1
+        return n
+
     def run_deployment(self, name: str, **parameters):
         """Create a flow run of deployment ``flow/deployment``; returns its id."""
         with self.client() as c:

@@ -27,6 +27,9 @@ from garage_migrate.plan import MigrationOptions
 from tests.conftest import garage as _garage
 from tests.e2e.stack import gate_of
 
+# the module's one migration schedules the watch runs that its tests then check
+pytestmark = pytest.mark.watch_runs_live_for_module
+
 FAST = MigrationOptions(watch_s=2.0, gate_deadline_s=90.0, gate_consecutive=2).model_dump(mode="json")
 MD = "minimal-downtime-migration/minimal-downtime"
 WATCH = "post-migration-watch/post-migration-watch"
@@ -106,18 +109,6 @@ def _watch_runs(migration_id: str) -> list:
                   key=lambda r: r.expected_start_time)
 
 
-def _drop_pending_watch_runs() -> None:
-    """Delete the watch runs that earlier migrations of this session scheduled (their labs are
-    gone): this module's worker must not start them all at once."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-
-    with get_client(sync_client=True) as c:
-        for r in c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["post-migration-watch"]))):
-            if r.state is None or not r.state.is_final():
-                c.delete_flow_run(r.id)
-
-
 def _answer_until_final(stack, frid, timeout: float = 900):
     """Answer the run's pauses as a person would: approve the flip; a sync gate that did not
     pass yet (a loaded machine) is given more time ("wait_more"), never passed over."""
@@ -145,7 +136,7 @@ def migrated(prefect_server, module_lab):
 
     from flows.notify import render_automations, save_webhook
 
-    _drop_pending_watch_runs()
+    prefect_server.drop_pending_watch_runs()  # earlier modules' watches: their labs are gone
     stack = prefect_server.start_operator()
     created = []
     try:

@@ -37,6 +37,17 @@ def connections(lab) -> int:
     return (lab.dir / "ssh" / "sshd.log").read_text(errors="replace").count("Connection from ")
 
 
+def new_connections(lab, before: int) -> str:
+    """sshd's log from the first connection after the ``before``-th: what a failure shows."""
+    text = (lab.dir / "ssh" / "sshd.log").read_text(errors="replace")
+    at = -1
+    for _ in range(before + 1):
+        at = text.find("Connection from ", at + 1)
+        if at < 0:
+            return ""
+    return text[max(0, at):][:3000] if at >= 0 else ""
+
+
 def _runtime_refusal(path, case) -> Exception | None:
     async def go():
         async with open_runtime(str(path), "simple", case.migration_id, persist=False,
@@ -76,7 +87,7 @@ def test_no_hostile_input_opens_an_ssh_connection(lab, tmp_path, monkeypatch, ca
                 assert re.search(case.expect, err), (case.id, err)
                 assert PASSPHRASE not in err
         seen.append(case.id)
-        assert connections(lab) == before, f"{case.id} opened an SSH connection"
+        assert connections(lab) == before, f"{case.id} opened an SSH connection:\n{new_connections(lab, before)}"
     # the form's other bounds, and the CLI's options, refused before a Prefect server starts
     for params in ({"pause_timeout": 0}, {"pause_timeout": 10**9}, {"migration_id": "../../etc"},
                    {"migration_id": "a b"}):
@@ -93,7 +104,7 @@ def test_no_hostile_input_opens_an_ssh_connection(lab, tmp_path, monkeypatch, ca
                              capture_output=True, text=True, timeout=120, check=False,
                              stdin=subprocess.DEVNULL, env=dict(os.environ, PREFECT_API_URL=""))
         assert res.returncode == rc and said in res.stderr, (flags, res.stderr[-2000:])
-    assert connections(lab) == before, "a refused option opened an SSH connection"
+    assert connections(lab) == before, f"a refused option opened an SSH connection:\n{new_connections(lab, before)}"
     assert len(seen) == len(CASES) >= 30
     # the control: the lab's own inventory does connect, once per node, and sshd's log shows it
     assert cli.main(["plan", "--inventory", inv, "--procedure", "simple"]) == 0

@@ -71,8 +71,15 @@ def test_worker_list_and_offline_repair_outcomes_parse(make_lab, version):
     lab = make_lab(version=version, zones=3, per_zone=1)
     a = lab.nodes[0]["name"]
     garage(lab, a, "repair", "--yes", "blocks")
-    wl = F.parse_worker_list(garage(lab, a, "worker", "list").stdout)
-    names = {w.name for w in wl.workers}
+    # a launched repair's worker shows up only after its first step (the lab's
+    # repair_start_delay_s, as in Garage): look again until it does, within a bound
+    deadline = time.monotonic() + 30
+    while True:
+        wl = F.parse_worker_list(garage(lab, a, "worker", "list").stdout)
+        names = {w.name for w in wl.workers}
+        if "Block repair worker" in names or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert "Block scrub worker" in names and "object sync" in names
     assert "Block repair worker" in names
     r = garage(lab, a, "offline-repair", "--yes", "object_counters")

@@ -98,6 +98,9 @@ async function main() {
     await dialog.waitFor();
     const decision = dialog.getByLabel(/decision|action/i).first();
     await decision.waitFor();
+    // the form's fields come before its description (fetched and rendered after): wait for the
+    // description's own heading, or the text read is the form without the plan
+    await dialog.getByText(/what comes next/i).first().waitFor();
     const text = await dialog.innerText();
     await page.setViewportSize({ width: 1400, height: 1600 });
     await page.screenshot({ path: shot('2-resume-dialog.png') });
