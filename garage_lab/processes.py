@@ -142,10 +142,32 @@ def not_ready(lab, prometheus: bool = True) -> str:
     return ""
 
 
+def _listening(addr: str, port: int) -> bool:
+    """Whether a TCP socket of this network namespace listens on ``addr:port`` (``/proc/net/tcp``)."""
+    a = socket.inet_aton(addr)
+    want = f"{int.from_bytes(a, 'little'):08X}:{port:04X}"
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(f[1] == want and f[3] == "0A" for f in (line.split() for line in lines) if len(f) > 3)
+
+
 def sshd_ready(lab) -> bool:
-    """Whether sshd accepts connections on every non-refused node address."""
+    """Whether sshd accepts connections on every non-refused node address.
+
+    A loopback lab reads the listening sockets from ``/proc/net/tcp``: a probe that connects
+    shows in sshd's log as a connection (late, under load: sshd-session logs it once it has
+    started), and the tests that prove no SSH connection was opened read that log. A netns
+    lab's sshd listens in its node's namespace, which /proc/net/tcp here does not show: there
+    the probe connects.
+    """
     for n in lab.nodes:
         if Faults.load(lab.node_dir(n["name"]) / "faults.json").find("ssh-refuse"):
+            continue
+        if not lab.spec.netns:
+            if not _listening(n["addr"], lab.spec.ssh_port):
+                return False
             continue
         try:
             socket.create_connection((n["addr"], lab.spec.ssh_port), timeout=0.5).close()
