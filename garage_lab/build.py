@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import sys
 import time
 from dataclasses import asdict
@@ -34,6 +35,25 @@ from .garage.store import COUNTER_TREES, INSERT_QUEUE_TREE, Store, write_padding
 from .spec import PORT_ADMIN, PORT_RPC, PORT_S3, PORT_WEB, PROJECT_ROOT, SSHD_MAX_LISTEN, SUBNETS, ZONE_LETTERS, LabError, LabSpec
 
 
+def cli_socket(lab: Path) -> str:
+    """The Unix socket of the lab's fork server (:mod:`garage_lab.forkserver`): short, under
+    the temp dir (a socket path has at most 107 bytes; a lab's directory may be deep)."""
+    digest = hashlib.sha256(str(Path(lab).resolve()).encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"garage-lab-cli-{digest}.sock")
+
+
+def _fast_path(lab: Path, target: str, skip: str = "") -> str:
+    """The launchers' shortcut: hand the call to the lab's fork server when it runs (see
+    :mod:`garage_lab.forkserver`); ``skip``: a ``case`` pattern of calls that stay processes
+    of their own."""
+    sock = cli_socket(lab)
+    go = (f'if [ -S "{sock}" ]; then exec "{sys.executable}" -I -S "{PROJECT_ROOT}/garage_lab/fastcli.py" '
+          f'"{sock}" {target} "$@"; fi')
+    if not skip:
+        return go + "\n"
+    return f'case " $* " in\n  {skip}) ;;\n  *) {go} ;;\nesac\n'
+
+
 def _launcher(lab: Path, version: str) -> str:
     return (
         "#!/bin/sh\n"
@@ -42,7 +62,10 @@ def _launcher(lab: Path, version: str) -> str:
         f'  GARAGE_LAB_DEFAULT_CONFIG="{lab}/nodes/$GARAGE_LAB_NODE/etc/garage.toml"; export GARAGE_LAB_DEFAULT_CONFIG\n'
         "fi\n"
         f'GARAGE_LAB_DIR="{lab}"; export GARAGE_LAB_DIR\n'
-        f'PYTHONPATH="{PROJECT_ROOT}" exec "{sys.executable}" -S -m garage_lab.garage {version} "$@"\n'
+        f'PYTHONPATH="{PROJECT_ROOT}"; export PYTHONPATH\n'
+        # the daemon and offline-repair stay processes of their own (their PID holds the DB lock)
+        + _fast_path(lab, f"garage:{version}", skip='*" server "*|*" offline-repair "*')
+        + f'exec "{sys.executable}" -S -m garage_lab.garage {version} "$@"\n'
     )
 
 
@@ -51,7 +74,9 @@ def _service_script(lab: Path) -> str:
         "#!/bin/sh\n"
         "# garage-lab: service control for the node this session landed on (see garage_lab/service.py)\n"
         f'GARAGE_LAB_DIR="{lab}"; export GARAGE_LAB_DIR\n'
-        f'PYTHONPATH="{PROJECT_ROOT}" exec "{sys.executable}" -S -m garage_lab.service "$@"\n'
+        f'PYTHONPATH="{PROJECT_ROOT}"; export PYTHONPATH\n'
+        + _fast_path(lab, "service")
+        + f'exec "{sys.executable}" -S -m garage_lab.service "$@"\n'
     )
 
 

@@ -8,12 +8,14 @@ lab started, and then sweeps any process whose command line points into the lab 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +34,7 @@ def start(lab, wait: bool, timeout: float, wait_prometheus: bool, t0: float) -> 
         if lab.spec.netns:
             netns.setup(lab)
             netns.start_relays(lab)
+        start_cli_server(lab)
         start_sshd(lab)
         start_prometheus(lab)
         for node in lab.nodes:
@@ -54,6 +57,23 @@ def start_daemon(lab, name: str) -> None:
     out, _ = proc.communicate(timeout=60)
     if proc.returncode != 0:
         raise LabError(f"{name}: the daemon did not start: {out.decode(errors='replace').strip()}")
+
+
+def start_cli_server(lab) -> None:
+    """Start the lab's fork server (:mod:`garage_lab.forkserver`): the CLI calls of a loopback
+    lab then cost a fork instead of a Python start. A netns lab runs each node's calls in that
+    node's namespace, where this server is not: its launchers keep the Python start."""
+    if lab.spec.netns:
+        return
+    sock = build.cli_socket(lab.dir)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(sock)  # a socket left by a lab of this directory killed before its down
+    log = open(lab.dir / "cli-server.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-S", "-m", "garage_lab.forkserver", sock, str(lab.dir)],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                            env=dict(os.environ, PYTHONPATH=str(build.PROJECT_ROOT)))
+    lab.info["pids"]["cli_server"] = proc.pid
+    lab.save()
 
 
 def start_sshd(lab) -> None:
@@ -198,7 +218,8 @@ def down(lab) -> list[int]:
         pid = service.main_pid(lab.node_dir(n["name"]))
         if pid:
             targets.append(pid)
-    for pid in sshd_pids(lab) + [lab.info["pids"].get("prometheus")] + list(lab.info["pids"].get("relays", {}).values()):
+    for pid in (sshd_pids(lab) + [lab.info["pids"].get("prometheus"), lab.info["pids"].get("cli_server")]
+                + list(lab.info["pids"].get("relays", {}).values())):
         # a PID recorded at start may be another process's by now (the daemon died, the PID
         # was recycled): only one whose command line names this lab is this lab's
         if pid and service.proc_alive(pid, str(lab.dir)):
@@ -223,6 +244,8 @@ def down(lab) -> list[int]:
             pass
     for pid in killed:
         service.wait_exit(pid, 5)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(build.cli_socket(lab.dir))  # the fork server was SIGKILLed: its socket stays
     # namespaces, links and routes go last, and always: even a half-made netns lab is undone
     lab.info["netns_removed"] = netns.teardown(lab)
     lab.info["pids"] = {}
