@@ -171,7 +171,7 @@ def _refusals(lab, tmp: Path, ev: dict) -> None:
         # with node-b1 still refused, the wrong checksum is refused before connecting to any node:
         # its error is the inventory's, not node-b1's unreachability
         def wrong_sha(inv):
-            inv["target"]["sha256"] = _sha256(lab.launcher("0.8.4"))
+            inv["target"]["sha256"] = _sha256(lab.launcher("0.8.0"))
         _res, err = attempt(_inventory(lab, tmp, "wrong-sha", wrong_sha))
         ev[20] = {"local": err, "untouched": untouched()}
     finally:
@@ -260,10 +260,10 @@ def _backup_faults(lab, ev: dict) -> None:
 
 
 def _wrong_version(lab, tmp: Path, ev: dict) -> None:
-    """Row 21: the inventory's binary (checksum right) is 0.8.4, not the 0.8.7 it names."""
+    """Row 21: the inventory's binary (checksum right) is 0.8.0, not the 0.8.7 it names."""
     def older(inv):
-        inv["target"]["binary"] = str(lab.launcher("0.8.4"))
-        inv["target"]["sha256"] = _sha256(lab.launcher("0.8.4"))
+        inv["target"]["binary"] = str(lab.launcher("0.8.0"))
+        inv["target"]["sha256"] = _sha256(lab.launcher("0.8.0"))
     _res, err = attempt(_inventory(lab, tmp, "wrong-version", older))
     led = ledger(lab)
     ev[21] = {"error": err, "steps": {n: step(led, n, "install:stage") for n in NODES},
@@ -443,7 +443,7 @@ def test_fault_21_staged_binary_of_the_wrong_version_halts_before_any_switch(cha
     assert err is not None and err.code == "STEP_FAILED", err
     for n in NODES:
         s = ev["steps"][n]
-        assert s.status == "failed" and "staged binary reports 0.8.4, expected 0.8.7" in s.detail, s
+        assert s.status == "failed" and "staged binary reports 0.8.0, expected 0.8.7" in s.detail, s
         assert ev["switched"][n] is None
         assert ev["backups"][n] is not None and ev["backups"][n].version == "0.7.3"
     # every node stopped on its 0.7.3 binary, with a backup that reads back against its manifest
@@ -457,7 +457,7 @@ def test_fault_20_binary_with_a_wrong_checksum_is_never_used(chain):
     local = ev["local"]
     assert local is not None and local.code == "INVENTORY_INVALID" and "target.sha256" in str(local), local
     assert ev["untouched"]
-    # a staged file on the node with the wrong checksum (row 21's 0.8.4) is uploaded again and
+    # a staged file on the node with the wrong checksum (row 21's 0.8.0) is uploaded again and
     # checked before the switch: the switched binary is the inventory's
     want = _sha256_of_target(chain)
     assert ev["staged_before"] is not None and ev["staged_before"] != want
