@@ -52,6 +52,7 @@ def test_fault_03_transient_command_failure_twice_then_success_is_recovered_by_r
                 and "tables" in (j.get("argv") or []) and "repair" in (j.get("argv") or [])]
     assert launches == [1, 1, 0], launches
     assert not [e for e in led.doc.events if e.kind == "decision"]
-    # and it was the task's retries that ran it again: one task run, run three times
+    # and it was the task's retries that ran it again: the repair phase's task run ran three
+    # times, the repair-after phase's (no fault left) once
     runs = _task_runs(lab, mid, "repair-tables")
-    assert [r.run_count for r in runs] == [3], [(r.name, r.run_count, r.state_name) for r in runs]
+    assert sorted(r.run_count for r in runs) == [1, 3], [(r.name, r.run_count, r.state_name) for r in runs]

@@ -353,6 +353,12 @@ def chain(lab, tmp_path_factory):
     except BaseException as exc:  # noqa: BLE001 - each row's test reports what it lacks
         ev["broken"] = f"{type(exc).__name__}: {exc}"
     print(f"fault chain on 3x1: {time.monotonic() - t0:.1f}s")
+    for key, value in ev.items():  # what each row saw, for whoever reads the test's output
+        if isinstance(value, dict):
+            print(f"row {key}:", {k: (v.describe() if isinstance(v, GarageMigrateError) else
+                                     {n: (s.code, s.detail[:300]) for n, s in v.items() if s is not None}
+                                     if k == "steps" else None) for k, v in value.items()
+                                  if k in ("error", "local", "fresh", "steps")})
     return ev
 
 
@@ -423,6 +429,7 @@ def test_fault_11_truncated_tar_stream_halts_and_leaves_nothing_that_looks_valid
     s = ev["steps"]["node-c1"]
     assert ev["faults_left"]["node-c1"] == []  # not vacuous: the stream was cut
     assert s.status == "failed" and s.code == "BACKUP_FAILED", s
+    assert "the stream was cut short" in s.detail and "zstd?" not in s.detail, s.detail  # said as it is
     assert ev["files"]["node-c1"] == []
     assert ev["truth"]["node-c1"] == (None, "garage-v0.7.3")
 
@@ -432,6 +439,7 @@ def test_fault_12_corrupted_archive_at_verify_time_halts_and_keeps_nothing(chain
     s = ev["steps"]["node-a1"]
     assert ev["faults_left"]["node-a1"] == []  # not vacuous: a byte of the stream was flipped
     assert s.status == "failed" and s.code == "BACKUP_FAILED", s
+    assert "the new backup does not match the node" in s.detail, s.detail
     assert ev["files"]["node-a1"] == []
     assert ev["truth"]["node-a1"] == (None, "garage-v0.7.3")
     assert ev["error"] is not None and ev["error"].code == "BACKUP_FAILED"
