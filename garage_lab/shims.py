@@ -9,6 +9,10 @@ path); otherwise it runs this module, which applies the fault:
 - ``kill-tar`` (``bytes``: N): a ``tar`` writing its archive to stdout is cut after N bytes of
   output and SIGKILLed, and the shim dies of SIGKILL as tar would (through coreutils ``timeout``
   the session then exits 137). Other ``tar`` invocations are untouched.
+- ``corrupt-tar`` (``bytes``: N): a ``tar`` writing its archive to stdout has the byte at
+  offset N of its output flipped (the last byte when the output is shorter), as a failing disk
+  or memory on the node would; tar itself exits 0. What the controller receives is then not
+  what the node holds: the backup's verification must catch it.
 - ``disk-full`` (``path``: P): ``tar`` creating an archive file under P, or extracting into a
   directory under P, fails as on a full disk (``Cannot write: No space left on device``, exit
   2; a created archive is left empty, as ENOSPC on the first write leaves it); ``df`` reports
@@ -35,7 +39,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TOOLS = {"tar": ("/usr/bin/tar", "/bin/tar"), "df": ("/bin/df", "/usr/bin/df"), "zstd": ("/usr/bin/zstd", "/bin/zstd")}
 #: Fault kinds each shim handles: the ``sh`` fast path greps faults.json for these words.
-HANDLES = {"tar": ("kill-tar", "disk-full"), "df": ("disk-full",), "zstd": ("no-zstd",)}
+HANDLES = {"tar": ("kill-tar", "corrupt-tar", "disk-full"), "df": ("disk-full",), "zstd": ("no-zstd",)}
 #: Tools a machine may lack (no shim then: the node lacks it anyway).
 OPTIONAL = {"zstd"}
 
@@ -192,6 +196,10 @@ def shim_tar(real: str, args: list[str], lab: Path, node: str) -> int:
             sys.stderr.write(f"tar: {name}: Cannot write: No space left on device\n"
                              "tar: Error is not recoverable: exiting now\n")
             return 2
+    corrupt = faults.find("corrupt-tar")
+    if corrupt and what["mode"] == "c" and what["file"] == "-":
+        _consume(lab, node, "corrupt-tar")
+        return _corrupted(real, args, int(corrupt.get("bytes", 0)))
     kill = faults.find("kill-tar")
     if kill and what["mode"] == "c" and what["file"] == "-":
         limit = int(kill.get("bytes", 0))
@@ -214,6 +222,30 @@ def shim_tar(real: str, args: list[str], lab: Path, node: str) -> int:
         os.kill(os.getpid(), signal.SIGKILL)
     _exec(real, args)
     return 127  # not reached
+
+
+def _corrupted(real: str, args: list[str], offset: int) -> int:
+    """Run tar, copying its stdout with the byte at ``offset`` flipped; return tar's status."""
+    proc = subprocess.Popen([real, *args], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    sent, held = 0, b""
+    while True:
+        data = proc.stdout.read1(1 << 16)
+        if not data:
+            break
+        if sent + len(data) > offset >= sent:
+            i = offset - sent
+            data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+            offset = -1  # flipped once
+        # the last chunk is held back, so a stream shorter than the offset has its last byte flipped
+        if held:
+            _write_all(1, held)
+        sent += len(data)
+        held = data
+    if held and offset >= 0:
+        held = held[:-1] + bytes([held[-1] ^ 0xFF])
+    _write_all(1, held)
+    return proc.wait()
 
 
 def shim_df(real: str, args: list[str], lab: Path, node: str) -> int:

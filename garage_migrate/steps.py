@@ -218,7 +218,12 @@ async def stop_node(rt: Runtime, node: str) -> StepResult:
         return await _record(rt, _skip(rt, "stop", node, "already stopped and the DB lock is free"))
     await rt.act(node, acts.signal)
     if not await poll(rt, "stop", node, lambda: _inactive(rt, node), STOP_TIMEOUT):
-        raise StepError(f"daemon still running {STOP_TIMEOUT:.0f}s after {rt.node(node).stop_signal}", node=node)
+        # never escalated to a kill here: a daemon killed mid-write is a person's call, who
+        # can first read why it does not stop
+        raise StepError(f"daemon still running {STOP_TIMEOUT:.0f}s after {rt.node(node).stop_signal}: it was not "
+                        f"killed; find out why it does not stop (its log), stop it by hand and check that "
+                        f"{rt.meta_dir(node)}/db/db is no longer locked, then run this migration again",
+                        node=node)
     await rt.act(node, acts.stop)  # idempotent; settles the unit state
     if not await poll(rt, "lock", node, lambda: lock_free(rt, node), 10.0):
         raise LockHeldError("the service is stopped but the DB lock is still held", node=node)
@@ -260,6 +265,10 @@ async def start_node(rt: Runtime, node: str, expect_version: str) -> StepResult:
         return False
     t0 = rt.clock.monotonic()
     if not await poll(rt, "start", node, answers, START_TIMEOUT) or gave_up:
+        if gave_up:  # the unit failed: said as such, not as a wait that timed out
+            raise StepError(f"the {expect_version} daemon exited {rt.clock.monotonic() - t0:.0f}s after its start, "
+                            f"before answering (service not active): it refuses to start; read its log, fix the "
+                            f"cause, then run this migration again", node=node)
         active = await service_active(rt, node)
         raise StepError(f"daemon did not answer as {expect_version} within {START_TIMEOUT:.0f}s "
                         f"(service {'active' if active else 'not active'})", node=node)

@@ -80,6 +80,7 @@ FAULT_KINDS = (
     "errored-blocks",  # N blocks fail to resync forever
     "disk-full",  # writes under `path` fail with ENOSPC (tar/df shims)
     "kill-tar",  # tar is killed after `bytes` bytes of output
+    "corrupt-tar",  # the byte at offset `bytes` of tar's output is flipped (tar exits 0)
     "no-zstd",  # the node has no zstd CLI (zstd shim: exit 127)
     "net-delay",  # netns lab: `ms` more per round trip on SSH and admin connections (relay)
     "net-loss",  # netns lab: `pct` % of packets dropped each way (nftables)

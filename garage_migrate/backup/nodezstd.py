@@ -60,11 +60,22 @@ async def receive_compressed(step: _Step, level: int, fh: BinaryIO) -> int:
     except (CommandTimeout, TransportError):
         raise
     except CommandError as exc:
-        raise _command_failed(exc, step.node, f"tar | zstd of {step.meta} on the node failed (does the node still "
-                                              f"have zstd?), the partial archive was removed") from None
+        raise _command_failed(exc, step.node, f"tar | zstd of {step.meta} on the node failed ({_why(exc)}), "
+                                              f"the partial archive was removed") from None
     except OSError as exc:
         raise BackupError(f"{step.node}: cannot write the backup to {step.paths.dir}: {exc}", node=step.node) from None
     return rx.n
+
+
+def _why(exc: CommandError) -> str:
+    """What a failed ``tar | zstd`` most likely means: a missing zstd only when it says so."""
+    if exc.exit_status == 127 or "zstd: not found" in (exc.stderr_tail or ""):
+        return "the node has no zstd"
+    if exc.signal or exc.exit_status in (124, 137):
+        # killed (by its timeout's SIGKILL, the OOM killer, a person): the stream stopped short
+        return f"killed ({'SIG' + exc.signal.removeprefix('SIG') if exc.signal else f'exit {exc.exit_status}'}): " \
+               "the stream was cut short"
+    return f"exit {exc.exit_status}"
 
 
 async def check_received(step: _Step, tmp: Path, archive_name: str, level: int,
