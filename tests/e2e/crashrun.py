@@ -3,7 +3,8 @@ point after point, resumed each time, and the checks that nothing ran twice and 
 
 A *chain* is one migration on one lab and a list of :class:`Point`: each run of the migration
 is watched until the ledger (or the lab) shows the next point, then its flow process is
-killed; the next run resumes it, and so on; the last run completes. Two ways to resume:
+killed; the next run resumes it, and so on; the last run completes. Two ways to resume,
+alternated in one chain by :class:`Alternating`:
 
 - :class:`NewRuns`: a new ``garage-migrate run`` with the same migration id each time, from a
   shell with no terminal (the flow runs in that process, which is what is killed);
@@ -27,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from tests.e2e.faultrun import (
@@ -69,7 +71,7 @@ def in_step(node: str, key: str, status: str = "running", name: str | None = Non
     return Point(name or f"{key} {status} on {node}", lambda doc, lab: step_status(doc, node, key) == status)
 
 
-def flip_stopping(stopped: str, slow: str, seconds: float = 20.0) -> Point:
+def flip_stopping(stopped: str, slow: str, seconds: float = 30.0) -> Point:
     """Inside the simultaneous restart's stop: ``stopped`` is down, ``slow`` still runs 0.7
     (its shutdown is held ``seconds`` by a ``slow-stop`` fault)."""
     return Point(
@@ -95,14 +97,22 @@ class NewRuns:
     """Each run is a new ``garage-migrate run --migration-id MID --auto-approve`` process, with no
     terminal, on the given Prefect API (so no temporary server is started per run)."""
 
-    def __init__(self, lab, procedure: str, migration_id: str, api: str, extra: tuple[str, ...] = ()):
+    def __init__(self, lab, procedure: str, migration_id: str, api: str, extra: tuple[str, ...] = (),
+                 temporary_first: bool = False):
         self.lab, self.procedure, self.mid, self.api, self.extra = lab, procedure, migration_id, api, extra
         self.proc: subprocess.Popen | None = None
         self.started: list[subprocess.Popen] = []
+        # the first run as an operator's plain terminal run: no PREFECT_API_URL, so it starts its
+        # own temporary server, which must not outlive the SIGKILL of the command
+        self.temporary_first = temporary_first
+        self.tag = f"gm-crash-{os.getpid()}-{time.time_ns()}"
+        self.orphans: list[int] = []
 
     def start(self) -> None:
         """Start the next run."""
-        env = dict(os.environ, PREFECT_API_URL=self.api)
+        env = dict(os.environ, PREFECT_API_URL=self.api, GARAGE_MIGRATE_TEST_TAG=self.tag)
+        if self.temporary_first and not self.started:
+            env.pop("PREFECT_API_URL")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "garage_migrate.cli", "run", self.procedure, "--inventory",
              str(self.lab.dir / "inventory.yaml"), "--migration-id", self.mid, "--auto-approve",
@@ -118,10 +128,28 @@ class NewRuns:
     def kill(self) -> list[int]:
         """SIGKILL the run's process (the flow runs in it); returns the PIDs killed."""
         pid = self.proc.pid
+        servers = self.temporary_servers()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         self.proc.wait(30)
+        # its temporary server (own session) is told by the kernel that its parent died
+        self.orphans += [p for p in servers if not process_gone(p, 60)]
         return [pid]
+
+    def temporary_servers(self) -> list[int]:
+        """The live temporary Prefect servers of this chain's runs (tagged through their environment)."""
+        want = f"GARAGE_MIGRATE_TEST_TAG={self.tag}".encode()
+        out = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    cmd = Path(f"/proc/{d}/cmdline").read_bytes()
+                    env = Path(f"/proc/{d}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if b"server\0start" in cmd and want in env and not process_gone(int(d), 0):
+                    out.append(int(d))
+        return out
 
     def finish(self, timeout: float) -> str:
         """Wait for the current run to end; assert it completed; return its output."""
@@ -140,6 +168,9 @@ class NewRuns:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait(30)
+        for pid in self.temporary_servers():  # a server that outlived its run (the test then fails)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 class FlowRunRetries:
@@ -162,7 +193,13 @@ class FlowRunRetries:
             return
         self.stack.wait_state(self.frid, lambda s: s.is_crashed(), 180, "Crashed (the worker saw its process die)")
         for _ in range(3):
-            self.stack.retry(self.frid)
+            try:
+                self.stack.retry(self.frid)
+            except RuntimeError as exc:
+                # a late crash report of the killed process overwrote our retry, and the worker
+                # had already taken that retry up (Pending): it runs; wait for it, as a person would
+                if "cannot be retried" not in str(exc):
+                    raise
             fr = self.stack.wait_state(self.frid, lambda s: s.is_running() or s.is_crashed() or s.is_final(), 300,
                                        "Running after the retry")
             if fr.state.is_running():
@@ -203,6 +240,38 @@ class FlowRunRetries:
         for p in flow_run_pids(self.frid) if self.frid else ():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
+
+
+class Alternating:
+    """Each run by the next of ``ways`` in turn (e.g. a flow run of the deployment, killed and
+    retried, then a new terminal run, then the retry again...): one chain resumed both ways."""
+
+    def __init__(self, *ways):
+        self.ways = ways
+        self.n = 0
+        self.current = ways[0]
+
+    def start(self) -> None:
+        """The next run, by the next way."""
+        self.current = self.ways[self.n % len(self.ways)]
+        self.n += 1
+        self.current.start()
+
+    def alive(self) -> bool:
+        return self.current.alive()
+
+    def kill(self) -> list[int]:
+        return self.current.kill()
+
+    def finish(self, timeout: float) -> str:
+        return self.current.finish(timeout)
+
+    def output(self) -> str:
+        return self.current.output()
+
+    def stop(self) -> None:
+        for w in self.ways:
+            w.stop()
 
 
 # ---------------------------------------------------------------------------- the chain
