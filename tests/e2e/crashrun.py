@@ -107,6 +107,7 @@ class NewRuns:
         self.temporary_first = temporary_first
         self.tag = f"gm-crash-{os.getpid()}-{time.time_ns()}"
         self.orphans: list[int] = []
+        self.servers_seen: list[int] = []
 
     def start(self) -> None:
         """Start the next run."""
@@ -129,6 +130,7 @@ class NewRuns:
         """SIGKILL the run's process (the flow runs in it); returns the PIDs killed."""
         pid = self.proc.pid
         servers = self.temporary_servers()
+        self.servers_seen += servers
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         self.proc.wait(30)

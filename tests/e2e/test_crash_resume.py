@@ -126,4 +126,5 @@ def test_simple_killed_at_each_point_and_resumed_by_new_runs_and_retries(make_la
     new = CR.NewRuns(lab, "simple", mid, stack.api, temporary_first=True)
     runs = CR.Alternating(new, CR.FlowRunRetries(stack, lab, "simple", mid, FAST))
     _chain(lab, runs, "simple", mid, SIMPLE_POINTS)
+    assert len(new.servers_seen) == 1, new.servers_seen  # the first run's, alive when it was killed
     assert new.orphans == [], "a temporary Prefect server outlived the SIGKILL of its garage-migrate run"
