@@ -404,6 +404,8 @@ class _TemporaryServer:
         import time
         import urllib.request
 
+        from .procutil import die_with_parent
+
         env = dict(os.environ, PREFECT_HOME=self.home, PREFECT_SERVER_ANALYTICS_ENABLED="false",
                    PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.home}/prefect.db",
                    PREFECT_UI_API_URL=f"{self.url}/api", PREFECT_LOGGING_LEVEL="WARNING")
@@ -412,7 +414,8 @@ class _TemporaryServer:
         log = open(Path(self.home) / "server.log", "wb")
         self.proc = subprocess.Popen([str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+                                     # a SIGKILL of this command still stops its server
+                                     start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -20,6 +20,8 @@ from .. import backup_step, runtime, steps
 from ..gates import GateOutcome
 from ..plan import MigrationOptions
 from ..steps import Runtime, StepResult
+from . import flipresume
+from .flipresume import NodeState
 
 DecisionKind = Literal["approval", "gate", "counters", "flip-failure"]
 
@@ -167,6 +169,10 @@ class StepRunner(Protocol):
         """One observation of every node's queues and reachability: node -> blocking reasons."""
         ...
 
+    async def observe_node(self, rt: Runtime, node: str) -> NodeState:
+        """The node's service state and version, read from the node (a resumed flip's look)."""
+        ...
+
 
 class EngineSteps:
     """A :class:`StepRunner` that calls the engine directly (no retries, no Prefect)."""
@@ -226,3 +232,7 @@ class EngineSteps:
     async def observe_once(self, rt: Runtime) -> dict[str, tuple[str, ...]]:
         """:func:`garage_migrate.runtime.observe_once`."""
         return await runtime.observe_once(rt)
+
+    async def observe_node(self, rt: Runtime, node: str) -> NodeState:
+        """:func:`garage_migrate.executor.flipresume.observe`."""
+        return await flipresume.observe(rt, node)

@@ -14,6 +14,9 @@ Guarantees (issue 8):
 - a step the ledger records as done in this migration is skipped (and the log says why);
 - a run whose plan changed since the last run records a ``replan`` event; approvals given for
   the old plan are asked again (see :mod:`.decisions`);
+- a run resumed inside the simultaneous restart looks at the nodes before it (service state,
+  versions), records what it found (``flip-resume``) and finishes the flip from there: a node
+  found on anything but the target is stopped again whatever the ledger says (:mod:`.flipresume`);
 - before each wave, the window guard (:mod:`garage_migrate.window`) refuses a unit (a round, the
   flip, the simple procedure's offline part) that cannot finish in the maintenance window, and
   marks the backup round of a node whose backup is too old to run again.
@@ -35,6 +38,7 @@ from ..runtime import watch_report
 from ..steps import Runtime, StepResult
 from ..window import WindowGuard, WindowPolicy
 from ..watch.run import against_baseline
+from . import flipresume
 from .decisions import Decisions
 from .interfaces import ACTIONS, Decider, NullReporter, Reporter, StepRunner
 from .rollback import rollback_plan_for, run_rollback
@@ -84,6 +88,7 @@ class Executor:
         self.window = WindowGuard(window, plan, rt.ledger, opts, self.log)
         self.phase: str | None = None  # the phase running now (for events)
         self.report_md: str | None = None  # the final report, once the watch step published it
+        self.flip_found: dict[str, flipresume.NodeState] = {}  # a resumed flip: the nodes as found
 
     async def decide(self, kind, key: str, description: str, clean: bool, choices: tuple[str, ...] | None = None) -> str:
         """See :meth:`Decisions.decide`."""
@@ -113,6 +118,8 @@ class Executor:
         migration's ledger without taking over its plan digest)."""
         led = self.rt.ledger
         for phase in self.plan.phases:
+            if phase.name == "flip" and flipresume.interrupted(led.doc.events):
+                await self.look_before_resuming_the_flip()
             await led.event("phase", f"start {phase.name}")
             self.phase = phase.name
             await self.emit("phase.started", phase=phase.name, message=phase.title)
@@ -149,10 +156,27 @@ class Executor:
                 self.log.error("wave %s failed on %s", wave.name, ", ".join(f"{n}: {e}" for n, e in failed.items()))
                 raise next(iter(failed.values()))
 
+    async def look_before_resuming_the_flip(self) -> None:
+        """An earlier run began the flip and never ended it: read every node's state from the
+        node, record it (``flip-resume``), and keep it for the flip's stop wave."""
+        self.rt.ledger.check_holder()
+        names = [n.name for n in self.rt.facts.nodes]
+        with in_step("flip", "observe"):
+            states = await asyncio.gather(*(self.steps.observe_node(self.rt, n) for n in names))
+        self.flip_found = dict(zip(names, states))
+        msg = flipresume.describe(self.flip_found, self.plan.target_version)
+        self.log.warning("%s", msg)
+        await self.rt.ledger.event("flip-resume", msg, nodes=names)
+
     async def run_recorded(self, phase: Phase, s: Step) -> None:
         """One node step: skipped when done earlier, else ``running`` (fenced) then its result."""
         led, node, key = self.rt.ledger, s.node, f"{phase.name}:{s.kind}"
-        if self.window.done(phase.name, s):
+        found = self.flip_found.get(node) if phase.name == "flip" and s.kind == "stop" else None
+        if found is not None and flipresume.needs_stop(found, self.plan.target_version) and self.window.done(phase.name, s):
+            # the ledger lags behind the nodes: a node running the source must be stopped before any 0.8 start
+            self.log.warning("[%s] %s: done in the ledger, but the node is %s: stopping it again", node, key,
+                             found.describe())
+        elif self.window.done(phase.name, s):
             self.log.info("[%s] %s: skipped: done earlier in this migration (ledger)", node, key)
             return
         await led.record_step(node, key, "running")  # raises in a superseded process: it never acts

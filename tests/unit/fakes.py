@@ -17,14 +17,17 @@ class FakeSteps(EngineSteps):
         counters: the status ``check_counters`` returns.
         start_failures: node -> how many of its 0.8 starts fail first.
         on_call: called with each call tuple before it is recorded (to script a takeover).
+        node_states: node -> ``NodeState`` that ``observe_node`` reports (default: stopped,
+            with the target binary installed).
     """
 
-    def __init__(self, gates=(), counters="done", start_failures=None, on_call=None):
+    def __init__(self, gates=(), counters="done", start_failures=None, on_call=None, node_states=None):
         self.calls: list[tuple] = []
         self.gates = list(gates)
         self.counters = counters
         self.start_failures = dict(start_failures or {})
         self.on_call = on_call
+        self.node_states = dict(node_states or {})
 
     def _rec(self, *call) -> None:
         if self.on_call is not None:
@@ -34,7 +37,7 @@ class FakeSteps(EngineSteps):
     def acts(self) -> list[tuple]:
         """The calls that would change a node (everything but observations and gates)."""
         return [c for c in self.calls if c[0] not in ("preflight", "sync_gate", "observe_once", "wait_healthy",
-                                                      "check_counters")]
+                                                      "check_counters", "observe_node")]
 
     async def _done(self, step: str, node, arg=None) -> StepResult:
         self._rec(step, node, arg)
@@ -87,6 +90,12 @@ class FakeSteps(EngineSteps):
         return GateOutcome(gate=name, status=status, passes=0 if status != "passed" else opts.gate_consecutive,
                            required=opts.gate_consecutive, elapsed=1.0, deadline=opts.gate_deadline_s, last={},
                            reasons=() if status == "passed" else ("n1: resync queue 12",))
+
+    async def observe_node(self, rt, node):
+        from garage_migrate.executor.flipresume import NodeState
+
+        self._rec("observe_node", node, None)
+        return self.node_states.get(node, NodeState(node, False, "0.8.7"))
 
     async def observe_once(self, rt):
         self._rec("observe_once", None, None)
