@@ -79,6 +79,17 @@ def prefect_stack():
         s.stop()
 
 
+@pytest.fixture(scope="module")
+def stack(prefect_stack):
+    """The session's server with a module's work pool, deployments and worker (the operator
+    tests); the worker, and any flow-run process it left, is stopped by PID at the end of the
+    module."""
+    try:
+        yield prefect_stack.start_operator()
+    finally:
+        prefect_stack.stop_operator()
+
+
 @pytest.fixture(scope="session")
 def prefect_server(prefect_stack):
     """This process's Prefect client talks to the session's server (as under

@@ -55,15 +55,6 @@ SIMPLE_POINTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def stack(prefect_stack):
-    """The session's server with this module's work pool, deployments and worker (stopped by
-    PID at the end of the module, with any flow-run process it left)."""
-    try:
-        yield prefect_stack.start_operator()
-    finally:
-        prefect_stack.stop_operator()
-
 
 def _no_split(lab, report) -> None:
     assert CR.split_moments(lab) == [], f"split cluster after {report.kills[-1][0]}"

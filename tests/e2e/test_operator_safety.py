@@ -28,15 +28,6 @@ MD = "minimal-downtime-migration/minimal-downtime"
 ROLLBACK = "rollback-migration/rollback"
 
 
-@pytest.fixture(scope="module")
-def stack(prefect_stack):
-    """The session's server with this module's work pool, deployments and worker; the worker
-    (and any flow-run process it left) is stopped by PID at the end of the module."""
-    try:
-        yield prefect_stack.start_operator()
-    finally:
-        prefect_stack.stop_operator()
-
 
 def _params(lab, **kw) -> dict:
     return dict({"inventory": str(lab.dir / "inventory.yaml"), "options": FAST, "auto_approve": False,

@@ -32,15 +32,6 @@ VICTIM = "node-b1"
 QUIET = {"anti_entropy_startup_s": 3600.0}
 
 
-@pytest.fixture(scope="module")
-def stack(prefect_stack):
-    """The session's server with this module's work pool, deployments and worker (stopped by
-    PID at the end of the module, with any flow-run process it left)."""
-    try:
-        yield prefect_stack.start_operator()
-    finally:
-        prefect_stack.stop_operator()
-
 
 def _ledger(lab) -> Ledger:
     inv = yaml.safe_load((lab.dir / "inventory.yaml").read_text())
