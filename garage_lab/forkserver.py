@@ -49,12 +49,10 @@ def _preload() -> None:
 def _recv_request(conn: socket.socket) -> tuple[list[int], bytes] | None:
     """Read one request: the caller's fds and the body (``None``: not a valid request)."""
     fds: list[int] = []
-    data = b""
-    msg, anc, _flags, _addr = conn.recvmsg(65536, socket.CMSG_SPACE(3 * struct.calcsize("i")))
+    data, anc, _flags, _addr = conn.recvmsg(65536, socket.CMSG_SPACE(3 * struct.calcsize("i")))
     for level, kind, payload in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds += list(struct.unpack("%di" % (len(payload) // 4), payload[: len(payload) // 4 * 4]))
-    data = msg
     if len(data) < 7:
         for fd in fds:
             os.close(fd)
