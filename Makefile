@@ -15,7 +15,7 @@ demo: deps
 	@$(PY) -m apps.demo --dir $(DEMO_DIR) $(DEMO_ARGS)
 
 test: deps
-	@$(PY) -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --durations=40
+	@$(PY) -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --no-loadscope-reorder --durations=40
 
 test-unit: deps
 	@$(PY) -m pytest -q -p no:cacheprovider -m "not lab and not e2e"

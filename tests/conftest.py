@@ -19,12 +19,27 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests import timings  # noqa: E402 - needs ROOT on sys.path
+
 
 def pytest_collection_modifyitems(config, items):
-    """Tests under tests/lab are lab tests; CI runs them, never skips them."""
+    """Tests under tests/lab are lab tests; CI runs them, never skips them. Files run longest
+    first (:mod:`tests.timings`), so that ``-n 3 --dist loadfile`` ends on short files."""
     for item in items:
         if "/tests/lab/" in str(item.fspath):
             item.add_marker(pytest.mark.lab)
+    timings.longest_first(items, ROOT)
+
+
+def pytest_runtest_logreport(report):
+    """Add each test's phases to its file's time (recorded when ``GM_TIMINGS_OUT`` is set)."""
+    timings.RECORDER.add(report)
+
+
+def pytest_sessionfinish(session):
+    """Write the files' measured times to ``GM_TIMINGS_OUT`` (the controller's view under xdist)."""
+    if not hasattr(session.config, "workerinput"):
+        timings.RECORDER.write(os.environ.get("GM_TIMINGS_OUT"))
 
 
 def run(coro, limit: float | None = 120):
