@@ -35,26 +35,42 @@ from .garage.store import COUNTER_TREES, INSERT_QUEUE_TREE, Store, write_padding
 from .spec import PORT_ADMIN, PORT_RPC, PORT_S3, PORT_WEB, PROJECT_ROOT, SSHD_MAX_LISTEN, SUBNETS, ZONE_LETTERS, LabError, LabSpec
 
 
-def cli_socket(lab: Path) -> str:
+#: In a netns lab's launchers, the socket path's stand-in for the caller's network namespace
+#: (its inode): :mod:`garage_lab.fastcli` fills it in, so a call reaches the fork server of the
+#: namespace it was made in, never another node's.
+NETNS_MARK = "@NETNS@"
+
+
+def cli_socket(lab: Path, netns: int | str | None = None) -> str:
     """The Unix socket of the lab's fork server (:mod:`garage_lab.forkserver`): short, under
-    the temp dir (a socket path has at most 107 bytes; a lab's directory may be deep)."""
+    the temp dir (a socket path has at most 107 bytes; a lab's directory may be deep).
+
+    ``netns``: a netns lab has one server per node, in the node's namespace; its socket is
+    named by that namespace's inode (or :data:`NETNS_MARK`, for the launchers)."""
     digest = hashlib.sha256(str(Path(lab).resolve()).encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"garage-lab-cli-{digest}.sock")
+    tail = "" if netns is None else f"-ns{netns}"
+    return os.path.join(tempfile.gettempdir(), f"garage-lab-cli-{digest}{tail}.sock")
 
 
-def _fast_path(lab: Path, target: str, skip: str = "") -> str:
+def _fast_path(lab: Path, target: str, skip: str = "", netns: bool = False) -> str:
     """The launchers' shortcut: hand the call to the lab's fork server when it runs (see
     :mod:`garage_lab.forkserver`); ``skip``: a ``case`` pattern of calls that stay processes
-    of their own."""
-    sock = cli_socket(lab)
-    go = (f'if [ -S "{sock}" ]; then exec "{sys.executable}" -I -S "{PROJECT_ROOT}/garage_lab/fastcli.py" '
-          f'"{sock}" {target} "$@"; fi')
+    of their own. ``netns``: the servers are per node namespace; the client picks its own
+    namespace's (the shell only checks that this lab has one at all)."""
+    client = f'exec "{sys.executable}" -I -S "{PROJECT_ROOT}/garage_lab/fastcli.py"'
+    if netns:
+        any_sock = cli_socket(lab, "*")
+        go = (f'for s in {any_sock}; do if [ -S "$s" ]; then {client} "{cli_socket(lab, NETNS_MARK)}" {target} "$@"; '
+              'fi; break; done')
+    else:
+        sock = cli_socket(lab)
+        go = f'if [ -S "{sock}" ]; then {client} "{sock}" {target} "$@"; fi'
     if not skip:
         return go + "\n"
     return f'case " $* " in\n  {skip}) ;;\n  *) {go} ;;\nesac\n'
 
 
-def _launcher(lab: Path, version: str) -> str:
+def _launcher(lab: Path, version: str, netns: bool = False) -> str:
     return (
         "#!/bin/sh\n"
         f"# garage-lab: simulated Garage v{version} (stdlib Python; see garage_lab/garage)\n"
@@ -64,18 +80,18 @@ def _launcher(lab: Path, version: str) -> str:
         f'GARAGE_LAB_DIR="{lab}"; export GARAGE_LAB_DIR\n'
         f'PYTHONPATH="{PROJECT_ROOT}"; export PYTHONPATH\n'
         # the daemon and offline-repair stay processes of their own (their PID holds the DB lock)
-        + _fast_path(lab, f"garage:{version}", skip='*" server "*|*" offline-repair "*')
+        + _fast_path(lab, f"garage:{version}", skip='*" server "*|*" offline-repair "*', netns=netns)
         + f'exec "{sys.executable}" -S -m garage_lab.garage {version} "$@"\n'
     )
 
 
-def _service_script(lab: Path) -> str:
+def _service_script(lab: Path, netns: bool = False) -> str:
     return (
         "#!/bin/sh\n"
         "# garage-lab: service control for the node this session landed on (see garage_lab/service.py)\n"
         f'GARAGE_LAB_DIR="{lab}"; export GARAGE_LAB_DIR\n'
         f'PYTHONPATH="{PROJECT_ROOT}"; export PYTHONPATH\n'
-        + _fast_path(lab, "service")
+        + _fast_path(lab, "service", netns=netns)
         + f'exec "{sys.executable}" -S -m garage_lab.service "$@"\n'
     )
 
@@ -163,8 +179,8 @@ def create(lab_cls, spec: LabSpec):
     (root / "dist").mkdir(exist_ok=True)
     (root / "bin").mkdir(exist_ok=True)
     for v in PERSONALITIES:
-        _write_exec(root / "dist" / f"garage-v{v}", _launcher(root, v))
-    _write_exec(root / "bin" / "garage-service", _service_script(root))
+        _write_exec(root / "dist" / f"garage-v{v}", _launcher(root, v, spec.netns))
+    _write_exec(root / "bin" / "garage-service", _service_script(root, spec.netns))
     shims.install(root)  # fault shims for tar and df, first on the sessions' PATH
 
     nodes = []

@@ -7,6 +7,9 @@ its working directory, umask, arguments, environment and its own stdin/stdout/st
 (``SCM_RIGHTS``) to the server, forwards the signals it gets (TERM, INT, HUP, QUIT) to the
 command, and ends as the command ended: the same exit code, or killed by the same signal.
 
+On a netns lab each node's namespace has its own server; the launcher's socket path names
+the namespace with a stand-in that this client replaces with its own namespace's inode.
+
 If the server does not answer (the lab was started before it existed, or it is gone), the
 client ``exec``\\ s the command the slow way, as a process of its own, so a call never fails
 because of this shortcut.
@@ -19,6 +22,7 @@ import posix
 import sys
 
 MAGIC = b"GMFS1"
+NETNS_MARK = "@NETNS@"  # build.NETNS_MARK (not imported: this client imports only C modules)
 FORWARDED = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT)
 
 
@@ -48,6 +52,10 @@ def _umask() -> int:
 
 def main() -> None:
     sock_path, target, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    if NETNS_MARK in sock_path:
+        # a netns lab: the server of the namespace this call runs in (by its inode), so the
+        # command runs where it was called, as its own process would have
+        sock_path = sock_path.replace(NETNS_MARK, str(posix.stat("/proc/self/ns/net").st_ino))
     fds = []
     for fd in (0, 1, 2):
         try:

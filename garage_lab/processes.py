@@ -60,20 +60,33 @@ def start_daemon(lab, name: str) -> None:
 
 
 def start_cli_server(lab) -> None:
-    """Start the lab's fork server (:mod:`garage_lab.forkserver`): the CLI calls of a loopback
-    lab then cost a fork instead of a Python start. A netns lab runs each node's calls in that
-    node's namespace, where this server is not: its launchers keep the Python start."""
-    if lab.spec.netns:
+    """Start the lab's fork server (:mod:`garage_lab.forkserver`): a CLI call then costs a fork
+    instead of a Python start. A netns lab gets one per node, started inside the node's
+    namespace (a forked child inherits it, so a call runs where it was made); its socket is
+    named by that namespace's inode. PIDs and sockets are recorded in ``lab.json`` for down."""
+    if not lab.spec.netns:
+        lab.info["pids"]["cli_server"] = _cli_server(lab, build.cli_socket(lab.dir), None)
+        lab.save()
         return
-    sock = build.cli_socket(lab.dir)
+    lab.info["pids"]["cli_servers"] = servers = {}
+    lab.info["cli_sockets"] = sockets = {}
+    for name in lab.info["netns"]["nodes"]:
+        # the inode of the namespace's bind mount is the one /proc/<pid>/ns/net shows inside it
+        sockets[name] = build.cli_socket(lab.dir, os.stat(f"/run/netns/{netns.ns_of(lab, name)}").st_ino)
+        servers[name] = _cli_server(lab, sockets[name], name)
+        lab.save()  # each PID as soon as it exists: a failure further on still stops it
+
+
+def _cli_server(lab, sock: str, node: str | None) -> int:
+    """Start one fork server on ``sock`` (in node ``node``'s namespace, if given); its PID."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sock)  # a socket left by a lab of this directory killed before its down
-    log = open(lab.dir / "cli-server.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-S", "-m", "garage_lab.forkserver", sock, str(lab.dir)],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                            env=dict(os.environ, PYTHONPATH=str(build.PROJECT_ROOT)))
-    lab.info["pids"]["cli_server"] = proc.pid
-    lab.save()
+    argv = [sys.executable, "-S", "-m", "garage_lab.forkserver", sock, str(lab.dir)]
+    kw = {"stdin": subprocess.DEVNULL, "start_new_session": True, "env": dict(os.environ, PYTHONPATH=str(build.PROJECT_ROOT))}
+    with open(lab.dir / "cli-server.log", "ab") as log:  # the child keeps its own copy of the fd
+        proc = netns.popen(lab, node, argv, stdout=log, stderr=log, **kw) if node else \
+            subprocess.Popen(argv, stdout=log, stderr=log, **kw)
+    return proc.pid
 
 
 def start_sshd(lab) -> None:
@@ -219,7 +232,8 @@ def down(lab) -> list[int]:
         if pid:
             targets.append(pid)
     for pid in (sshd_pids(lab) + [lab.info["pids"].get("prometheus"), lab.info["pids"].get("cli_server")]
-                + list(lab.info["pids"].get("relays", {}).values())):
+                + list(lab.info["pids"].get("relays", {}).values())
+                + list(lab.info["pids"].get("cli_servers", {}).values())):
         # a PID recorded at start may be another process's by now (the daemon died, the PID
         # was recycled): only one whose command line names this lab is this lab's
         if pid and service.proc_alive(pid, str(lab.dir)):
@@ -244,8 +258,9 @@ def down(lab) -> list[int]:
             pass
     for pid in killed:
         service.wait_exit(pid, 5)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(build.cli_socket(lab.dir))  # the fork server was SIGKILLed: its socket stays
+    for sock in [build.cli_socket(lab.dir), *lab.info.get("cli_sockets", {}).values()]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sock)  # the fork servers were SIGKILLed: their sockets stay
     # namespaces, links and routes go last, and always: even a half-made netns lab is undone
     lab.info["netns_removed"] = netns.teardown(lab)
     lab.info["pids"] = {}

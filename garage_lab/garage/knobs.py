@@ -71,7 +71,7 @@ class Knobs:
 
 FAULT_KINDS = (
     "fail-command",  # the next N garage CLI calls matching `match` fail (exit 1)
-    "slow-stop",  # shutdown takes `seconds` longer
+    "slow-stop",  # shutdown takes `seconds` longer (ends early once the fault is cleared)
     "hang-stop",  # the daemon ignores shutdown signals (only SIGKILL stops it)
     "refuse-start",  # the next N starts fail at once (exit 1)
     "ssh-refuse",  # sshd stops listening on the node's address (harness)

@@ -122,6 +122,25 @@ def test_fault_refuse_start_and_slow_stop(make_lab):
     service(lab, name, "stop")
     assert time.monotonic() - t0 >= 1.5
     lab.clear_faults(name)
+    # a slow stop lasts while its fault is injected: cleared mid-stop, the stop ends then
+    service(lab, name, "start")
+    lab.wait_ready(30, prometheus=False)
+    log = lab.node_dir(name) / "log" / "garage.log"
+    exited = log.read_text().count("Netapp exited")  # the shutdown's step before the held delay
+    lab.fault(name, "slow-stop", seconds=600)
+    stop = subprocess.Popen([str(lab.dir / "bin" / "garage-service"), "stop"], env=dict(os.environ, GARAGE_LAB_NODE=name),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while log.read_text().count("Netapp exited") == exited and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert log.read_text().count("Netapp exited") > exited  # the stop is in its held delay
+        lab.clear_faults(name)
+        assert stop.wait(timeout=60) == 0  # well before the 600 s the fault asked for
+    finally:
+        if stop.poll() is None:
+            stop.kill()
+            stop.wait()
     lab.fault(name, "refuse-start", count=1)
     service(lab, name, "start")
     # the refused daemon exits soon after its start (later on a loaded machine): wait for it

@@ -8,8 +8,12 @@ One 3 zones x 1 node lab serves the module; each test clears the faults it injec
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
+import signal
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -56,6 +60,82 @@ def test_each_node_has_its_own_namespace_address_and_sshd_and_prometheus_scrapes
     inv = _inv(lab)
     assert [n.host for n in inv.nodes] == [n["addr"] for n in lab.nodes]
     assert lab.prometheus_up() == 3  # Prometheus, in the lab's namespace, scrapes across the bridge
+
+
+def _ns_inode(lab, name: str) -> int:
+    return os.stat(f"/run/netns/{lab.info['netns']['nodes'][name]['ns']}").st_ino
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False).stdout
+    return [int(x) for x in out.split()]
+
+
+def _cpu_of_children(pid: int) -> int:
+    """Clock ticks of the reaped children of ``pid`` (cutime + cstime)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        f = stat.read().rsplit(")", 1)[1].split()
+    return int(f[13]) + int(f[14])
+
+
+def test_each_node_has_its_own_fork_server_and_a_call_runs_in_a_child_of_its_namespace_s_server(lab):
+    from garage_lab import netns
+
+    servers = lab.info["pids"]["cli_servers"]
+    assert set(servers) == {n["name"] for n in lab.nodes} and len(set(servers.values())) == 3
+    for n in lab.nodes:
+        # the server lives in the node's namespace (not the controller's) and serves its own socket
+        assert os.stat(f"/proc/{servers[n['name']]}/ns/net").st_ino == _ns_inode(lab, n["name"])
+        assert os.path.exists(lab.info["cli_sockets"][n["name"]])
+    assert os.stat("/proc/self/ns/net").st_ino not in {_ns_inode(lab, n["name"]) for n in lab.nodes}
+    node = "node-b1"
+    nd = lab.node_dir(node)
+    # a stdout pipe that is already full: the call's command blocks on its first write, long
+    # enough to be looked at; draining the pipe lets it finish
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    os.write(w, b"x" * 4096)
+    with tempfile.TemporaryFile() as err:
+        proc = netns.popen(lab, node, [str(nd / "usr/local/bin/garage"), "-c", str(nd / "etc/garage.toml"), "node", "id"],
+                           stdin=subprocess.DEVNULL, stdout=w, stderr=err, env=dict(os.environ, GARAGE_LAB_NODE=node))
+        os.close(w)
+        try:
+            deadline = time.monotonic() + 30
+            while not _children(servers[node]) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            kids = _children(servers[node])
+            assert len(kids) == 1, (kids, proc.poll())
+            child_ns = os.stat(f"/proc/{kids[0]}/ns/net").st_ino
+            others = {m: _children(servers[m]) for m in servers if m != node}
+            with os.fdopen(r, "rb") as out:
+                printed = out.read()
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        assert printed.startswith(b"x" * 4096) and lab.node(node)["id64"] in printed.decode(), err.read()
+    assert child_ns == _ns_inode(lab, node)  # the command ran in the node's own namespace
+    assert others == {m: [] for m in others}  # and no other node's server saw the call
+
+
+def test_a_command_over_ssh_on_a_netns_node_runs_in_that_node_s_fork_server(lab):
+    servers = lab.info["pids"]["cli_servers"]
+    inv = _inv(lab)
+    node = "node-c1"
+    cmd = C.garage(inv.node(node).ctx, "node", "id")
+    before = {m: _cpu_of_children(pid) for m, pid in servers.items()}
+
+    async def calls():
+        async with SshPool.from_inventory(inv) as pool:
+            return [await pool.shell(node).run(cmd, check=False) for _ in range(5)]
+    res = run(calls())
+    assert [r.exit_status for r in res] == [0] * 5 and all(lab.node(node)["id64"] in r.stdout for r in res)
+    after = {m: _cpu_of_children(pid) for m, pid in servers.items()}
+    # the calls' CPU was reaped by node-c1's server: they were its children (nothing else of
+    # this module calls a node's CLI meanwhile)
+    assert after[node] > before[node] and all(after[m] == before[m] for m in servers if m != node), (before, after)
 
 
 def test_net_delay_slows_every_round_trip_and_clearing_it_restores_the_link(lab):
@@ -156,7 +236,23 @@ def test_teardown_removes_every_namespace_and_link_even_after_a_failed_start(tmp
     # not vacuous: 4 namespaces (the lab's, 3 nodes') and the controller's link, none there before
     assert _mine(tag) == ({f"gl-{tag}", *(f"gl-{tag}-{i}" for i in (1, 2, 3))}, {f"gl{tag}h"})
     assert not (_mine(tag)[0] & before[0])
-    lab.down()
+    servers, sockets = lab.info["pids"]["cli_servers"], lab.info["cli_sockets"]
+    # with a node's fork server gone, a call in its namespace starts Python itself, and prints the same
+    nd = lab.node_dir("node-a1")
+    call = ["ip", "netns", "exec", lab.info["netns"]["nodes"]["node-a1"]["ns"], str(nd / "usr/local/bin/garage"),
+            "-c", str(nd / "etc/garage.toml"), "layout", "show"]
+    fast = subprocess.run(call, capture_output=True, timeout=60, check=False)
+    os.kill(servers["node-a1"], signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while os.path.exists(sockets["node-a1"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(sockets["node-a1"])  # a stopped server removes its socket
+    slow = subprocess.run(call, capture_output=True, timeout=60, check=False)
+    assert (fast.returncode, fast.stdout, fast.stderr) == (slow.returncode, slow.stdout, slow.stderr) and fast.returncode == 0
+    killed = lab.down()
+    # the other servers were stopped by their recorded PIDs, and no socket is left
+    assert {servers["node-b1"], servers["node-c1"]} <= set(killed)
+    assert not [s for s in sockets.values() if os.path.exists(s)]
     assert _mine(tag) == (set(), set())  # `ip netns list` and `ip link` are as they were for this lab
     assert before[0] - _netns_and_links()[0] <= {x for x in before[0] if x.startswith("gl-")}  # nothing else touched
     assert f"{lab.info['netns']['subnet']}.0/24" not in subprocess.run(["ip", "route"], capture_output=True,
