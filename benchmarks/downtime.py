@@ -95,6 +95,29 @@ async def _baseline(lab, cmds: dict, forks: int) -> dict:
         return await drivers.ansible_like(pool, cmds, forks=forks)
 
 
+def flip_steps(entries: list[dict], t_first_stop: float) -> list[tuple[str, float, float, int]]:
+    """Where the flip's window goes, from the journal: per step kind of the ``flip`` phase, its
+    commands' first start and last end (seconds from the first stop signal) and their count."""
+    spans: dict[str, list] = {}
+    for e in entries:
+        if e.get("phase") != "flip":
+            continue
+        kind = (e.get("step") or "?").split(":")[0]
+        s = spans.setdefault(kind, [float("inf"), float("-inf"), 0])
+        s[0], s[1], s[2] = min(s[0], e["t"] - float(e.get("duration") or 0)), max(s[1], e["t"]), s[2] + 1
+    return [(k, a - t_first_stop, b - t_first_stop, n) for k, (a, b, n) in sorted(spans.items(), key=lambda x: x[1][0])]
+
+
+def _keep(lab, res, dest: Path) -> None:
+    """Copy what the run left (events, journal, ledger) to ``dest`` before the lab goes."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in (lab.dir / "events.jsonl", res.journal, res.ledger):
+        if src.exists():
+            shutil.copy(src, dest / src.name)
+
+
 def measure(nodes: int, api: str, idle_s: float = 0.0, forks: int = 5, keep: Path | None = None) -> dict:
     """Everything above on one lab of ``nodes`` (3 zones)."""
     from garage_lab.harness import Lab, LabSpec
@@ -102,7 +125,7 @@ def measure(nodes: int, api: str, idle_s: float = 0.0, forks: int = 5, keep: Pat
     per_zone = max(1, nodes // 3)
     # 3x1: anti-entropy every 30 s (tests/e2e/realserver.py says why the after-gate needs it)
     knobs = {"anti_entropy_interval_s": 30.0} if per_zone == 1 else {}
-    with tempfile.TemporaryDirectory(prefix="bench-down-", dir=keep) as d:
+    with tempfile.TemporaryDirectory(prefix="bench-down-") as d:
         t0 = time.monotonic()
         lab = Lab.up(LabSpec(dir=d, zones=3, per_zone=per_zone, knobs=knobs), timeout=600)
         out: dict = {"nodes": 3 * per_zone, "up_s": time.monotonic() - t0}
@@ -116,6 +139,7 @@ def measure(nodes: int, api: str, idle_s: float = 0.0, forks: int = 5, keep: Pat
             out["phases"] = runs.phase_times(res.ledger)
             out["commands"] = commands.per_phase(runs.journal(res.journal))
             out["flip"] = restart.measure(lab, res.started, TARGET_BINARY)
+            out["flip_steps"] = flip_steps(runs.journal(res.journal), out["flip"]["first_stop"])
             t = time.time()
             drivers.floor(lab)
             restart.wait_answering(lab, t)
@@ -124,6 +148,8 @@ def measure(nodes: int, api: str, idle_s: float = 0.0, forks: int = 5, keep: Pat
             out["baseline_commands"] = asyncio.run(_baseline(lab, cmds, forks))
             restart.wait_answering(lab, t)
             out["baseline"] = restart.measure(lab, t)
+            if keep is not None:
+                _keep(lab, res, keep / str(out["nodes"]))
         finally:
             lab.down()
     return out
@@ -147,6 +173,8 @@ def report(r: dict, forks: int) -> None:
         print(f"{label:<22} {_fmt(r[key])}")
     w, fl, b = r["flip"]["window_s"], r["floor"]["window_s"], r["baseline"]["window_s"]
     print(f"ratios: window/floor {w / fl:.2f} (target <= 1.2); baseline/window {b / w:.2f}")
+    print("flip steps (journal; s from the first stop signal): " + ", ".join(
+        f"{k} {a:.1f}..{b:.1f} ({n} cmds)" for k, a, b, n in r["flip_steps"]))
     print("phases: " + ", ".join(f"{p} {s:.1f} s" for p, s in r["phases"]))
     commands.print_table(r["commands"], n)
     print(f"baseline commands: {r['baseline_commands']}", flush=True)
@@ -159,12 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-s", type=float, default=30.0, help="idle CPU measurement per lab (0: skip)")
     ap.add_argument("--forks", type=int, default=5, help="the baseline's nodes at a time")
     ap.add_argument("--prefect-api", help="an existing Prefect API URL (default: start a server)")
+    ap.add_argument("--keep", type=Path, help="copy each size's events, journal and ledger under this dir")
     args = ap.parse_args(argv)
     print(f"machine: {os.cpu_count()} CPUs, load {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     results = []
     with runs.prefect_server(args.prefect_api) as api:
         for size in (int(x) for x in args.sizes.split(",")):
-            r = measure(size, api, idle_s=args.idle_s, forks=args.forks)
+            r = measure(size, api, idle_s=args.idle_s, forks=args.forks, keep=args.keep)
             report(r, args.forks)
             results.append(r)
     print("RESULT " + json.dumps(results))

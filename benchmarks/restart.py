@@ -56,7 +56,7 @@ def figures(restarts: list[NodeRestart]) -> dict:
     """Window, skews and per-node downtime (seconds) of a set of node restarts."""
     stops, starts = [r.stop for r in restarts], [r.start for r in restarts]
     down = sorted(r.ready - r.stop for r in restarts)
-    return {"nodes": len(restarts), "window_s": max(r.ready for r in restarts) - min(stops),
+    return {"nodes": len(restarts), "first_stop": min(stops), "window_s": max(r.ready for r in restarts) - min(stops),
             "stop_skew_s": max(stops) - min(stops), "start_skew_s": max(starts) - min(starts),
             "down_min_s": down[0], "down_median_s": statistics.median(down), "down_max_s": down[-1]}
 
