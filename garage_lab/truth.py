@@ -7,9 +7,11 @@ each sled lock (``/proc/locks``), the persisted trees, metadata checksums, the s
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 from . import processes, service
@@ -159,4 +161,31 @@ def downtime_windows(lab) -> dict[str, list[tuple[float, float]]]:
             out[e["node"]].append((down_since.pop(e["node"]), e["t"]))
     for node, since in down_since.items():
         out[node].append((since, float("inf")))
+    return out
+
+
+def service_events(lab) -> list[dict]:
+    """Every service event of the lab (``events.jsonl``: start, stop, kill), in time order."""
+    path = lab.dir / "events.jsonl"
+    events = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    return sorted(events, key=lambda e: e["t"])
+
+
+#: 0.8's log line written once the daemon listens on every port (its admin API last), with the
+#: line's UTC timestamp; 0.7.3 logs without timestamps (it is never the one started on the flip)
+_READY_08 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z\s+INFO garage_api::generic_server: Admin API server listening")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def ready_times(lab, name: str) -> list[float]:
+    """When node ``name``'s 0.8 daemons started answering (epoch seconds, from its log: the
+    admin API listening, the last of its listeners), in order: one per 0.8 start."""
+    path = lab.node_dir(name) / "log" / "garage.log"
+    out = []
+    if not path.exists():
+        return out
+    with open(path, errors="replace") as fh:
+        for line in fh:
+            if "Admin API server listening" in line and (m := _READY_08.match(_ANSI.sub("", line))):
+                out.append(datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.UTC).timestamp())
     return out

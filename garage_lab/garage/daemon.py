@@ -107,6 +107,8 @@ class Daemon:
     async def run(self) -> int:
         """Serve until a shutdown signal; return the exit code."""
         self.lifecycle.install_signals(asyncio.get_running_loop())
+        if self.knobs.start_delay_s > 0:  # a benchmark's fixed start time (before any listener)
+            await asyncio.sleep(self.knobs.start_delay_s)
         self.log("INFO", "garage::server", "Initialize Admin API server and metrics collector...")
         self.log("INFO", "garage::server", "Launching internal Garage cluster communications...")
         await self._listen(self.cfg.rpc_bind_addr, self.peering.accept)

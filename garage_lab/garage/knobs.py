@@ -52,6 +52,10 @@ class Knobs:
     ping_timeout_s: float = 10.0
     failed_ping_threshold: float = 4.0
     disk_stats_interval_s: float = 10.0  # 0.8.2+ disk figures refresh
+    # fixed simulated work, for benchmarks (benchmarks/flow_overhead.py); 0: as fast as it goes.
+    # A slow stop is the ``slow-stop`` fault
+    start_delay_s: float = 0.0  # seconds a starting daemon takes before it listens
+    offline_repair_delay_s: float = 0.0  # seconds an offline repair takes beyond its counting
     s3_anonymous: float = 1.0  # serve S3 requests without Authorization (0: refuse them like Garage)
 
     @classmethod
