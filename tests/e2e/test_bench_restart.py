@@ -1,6 +1,6 @@
 """The downtime and flow_overhead benchmarks run once at their smallest size and report their
 figures (issue 13: a benchmark CI runs cannot rot). Nothing here looks at a timing's value:
-only that each figure is there and positive. Both share one real Prefect server.
+only that each figure is there and positive. Both use the e2e tier's session Prefect server.
 
 The remote-commands-per-phase table (``benchmarks.commands``) is checked on the downtime
 benchmark's own migration (3 nodes) rather than on a second one at 6: the same code reads it.
@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from benchmarks import commands, downtime, flow_overhead, restart, runs
+from benchmarks import commands, downtime, flow_overhead, restart
 
 
 def _result(out: str):
@@ -20,9 +20,10 @@ def _result(out: str):
 
 
 @pytest.fixture(scope="module")
-def api():
-    with runs.prefect_server() as url:
-        yield url
+def api(prefect_stack):
+    """The e2e tier's session server (its autouse fixtures drop the watch runs these
+    migrations schedule), not one more server start."""
+    return prefect_stack.api
 
 
 def test_restart_figures_come_from_each_nodes_stop_start_and_answer():
