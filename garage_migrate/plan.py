@@ -7,8 +7,9 @@ plan object; the flows execute it with a thin runner.
 
 Both procedures of the Garage 0.8 migration guide (ref 9; late 8):
 
-- ``simple``: the whole cluster goes offline (disable API, repair, sync gate, stop all,
-  back up, install, offline-repair, start all, repair, sync gate, re-enable, watch);
+- ``simple``: the 0.8 binary is staged while 0.7 serves, then the whole cluster goes offline
+  (disable API, repair, sync gate, stop all, back up, install (switch), offline-repair, start
+  all, repair, sync gate, re-enable, watch);
 - ``minimal-downtime``: round by round (``max_zones_down`` zones at a time) backups while the
   cluster serves, then every node stops and starts on 0.8 at once, then round by round offline
   repairs.
@@ -384,6 +385,10 @@ def make_plan(inv: Inventory, facts: ClusterFacts, procedure: Procedure, migrati
         offline = S.offline_zone_groups(list(zones), fan)
         everywhere = (tuple(zones),)  # API changes restart every node at once: clients are cut anyway
         P += [
+            # staged (uploaded, sha256 and --version checked) while 0.7 still serves: a wrong
+            # binary halts the run before the cluster is taken offline, not after (fault row 21)
+            Phase("stage", "Stage the 0.8 binary on every node (0.7 keeps running)",
+                  (Wave("stage", tuple(b.step("stage", n) for n in names)),)),
             Phase("disable-api", "Disable API and web access (nodes restart for the moved ports)",
                   per_zone("disable-api", "disable-api", everywhere) + (Wave("healthy", (b.step("wait-healthy", scope="all"),)),)),
             Phase("repair", "Repair tables and blocks on all nodes",
@@ -394,9 +399,8 @@ def make_plan(inv: Inventory, facts: ClusterFacts, procedure: Procedure, migrati
                   (Wave("approve", (b.step("approval", gate="shutdown"),)),), risky=True),
             Phase("stop", "Stop every node", (Wave("stop", tuple(b.step("stop", n, version=src[n]) for n in names)),)),
             Phase("backup", "Back up every node's metadata", per_zone("backup", "backup", offline)),
-            Phase("install", "Stage and switch to the 0.8 binary",
-                  (Wave("stage", tuple(b.step("stage", n) for n in names)),
-                   Wave("switch", tuple(b.step("switch", n) for n in names)))),
+            Phase("install", "Switch to the staged 0.8 binary",
+                  (Wave("switch", tuple(b.step("switch", n) for n in names)),)),
             Phase("offline-repair", "Offline-repair object counters before any 0.8 start",
                   per_zone("offline-repair", "offline-repair", offline)),
             Phase("start", "Start every node on 0.8 and check health",

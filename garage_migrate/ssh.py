@@ -274,8 +274,31 @@ class SshPool:
         await self.close()
 
 
+#: SSH handshakes in flight at once, per event loop. A run opens a connection to every node at
+#: the start: 96 key exchanges at once on a busy controller make some miss their
+#: ``connect_timeout`` (seen at 96 nodes on 2 cores: "no answer within 5s") although every
+#: node answers. The timeout counts from a handshake's start, not from its wait for a turn.
+MAX_HANDSHAKES = 16
+_handshakes: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+def _handshake_turn() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    for old in [lp for lp in _handshakes if lp.is_closed()]:
+        del _handshakes[old]
+    return _handshakes.setdefault(loop, asyncio.Semaphore(MAX_HANDSHAKES))
+
+
 async def _connect(t: SshTarget, log: logging.LoggerAdapter,
                    trusted: Callable[[dict], Awaitable[None]] | None = None) -> asyncssh.SSHClientConnection:
+    """One authenticated connection to ``t`` (host key checked), at most :data:`MAX_HANDSHAKES`
+    handshakes at once."""
+    async with _handshake_turn():
+        return await _connect_now(t, log, trusted)
+
+
+async def _connect_now(t: SshTarget, log: logging.LoggerAdapter,
+                       trusted: Callable[[dict], Awaitable[None]] | None) -> asyncssh.SSHClientConnection:
     kh = Path(t.known_hosts)
     if t.trust_on_first_use and not _has_entry(kh, t):
         record = await _trust_first_key(t, kh, log)

@@ -47,6 +47,10 @@ from .schedule import NodeSequence, schedule_wave
 
 #: Cluster steps that a resumed run skips once the ledger records them done.
 SKIPPABLE_WHEN_DONE = frozenset({"repair", "sync-gate", "wait-healthy", "check-counters"})
+#: Node steps that run again on a resumed run even when the ledger records them done: their
+#: record can go stale (the inventory's binary or config may have changed between runs), and
+#: they observe first, so running again costs one look when nothing changed.
+ALWAYS_OBSERVED = frozenset({"stage"})
 
 
 def _detail(res) -> str:
@@ -176,6 +180,8 @@ class Executor:
             # the ledger lags behind the nodes: a node running the source must be stopped before any 0.8 start
             self.log.warning("[%s] %s: done in the ledger, but the node is %s: stopping it again", node, key,
                              found.describe())
+        elif self.window.done(phase.name, s) and s.kind in ALWAYS_OBSERVED:
+            self.log.info("[%s] %s: done earlier in this migration: checking it again on the node", node, key)
         elif self.window.done(phase.name, s):
             self.log.info("[%s] %s: skipped: done earlier in this migration (ledger)", node, key)
             return

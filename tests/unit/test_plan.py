@@ -18,10 +18,13 @@ def test_simple_plan_follows_the_guide_order():
     inv, facts = _inventory({"dc1": 2, "dc2": 2, "dc3": 2})
     plan = make_plan(inv, facts, "simple", "m1")
     assert [p.name for p in plan.phases] == [
-        "preflight", "disable-api", "repair", "sync-gate", "approve-shutdown", "stop", "backup", "install",
+        "preflight", "stage", "disable-api", "repair", "sync-gate", "approve-shutdown", "stop", "backup", "install",
         "offline-repair", "start", "repair-after", "counters", "approve-reopen", "enable-api", "watch"]
     # offline repair of every node comes before any 0.8 start
     kinds = [s.kind for s in plan.steps()]
+    # the binary is staged (and checked) before anything disrupts a client; switched offline
+    assert max(i for i, k in enumerate(kinds) if k == "stage") < kinds.index("disable-api")
+    assert [s.kind for w in plan.phase("install").waves for s in w.steps] == ["switch"] * 6
     assert max(i for i, k in enumerate(kinds) if k == "offline-repair") < kinds.index("start")
     assert plan.phase("approve-shutdown").risky and plan.phase("approve-reopen").risky
 

@@ -240,8 +240,9 @@ def test_a_migration_resumed_within_the_max_age_keeps_its_backups(tmp_path, wall
     _run(rt, plan, steps, decider, wall, minutes=240, max_age_h=24)
     assert not _calls(steps, "backup_metadata")
     assert not [e for e in rt.ledger.doc.events if e.kind == "backup-retake"]
-    # taken at 02:13:20 (the first round), asked at 02:35 ten hours later
-    assert "**Backups:** n1 10 h 21 min old, n2 10 h 15 min old, n3 10 h 08 min old" in decider.descriptions["approve-flip"]
+    # taken at 02:13:20 (the first round), asked at 02:40 ten hours later: the resumed run looks
+    # at each node's staged binary again first (3 scripted steps of 100 s)
+    assert "**Backups:** n1 10 h 26 min old, n2 10 h 20 min old, n3 10 h 13 min old" in decider.descriptions["approve-flip"]
 
 
 def test_no_backup_is_retaken_once_the_flip_has_started(tmp_path, wall):
