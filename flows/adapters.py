@@ -56,6 +56,7 @@ class PrefectSteps(EngineSteps):
     offline_repair = staticmethod(T.offline_repair)
     check_counters = staticmethod(T.check_counters)
     restore_node = staticmethod(restore_node)
+    flip = staticmethod(T.flip)  # the whole window in one task: no per-node task inside it
 
 
 log = logging.getLogger("garage_migrate.events")
