@@ -21,7 +21,7 @@ from .errors import LockHeldError, StepError
 from .facts import parse_stats_version_line
 from .steps import Runtime, StepResult
 
-__all__ = ["check_helpers", "parse_helper_output", "helper_stage", "helper_start", "helper_stop", "helper_switch"]
+__all__ = ["check_helpers", "helper_stage", "helper_start", "helper_stop", "helper_switch", "parse_helper_output"]
 
 
 def parse_helper_output(text: str) -> dict[str, str]:
@@ -83,7 +83,7 @@ async def check_helpers(rt: Runtime, nodes: list[str]) -> None:
     bad = [b for b in await asyncio.gather(*(one(n) for n in nodes)) if b]
     if bad:
         raise StepError("the flip helper cannot be used (run the stage phase again): " + "; ".join(bad),
-                        node=sorted(bad)[0].split(":")[0])
+                        node=min(bad).split(":")[0])
 
 
 def _fail(node: str, res, what: str) -> StepError:

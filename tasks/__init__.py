@@ -114,6 +114,6 @@ async def flip(rt: Runtime, unit) -> object:
 
 
 __all__ = [
-    "backup_metadata", "flip", "check_counters", "launch_repair", "offline_repair", "preflight", "set_api",
+    "backup_metadata", "check_counters", "flip", "launch_repair", "offline_repair", "preflight", "set_api",
     "stage_binary", "start_node", "stop_node", "switch_binary", "transient_only", "wait_healthy",
 ]

@@ -45,7 +45,7 @@ class SignalDeferral:
     def _hold(self, signum, frame) -> None:
         self.received.append((signum, time.time()))
 
-    def __enter__(self) -> "SignalDeferral":
+    def __enter__(self) -> SignalDeferral:
         if threading.current_thread() is not threading.main_thread():
             self.log.warning("flip: not in the main thread: a cancel during the flip cannot be held")
             return self

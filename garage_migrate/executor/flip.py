@@ -180,7 +180,7 @@ def unit_for(ex, phase) -> FlipUnit:
 
     waves = {w.name: w for w in phase.waves}
     picked: dict[str, list[Step]] = {"stop": [], "switch": [], "start": []}
-    for kind in picked:
+    for kind, chosen in picked.items():
         for s in waves[kind].steps:
             key = f"{phase.name}:{s.kind}"
             found = ex.flip_found.get(s.node) if kind == "stop" else None
@@ -191,7 +191,7 @@ def unit_for(ex, phase) -> FlipUnit:
             elif done:
                 ex.log.info("[%s] %s: skipped: done earlier in this migration (ledger)", s.node, key)
                 continue
-            picked[kind].append(s)
+            chosen.append(s)
     return FlipUnit(phase.name, ex.plan.target_version, tuple(picked["stop"]), tuple(picked["switch"]),
                     tuple(picked["start"]))
 
