@@ -235,7 +235,9 @@ async def execute_flip(ex, phase) -> None:
                "the run ends now as cancelled" + ("; the next run asks about the failed start" if outcome.failed_at == "start" else ""))
         ex.log.warning("flip: %s", msg)
         await ex.rt.ledger.event("cancel-deferred", msg, nodes=sorted(outcome.failed) or None)
-        held.deliver()  # the previous handler ends the run (TerminationSignal, KeyboardInterrupt)
+        held.deliver()  # the previous handler ends the run (Prefect's raises TerminationSignal)
+        # asyncio.run's own SIGINT handler cancels the main task instead: let it land here
+        await asyncio.sleep(0)
         from ..errors import MigrationAborted
 
         raise MigrationAborted(f"cancelled during the flip: {msg}")  # a handler that returned
