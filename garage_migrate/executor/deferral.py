@@ -14,7 +14,9 @@ executor records a ``cancel-deferred`` event and then delivers the signal again
 flip-resume (:mod:`.flipresume`) finishes the flip from what it finds on the nodes.
 
 Signal handlers can only be set from the main thread: elsewhere nothing is held, and the log
-says so.
+says so. A step runner may bring its own subclass (``StepRunner.signal_deferral``): the Prefect
+adapter's keeps Prefect's cancel handshake working while the signal is held
+(:mod:`flows.cancel`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class SignalDeferral:
         self.received: list[tuple[int, float]] = []
         self.active = False
         self._previous: dict[int, object] = {}
+        self.handler = self._hold  # one object: what signal.getsignal returns while held
 
     def _hold(self, signum, frame) -> None:
         self.received.append((signum, time.time()))
@@ -51,7 +54,7 @@ class SignalDeferral:
             return self
         for s in self.signals:
             self._previous[s] = signal.getsignal(s)
-            signal.signal(s, self._hold)
+            signal.signal(s, self.handler)
         self.active = True
         return self
 

@@ -217,7 +217,7 @@ async def execute_flip(ex, phase) -> None:
     ex.rt.ledger.check_holder()
     ex.log.info("flip: %d stops, %d switches, %d starts released together, a barrier between stops and starts",
                 len(unit.stops), len(unit.switches), len(unit.starts))
-    held = SignalDeferral(ex.log)
+    held = getattr(ex.steps, "signal_deferral", SignalDeferral)(ex.log)
     with held:
         outcome = await ex.steps.flip(ex.rt, unit)
     t = outcome.times
