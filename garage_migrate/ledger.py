@@ -276,8 +276,8 @@ class Ledger:
         one write instead of one per node and step).
 
         Args:
-            records: ``(node, key, status, detail, code)`` tuples, applied in order as
-                :meth:`record_step` would.
+            records: ``(node, key, status, detail, code[, retried])`` tuples, applied in order
+                as :meth:`record_step` would.
             node_fields: node -> fields of its :class:`NodeRecord` to set in the same write.
         """
         records = list(records)
@@ -287,12 +287,14 @@ class Ledger:
 
         def change(d: LedgerDoc) -> None:
             now = time.time()
-            for node, key, status, detail, code in records:
+            for node, key, status, detail, code, *retried in records:
                 steps = d.nodes.setdefault(node, NodeRecord()).steps
                 rec = steps.get(key)
                 if rec is None:
                     rec = steps[key] = StepRecord(status=status, started=now)
                 rec.record(status, detail, code, now)
+                if retried and retried[0] is not None:
+                    rec.retried = retried[0]
             for node, fields in (node_fields or {}).items():
                 rec = d.nodes.setdefault(node, NodeRecord())
                 for k, v in fields.items():

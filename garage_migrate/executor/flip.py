@@ -48,6 +48,8 @@ class FlipUnit:
         stops: the stop steps to run (the others are done, or not needed).
         switches: the switch steps to run.
         starts: the start steps to run.
+        retried: the number of the "retry the node" decision this unit answers (its starts'
+            records say so), or None for the flip itself.
     """
 
     phase: str
@@ -55,6 +57,7 @@ class FlipUnit:
     stops: tuple[Step, ...]
     switches: tuple[Step, ...]
     starts: tuple[Step, ...]
+    retried: int | None = None
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -155,10 +158,10 @@ async def run_barrier(rt: Runtime, unit: FlipUnit, *, stop: NodeCall, switch: No
             raise r
         if isinstance(r, BaseException):
             out.failed[s.node] = r
-            recs.append((s.node, _key(unit, s), "failed", f"{type(r).__name__}: {r}", _code(r)))
+            recs.append((s.node, _key(unit, s), "failed", f"{type(r).__name__}: {r}", _code(r), unit.retried))
         else:
             out.results[(s.node, "start")] = r
-            recs.append((s.node, _key(unit, s), r.status, r.detail, None))
+            recs.append((s.node, _key(unit, s), r.status, r.detail, None, unit.retried))
             versions[s.node] = {"running_version": (r.data or {}).get("version", unit.target)}
     await led.record_steps(recs, versions)
     if out.failed:
@@ -208,8 +211,6 @@ async def execute_flip(ex, phase) -> None:
         exception (``TerminationSignal`` in Prefect, ``KeyboardInterrupt``) once the barrier is
         complete.
     """
-    from .deferral import SignalDeferral
-
     unit_waves = [w for w in phase.waves if w.name in ("stop", "switch", "start")]
     for w in unit_waves:
         await ex.window.before(phase, w)  # refuses what cannot finish in the window, before any stop
@@ -217,6 +218,28 @@ async def execute_flip(ex, phase) -> None:
     ex.rt.ledger.check_holder()
     ex.log.info("flip: %d stops, %d switches, %d starts released together, a barrier between stops and starts",
                 len(unit.stops), len(unit.switches), len(unit.starts))
+    outcome = await run_held(ex, unit)
+    if outcome.failed_at == "stop":
+        failed = outcome.failed
+        ex.log.error("wave stop failed on %s", ", ".join(f"{n}: {e}" for n, e in failed.items()))
+        raise next(iter(failed.values()))
+    if outcome.failed_at == "start":
+        await ex.flip_failed(dict(outcome.failed))
+    for w in phase.waves:
+        if w not in unit_waves:
+            await ex.window.before(phase, w)
+            await ex.run_wave(phase, w)
+
+
+async def run_held(ex, unit: FlipUnit) -> FlipOutcome:
+    """Run ``unit`` through the step runner with SIGTERM/SIGINT held (:mod:`.deferral`); a held
+    signal is recorded (``cancel-deferred``) and delivered once the barrier is complete.
+
+    Raises:
+        the held signal's exception (``TerminationSignal`` in Prefect, ``KeyboardInterrupt``).
+    """
+    from .deferral import SignalDeferral
+
     held = getattr(ex.steps, "signal_deferral", SignalDeferral)(ex.log)
     with held:
         outcome = await ex.steps.flip(ex.rt, unit)
@@ -225,7 +248,7 @@ async def execute_flip(ex, phase) -> None:
         ex.log.info("flip: barrier %.2fs after the release%s", t.get("barrier", 0) - t["released"],
                     f", last start {t['done'] - t['released']:.2f}s after it" if "done" in t else "")
     for n, e in outcome.failed.items():
-        await ex.emit("node.failed", phase=phase.name, node=n, message=f"{phase.name}: {type(e).__name__}: {e}",
+        await ex.emit("node.failed", phase=unit.phase, node=n, message=f"{unit.phase}: {type(e).__name__}: {e}",
                       step=outcome.failed_at, code=_code(e))
     if held.received:
         where = {None: "every node is on " + unit.target, "start": "the start failed on "
@@ -241,13 +264,4 @@ async def execute_flip(ex, phase) -> None:
         from ..errors import MigrationAborted
 
         raise MigrationAborted(f"cancelled during the flip: {msg}")  # a handler that returned
-    if outcome.failed_at == "stop":
-        failed = outcome.failed
-        ex.log.error("wave stop failed on %s", ", ".join(f"{n}: {e}" for n, e in failed.items()))
-        raise next(iter(failed.values()))
-    if outcome.failed_at == "start":
-        await ex.flip_failed(dict(outcome.failed))
-    for w in phase.waves:
-        if w not in unit_waves:
-            await ex.window.before(phase, w)
-            await ex.run_wave(phase, w)
+    return outcome

@@ -323,15 +323,12 @@ class Executor:
                                    reporter=self.reporter, clock=self.clock, log=self.log)
                 raise MigrationAborted("rolled back every node to 0.7 after a failed 0.8 start")
             self.rt.ledger.check_holder()
-            allowed = frozenset().union(*(st.allowed() for w in self.plan.phase("flip").waves for st in w.steps
-                                          if st.kind == "start" and st.node in failed))
-            with in_step("flip", "start", attempt + 1, allowed):  # the plan's start, numbered by attempt
-                results = await asyncio.gather(*(self.steps.start_node(self.rt, n, self.plan.target_version)
-                                                 for n in failed), return_exceptions=True)
-            for n, r in zip(list(failed), results):
-                if not isinstance(r, BaseException):
-                    await self.rt.ledger.record_step(n, "flip:start", r.status, r.detail, retried=attempt)
-            failed = {n: r for n, r in zip(list(failed), results) if isinstance(r, BaseException)}
+            # the plan's start steps of the failed nodes, as one unit again (the flip helper's
+            # start, one round trip each; a cancel meanwhile is held as in the flip)
+            starts = tuple(st for w in self.plan.phase("flip").waves for st in w.steps
+                           if st.kind == "start" and st.node in failed)
+            unit = flipunit.FlipUnit("flip", self.plan.target_version, (), (), starts, retried=attempt)
+            failed = dict((await flipunit.run_held(self, unit)).failed)
 
     async def watch(self) -> str:
         """The post-upgrade watch window (timed by the injected clock), ending in a report."""

@@ -199,3 +199,13 @@ def test_without_a_signal_the_flip_ends_and_the_run_goes_on(tmp_path):
     assert ("wait_healthy", None, "all") in steps.calls
     with pytest.raises(MigrationAborted):
         raise MigrationAborted("sanity: the error type the deferral uses exists")
+
+
+def test_a_retried_start_is_a_unit_of_the_failed_nodes_and_records_the_decision(tmp_path):
+    rt, plan = _setup(tmp_path, per_zone=1)
+    steps = BarrierSteps(start_failures={"n2": 1})
+    asyncio.run(_executor(rt, plan, steps, flip_failure=["retry"]).run())
+    rec = rt.ledger.refresh().nodes["n2"].steps["flip:start"]
+    assert rec.status == "done" and rec.retried == 1
+    assert [a.status for a in rec.attempts] == ["failed", "done"]
+    assert [c for c in steps.calls if c[0] == "flip"][-1] == ("flip", None, ("n2",))  # the helper's start only
