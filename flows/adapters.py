@@ -29,6 +29,7 @@ from prefect.states import Completed
 
 import tasks as T
 from flows.approvals import prefect_key as artifact_key
+from flows.cancel import PrefectSignalDeferral
 from garage_migrate import backup_step
 from garage_migrate.executor import EngineSteps
 from garage_migrate.steps import Runtime, StepResult
@@ -39,6 +40,7 @@ async def restore_node(rt: Runtime, node: str, tag: str | None = None) -> StepRe
     """Restore one stopped node's metadata from its verified backup (never cached: a restore
     must run every time it is asked for)."""
     return await backup_step.restore_node(T._rt(rt), node, tag)
+
 
 
 class PrefectSteps(EngineSteps):
@@ -56,6 +58,8 @@ class PrefectSteps(EngineSteps):
     offline_repair = staticmethod(T.offline_repair)
     check_counters = staticmethod(T.check_counters)
     restore_node = staticmethod(restore_node)
+    flip = staticmethod(T.flip)  # the whole window in one task: no per-node task inside it
+    signal_deferral = PrefectSignalDeferral  # SIGTERM held during the flip, the cancel intent still acknowledged
 
 
 log = logging.getLogger("garage_migrate.events")

@@ -33,6 +33,7 @@ from .errors import CommandRefused
 __all__ = [
     "DEFAULT_TIMEOUT",
     "FIXED_EXECUTABLES",
+    "FLIP_HELPER_NAME",
     "GARAGE_BINARY_NAME",
     "KILL_AFTER",
     "OFFLINE_REPAIR_WHATS",
@@ -47,6 +48,10 @@ __all__ = [
     "df_avail",
     "du_bytes",
     "exists",
+    "flip_helper_path",
+    "flip_start",
+    "flip_stop",
+    "flip_switch",
     "garage",
     "garage_version",
     "is_allowed",
@@ -90,6 +95,9 @@ WRAPPERS: frozenset[str] = frozenset({"sudo", "timeout"})
 #: Basename of a Garage binary at an absolute path that is not the configured one: the
 #: unversioned name, or one named after its version as the staging step writes it.
 GARAGE_BINARY_NAME = re.compile(r"garage(-v\d+\.\d+\.\d+)?")
+#: Basename of the flip helper (``garage_migrate/node/flip.sh``), staged beside the Garage
+#: binary and checked by sha256 before use; allowed only at an absolute path.
+FLIP_HELPER_NAME = "garage-migrate-flip"
 
 #: Seconds between the node-side ``timeout``'s SIGTERM and its SIGKILL.
 KILL_AFTER = 5
@@ -269,6 +277,8 @@ def is_allowed(cmd: RemoteCommand, ctx: NodeContext | None = None, extra: Iterab
     if exe != base and not exe.startswith("/"):
         return False  # a relative path depends on the remote cwd
     if base in FIXED_EXECUTABLES:
+        return True
+    if exe.startswith("/") and base == FLIP_HELPER_NAME:
         return True
     return exe.startswith("/") and GARAGE_BINARY_NAME.fullmatch(base) is not None
 
@@ -742,3 +752,64 @@ def tar_extract_as(archive: str, parent: str, member_root: str, new_root: str, *
     expr = "s|^" + member_root.replace(".", "\\.") + "\\(/\\|$\\)|" + new_root + "\\1|S"
     return _cmd(("tar", "--zstd", "-x", "-p", "-k", "-f", _abs(archive, "archive"), "-C", _abs(parent, "parent"),
                  f"--transform={expr}", member_root), timeout=timeout, sudo=sudo)
+
+
+# ---------------------------------------------------------------------------- the flip helper
+
+
+def flip_helper_path(binary_path: str) -> str:
+    """Where the flip helper is staged: beside the node's Garage binary."""
+    return posixpath.join(posixpath.dirname(_abs(binary_path, "binary_path")), FLIP_HELPER_NAME)
+
+
+def _groups(*cmds: RemoteCommand) -> tuple[str, ...]:
+    # each command's own argv (already allow-listed by its builder), preceded by its word
+    # count: the helper never reads a word as a separator, and never evaluates one
+    out: list[str] = []
+    for c in cmds:
+        out += [str(len(c.argv)), *c.argv]
+    return tuple(out)
+
+
+def _whole(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
+
+
+def flip_stop(ctx: NodeContext, metadata_dir: str, sig: str, *, wait: float, timeout: float) -> RemoteCommand:
+    """``garage-migrate-flip stop <wait> <meta>/db/db <is-active> <signal> <stop>``: signal the
+    service, wait on the node until it is inactive and nothing holds the DB lock (read from
+    ``/proc/locks``), then settle the unit with the service's stop; one round trip.
+
+    Args:
+        ctx: the node (its binary's directory holds the helper; its service commands).
+        metadata_dir: the node's metadata dir (``db/db`` is what sled locks).
+        sig: the stop signal (0.7.3 is graceful on SIGINT only).
+        wait: seconds the daemon has to exit after the signal (never escalated to a kill).
+        timeout: the node-side limit of the whole call.
+    """
+    db = posixpath.join(_abs(metadata_dir, "metadata_dir"), "db", "db")
+    argv = (flip_helper_path(ctx.binary_path), "stop", _whole(wait), db,
+            *_groups(service_status(ctx), service_signal(ctx, sig), service_stop(ctx)))
+    return _cmd(argv, timeout=timeout, sudo=ctx.sudo, ctx=ctx)
+
+
+def flip_switch(ctx: NodeContext, target: str, *, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``garage-migrate-flip switch <target> <binary_path>``: the atomic symlink flip
+    (:func:`switch_symlink`'s two commands, in one round trip; a no-op when it points there)."""
+    argv = (flip_helper_path(ctx.binary_path), "switch", _abs(target, "switch target"), ctx.binary_path)
+    return _cmd(argv, timeout=timeout, sudo=ctx.sudo, ctx=ctx)
+
+
+def flip_start(ctx: NodeContext, version: str, *, wait: float, timeout: float) -> RemoteCommand:
+    """``garage-migrate-flip start <wait> <version> <is-active> <start> <garage stats>``: start
+    the service and wait on the node until the daemon answers ``stats`` with ``version``
+    (or its unit fails); one round trip.
+
+    Raises:
+        CommandRefused: ``version`` is not ``X.Y.Z``.
+    """
+    if not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        raise CommandRefused(f"version {version!r} is not X.Y.Z")
+    argv = (flip_helper_path(ctx.binary_path), "start", _whole(wait), version,
+            *_groups(service_status(ctx), service_start(ctx), garage(ctx, "stats")))
+    return _cmd(argv, timeout=timeout, sudo=ctx.sudo, ctx=ctx)

@@ -271,6 +271,36 @@ class Ledger:
                 rec.retried = retried
         await self._change(change)
 
+    async def record_steps(self, records, node_fields=None) -> None:
+        """Record many node steps in one fenced write (the flip's barrier, all nodes at once:
+        one write instead of one per node and step).
+
+        Args:
+            records: ``(node, key, status, detail, code[, retried])`` tuples, applied in order
+                as :meth:`record_step` would.
+            node_fields: node -> fields of its :class:`NodeRecord` to set in the same write.
+        """
+        records = list(records)
+        for r in records:
+            if r[2] not in STEP_STATES:
+                raise ValueError(f"step state {r[2]!r} is not one of {', '.join(STEP_STATES)}")
+
+        def change(d: LedgerDoc) -> None:
+            now = time.time()
+            for node, key, status, detail, code, *retried in records:
+                steps = d.nodes.setdefault(node, NodeRecord()).steps
+                rec = steps.get(key)
+                if rec is None:
+                    rec = steps[key] = StepRecord(status=status, started=now)
+                rec.record(status, detail, code, now)
+                if retried and retried[0] is not None:
+                    rec.retried = retried[0]
+            for node, fields in (node_fields or {}).items():
+                rec = d.nodes.setdefault(node, NodeRecord())
+                for k, v in fields.items():
+                    setattr(rec, k, v)
+        await self._change(change)
+
     # ------------------------------------------------------------------ cluster-wide steps
     def cluster_step_done(self, key: str) -> bool:
         """Whether the cluster-wide step ``key`` (``phase:wave:kind:args``) completed."""

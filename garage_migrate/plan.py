@@ -264,8 +264,15 @@ class _Builder:
     def source(self, node: str) -> str:
         return self.facts.node(node).version or "0.7"
 
-    def node_actions(self, kind: StepKind, node: str, args: dict) -> tuple[A.NodeAction, ...]:
+    def node_actions(self, kind: StepKind, node: str, args: dict, helper: bool = False,
+                     flip: bool = False) -> tuple[A.NodeAction, ...]:
         n = A.spec(self.inv, self.facts, node)
+        if flip:  # the simultaneous restart: one helper call per node and step (actions/flip.py)
+            from .actions import flip as F
+
+            ops = {"stop": lambda: F.flip_stop(n).ops(), "switch": lambda: F.flip_switch(n).ops(),
+                   "start": lambda: F.flip_start(n, args["version"]).ops()}[kind]()
+            return A.bind(node, ops)
         match kind:
             case "preflight":
                 ops = A.preflight(n)
@@ -282,6 +289,10 @@ class _Builder:
                 return A.bind(node, b.ops(), b.cleanup)
             case "stage":
                 ops = A.stage(n).ops()
+                if helper:  # minimal-downtime: the flip helper is staged and checked with the binary
+                    from .actions import flip as F
+
+                    ops = (*ops, *F.stage_helper(n).ops())
             case "switch":
                 ops = A.switch(n, n.staged_path).ops()
             case "offline-repair":
@@ -299,10 +310,11 @@ class _Builder:
             return ((spec.host, A.gate_command(tuple(spec.argv))),)
         return A.set_api(n, enabled).ops()
 
-    def step(self, kind: StepKind, node: str | None = None, note: str = "", **args) -> Step:
+    def step(self, kind: StepKind, node: str | None = None, note: str = "", *, helper: bool = False,
+             flip: bool = False, **args) -> Step:
         one_of = False
         if node is not None:
-            actions = self.node_actions(kind, node, args)
+            actions = self.node_actions(kind, node, args, helper, flip)
         elif kind == "repair":
             # launched from the first node that runs (every node is listed, in order)
             actions = tuple(A.NodeAction(f.name, A.repair(self.inv.node(f.name).ctx, args["what"]))
@@ -427,17 +439,19 @@ def make_plan(inv: Inventory, facts: ClusterFacts, procedure: Procedure, migrati
                   (Wave("repair", tuple(b.step("repair", what=w) for w in repairs), parallel=False),
                    Wave("sync-gate", (b.step("sync-gate", gate="before"),)))),
             Phase("rolling-backup", f"{by_round}: stop, back up, start, wait until healthy", rounds),
-            Phase("stage", "Stage the 0.8 binary on every node (0.7 keeps running)",
-                  (Wave("stage", tuple(b.step("stage", n) for n in names)),)),
+            Phase("stage", "Stage the 0.8 binary and the flip helper on every node (0.7 keeps running)",
+                  (Wave("stage", tuple(b.step("stage", n, helper=True) for n in names)),)),
             Phase("approve-flip", "Approval: restart every node on 0.8 at once",
                   (Wave("approve", (b.step("approval", gate="flip"),)),), risky=True),
             # every node at once, never split by max_parallel_nodes (ref 9: "stop all 0.7 nodes
             # together and start them all together on 0.8"); three waves, not one sequence per
-            # node, so that no 0.8 node starts while a 0.7 node still runs
+            # node, so that no 0.8 node starts while a 0.7 node still runs. The executor runs the
+            # three waves as one unit (executor/flip.py): every stop released at once, a barrier,
+            # every start at once; each step is one call of the staged flip helper per node
             Phase("flip", "Stop all nodes at the same moment, switch, start all on 0.8",
-                  (Wave("stop", tuple(b.step("stop", n, version=src[n]) for n in names), together=True),
-                   Wave("switch", tuple(b.step("switch", n) for n in names), together=True),
-                   Wave("start", tuple(b.step("start", n, version=tgt) for n in names), together=True),
+                  (Wave("stop", tuple(b.step("stop", n, flip=True, version=src[n]) for n in names), together=True),
+                   Wave("switch", tuple(b.step("switch", n, flip=True) for n in names), together=True),
+                   Wave("start", tuple(b.step("start", n, flip=True, version=tgt) for n in names), together=True),
                    Wave("healthy", (b.step("wait-healthy", scope="all"),)))),
             Phase("offline-repair", f"{by_round}: stop, offline-repair counters, start", repair_rounds),
             # not in the guide: nodes that were down for their round missed writes; a full sync

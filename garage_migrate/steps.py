@@ -303,8 +303,9 @@ def _staged_path(rt: Runtime, node: str) -> str:
     return rt.spec(node).staged_path
 
 
-async def stage_binary(rt: Runtime, node: str) -> StepResult:
-    """Upload the target binary beside ``binary_path``, check its sha256 and ``--version``.
+async def stage_binary(rt: Runtime, node: str, helper: bool = False) -> StepResult:
+    """Upload the target binary beside ``binary_path``, check its sha256 and ``--version``
+    (and, with ``helper``, the flip helper of the simultaneous restart: :mod:`.flip_steps`).
 
     The live symlink is not touched. A staged file with the right hash is kept.
     """
@@ -313,6 +314,10 @@ async def stage_binary(rt: Runtime, node: str) -> StepResult:
     dest = acts.upload.remote
     want = target.sha256.lower()
     cfg = await stage_config(rt, node)  # garage.toml for 0.8 beside the live one, if it changes
+    if helper:
+        from .flip_steps import helper_stage  # lazily: it builds on this module
+
+        cfg = "; ".join(x for x in (cfg, await helper_stage(rt, node)) if x)
     more = f"; {cfg}" if cfg else ""
     res = await rt.observe(node, acts.hash_, check=False)
     if res.returncode == 0 and res.stdout.split()[0] == want:

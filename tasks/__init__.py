@@ -81,9 +81,9 @@ async def backup_metadata(rt: Runtime, node: str) -> StepResult:
 
 
 @task(name="stage-binary", task_run_name="stage-{node}", **RETRYING)
-async def stage_binary(rt: Runtime, node: str) -> StepResult:
-    """Upload + sha256 + version check of the staged binary; live symlink untouched."""
-    return await steps.stage_binary(_rt(rt), node)
+async def stage_binary(rt: Runtime, node: str, helper: bool = False) -> StepResult:
+    """Upload + sha256 + version check of the staged binary (and the flip helper); live symlink untouched."""
+    return await steps.stage_binary(_rt(rt), node, helper)
 
 
 @task(name="switch-binary", task_run_name="switch-{node}-{to}", **RETRYING)
@@ -104,7 +104,16 @@ async def check_counters(rt: Runtime) -> StepResult:
     return await steps.check_counters(_rt(rt))
 
 
+@task(name="flip", task_run_name="flip-{unit.target}", **ONCE)
+async def flip(rt: Runtime, unit) -> object:
+    """The whole simultaneous restart as one task (no per-node task or state round trip inside
+    the window; never retried blindly: a failed start goes to a person)."""
+    from garage_migrate.executor.interfaces import EngineSteps
+
+    return await EngineSteps().flip(_rt(rt), unit)
+
+
 __all__ = [
-    "backup_metadata", "check_counters", "launch_repair", "offline_repair", "preflight", "set_api",
+    "backup_metadata", "check_counters", "flip", "launch_repair", "offline_repair", "preflight", "set_api",
     "stage_binary", "start_node", "stop_node", "switch_binary", "transient_only", "wait_healthy",
 ]

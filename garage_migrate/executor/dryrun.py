@@ -142,6 +142,15 @@ class SimShell:
             sim.version = self._version_at(self.spec.ctx.binary_path)
         elif argv == self._stop or argv in self._signals:
             sim.active, sim.version = False, None
+        elif argv[0].rsplit("/", 1)[-1] == C.FLIP_HELPER_NAME and len(argv) > 2:
+            # the flip helper's calls (garage_migrate/node/flip.sh): stop, switch, start
+            if argv[1] == "stop":
+                sim.active, sim.version = False, None
+            elif argv[1] == "switch" and argv[3] == self.spec.ctx.binary_path:
+                sim.binary_target = argv[2]
+            elif argv[1] == "start":
+                sim.active = True
+                sim.version = self._version_at(self.spec.ctx.binary_path)
         elif argv[:2] == ("ln", "-sfn"):
             sim.links[argv[3]] = argv[2]
         elif argv[:2] == ("mv", "-T"):

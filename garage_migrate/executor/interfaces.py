@@ -21,6 +21,7 @@ from ..gates import GateOutcome
 from ..plan import MigrationOptions
 from ..steps import Runtime, StepResult
 from . import flipresume
+from .flip import FlipOutcome, FlipUnit, run_barrier
 from .flipresume import NodeState
 
 DecisionKind = Literal["approval", "gate", "counters", "flip-failure"]
@@ -141,8 +142,14 @@ class StepRunner(Protocol):
         """Back up the stopped node's metadata, verified (reuses a verified backup)."""
         ...
 
-    async def stage_binary(self, rt: Runtime, node: str) -> StepResult:
-        """Upload + sha256 + version check of the staged binary; live symlink untouched."""
+    async def stage_binary(self, rt: Runtime, node: str, helper: bool = False) -> StepResult:
+        """Upload + sha256 + version check of the staged binary (and, with ``helper``, of the
+        flip helper); live symlink untouched."""
+        ...
+
+    async def flip(self, rt: Runtime, unit: FlipUnit) -> FlipOutcome:
+        """The simultaneous restart as one unit (:mod:`.flip`): every stop at once, a barrier,
+        every start at once; one call for the whole window (one Prefect task in the flows)."""
         ...
 
     async def switch_binary(self, rt: Runtime, node: str, to: str = "target") -> StepResult:
@@ -205,9 +212,18 @@ class EngineSteps:
         """:func:`garage_migrate.backup_step.backup_metadata`."""
         return await backup_step.backup_metadata(rt, node)
 
-    async def stage_binary(self, rt: Runtime, node: str) -> StepResult:
+    async def stage_binary(self, rt: Runtime, node: str, helper: bool = False) -> StepResult:
         """:func:`garage_migrate.steps.stage_binary`."""
-        return await steps.stage_binary(rt, node)
+        return await steps.stage_binary(rt, node, helper)
+
+    async def flip(self, rt: Runtime, unit: FlipUnit) -> FlipOutcome:
+        """Every node's flip helper checked (and its SSH connection opened) before the window,
+        then :func:`.flip.run_barrier` over the helper's calls (:mod:`garage_migrate.flip_steps`)."""
+        from .. import flip_steps as H
+
+        await H.check_helpers(rt, list(unit.nodes))
+        return await run_barrier(rt, unit, stop=lambda n: H.helper_stop(rt, n), switch=lambda n: H.helper_switch(rt, n),
+                                 start=lambda n: H.helper_start(rt, n, unit.target))
 
     async def switch_binary(self, rt: Runtime, node: str, to: str = "target") -> StepResult:
         """:func:`garage_migrate.steps.switch_binary`."""

@@ -38,6 +38,7 @@ from ..runtime import watch_report
 from ..steps import Runtime, StepResult
 from ..window import WindowGuard, WindowPolicy
 from ..watch.run import against_baseline
+from . import flip as flipunit
 from . import flipresume
 from .decisions import Decisions
 from .interfaces import ACTIONS, Decider, NullReporter, Reporter, StepRunner
@@ -93,6 +94,7 @@ class Executor:
         self.phase: str | None = None  # the phase running now (for events)
         self.report_md: str | None = None  # the final report, once the watch step published it
         self.flip_found: dict[str, flipresume.NodeState] = {}  # a resumed flip: the nodes as found
+        self.plan_has_flip = any(flipunit.is_flip(p) for p in plan.phases)
 
     async def decide(self, kind, key: str, description: str, clean: bool, choices: tuple[str, ...] | None = None) -> str:
         """See :meth:`Decisions.decide`."""
@@ -127,9 +129,12 @@ class Executor:
             await led.event("phase", f"start {phase.name}")
             self.phase = phase.name
             await self.emit("phase.started", phase=phase.name, message=phase.title)
-            for wave in phase.waves:
-                await self.window.before(phase, wave)  # refuses what cannot finish in the window
-                await self.run_wave(phase, wave)
+            if flipunit.is_flip(phase):  # stop, switch, start as one unit with a barrier
+                await flipunit.execute_flip(self, phase)
+            else:
+                for wave in phase.waves:
+                    await self.window.before(phase, wave)  # refuses what cannot finish in the window
+                    await self.run_wave(phase, wave)
             await led.event("phase", f"end {phase.name}")
             await self.emit("phase.finished", phase=phase.name, message=phase.title)
             await self.reporter.progress(self.plan.migration_id, phase.name,
@@ -213,6 +218,8 @@ class Executor:
             case "backup":
                 return await T.backup_metadata(rt, n)
             case "stage":
+                if self.plan_has_flip:  # the flip helper is staged and checked with the binary
+                    return await T.stage_binary(rt, n, helper=True)
                 return await T.stage_binary(rt, n)
             case "switch":
                 return await T.switch_binary(rt, n, s.arg("to") or "target")
@@ -322,15 +329,12 @@ class Executor:
                                    reporter=self.reporter, clock=self.clock, log=self.log)
                 raise MigrationAborted("rolled back every node to 0.7 after a failed 0.8 start")
             self.rt.ledger.check_holder()
-            allowed = frozenset().union(*(st.allowed() for w in self.plan.phase("flip").waves for st in w.steps
-                                          if st.kind == "start" and st.node in failed))
-            with in_step("flip", "start", attempt + 1, allowed):  # the plan's start, numbered by attempt
-                results = await asyncio.gather(*(self.steps.start_node(self.rt, n, self.plan.target_version)
-                                                 for n in failed), return_exceptions=True)
-            for n, r in zip(list(failed), results):
-                if not isinstance(r, BaseException):
-                    await self.rt.ledger.record_step(n, "flip:start", r.status, r.detail, retried=attempt)
-            failed = {n: r for n, r in zip(list(failed), results) if isinstance(r, BaseException)}
+            # the plan's start steps of the failed nodes, as one unit again (the flip helper's
+            # start, one round trip each; a cancel meanwhile is held as in the flip)
+            starts = tuple(st for w in self.plan.phase("flip").waves for st in w.steps
+                           if st.kind == "start" and st.node in failed)
+            unit = flipunit.FlipUnit("flip", self.plan.target_version, (), (), starts, retried=attempt)
+            failed = dict((await flipunit.run_held(self, unit)).failed)
 
     async def watch(self) -> str:
         """The post-upgrade watch window (timed by the injected clock), ending in a report."""

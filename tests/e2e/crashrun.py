@@ -76,10 +76,16 @@ def flip_stopping(stopped: str, slow: str, seconds: float = 30.0) -> Point:
     (its shutdown is held ``seconds`` by a ``slow-stop`` fault)."""
     return Point(
         f"flip: {stopped} stopped, {slow} still on 0.7",
-        lambda doc, lab: (step_status(doc, stopped, "flip:stop") == "done"
-                          and step_status(doc, slow, "flip:stop") == "running"),
+        # the flip records its stops' results at its barrier (one ledger write for all nodes),
+        # so "stopped is down" is read from the lab's ground truth, not from the ledger
+        lambda doc, lab: (step_status(doc, slow, "flip:stop") == "running" and _down_while_up(lab, stopped, slow)),
         arm=lambda lab: lab.fault(slow, "slow-stop", seconds=seconds),
         disarm=lambda lab: lab.clear_faults(slow))
+
+
+def _down_while_up(lab, down: str, up: str) -> bool:
+    nodes = lab.inspect(checksums=False)["nodes"]
+    return nodes[down]["running_version"] is None and nodes[up]["running_version"] not in (None, "0.8.7")
 
 
 def flip_starting(failing: str) -> Point:

@@ -37,7 +37,7 @@ class FakeSteps(EngineSteps):
     def acts(self) -> list[tuple]:
         """The calls that would change a node (everything but observations and gates)."""
         return [c for c in self.calls if c[0] not in ("preflight", "sync_gate", "observe_once", "wait_healthy",
-                                                      "check_counters", "observe_node")]
+                                                      "check_counters", "observe_node", "flip")]
 
     async def _done(self, step: str, node, arg=None) -> StepResult:
         self._rec(step, node, arg)
@@ -68,7 +68,17 @@ class FakeSteps(EngineSteps):
         await rt.ledger.set_node(node, backup=BackupRef(path=str(paths.archive), manifest=str(paths.manifest),
                                                         sha256="ab" * 32, version=version))
         return await self._done("backup_metadata", node)
-    async def stage_binary(self, rt, node): return await self._done("stage_binary", node)
+    async def stage_binary(self, rt, node, helper=False): return await self._done("stage_binary", node)
+
+    async def flip(self, rt, unit):
+        """The real barrier (:func:`garage_migrate.executor.flip.run_barrier`) over this fake's
+        stop, switch and start: the calls are recorded as the per-node steps were."""
+        from garage_migrate.executor.flip import run_barrier
+
+        self._rec("flip", None, tuple(unit.nodes))
+        return await run_barrier(rt, unit, stop=lambda n: self.stop_node(rt, n),
+                                 switch=lambda n: self.switch_binary(rt, n),
+                                 start=lambda n: self.start_node(rt, n, unit.target))
     async def switch_binary(self, rt, node, to="target"): return await self._done("switch_binary", node, to)
     async def offline_repair(self, rt, node): return await self._done("offline_repair", node)
     async def restore_node(self, rt, node, tag=None): return await self._done("restore_node", node)

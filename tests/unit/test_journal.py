@@ -117,6 +117,17 @@ class ShellSteps(FakeSteps):
         await rt.shell(node).run(C.service_signal(rt.node(node).ctx, "SIGINT"))
         return await super().stop_node(rt, node)
 
+    async def flip(self, rt, unit):
+        # the flip's stop is one helper call per node (actions/flip.py), run through the shell
+        from garage_migrate.actions import flip as F
+        from garage_migrate.executor.flip import run_barrier
+
+        async def stop(n):
+            await rt.shell(n).run(F.flip_stop(rt.spec(n)).call)
+            return await FakeSteps.stop_node(self, rt, n)
+        return await run_barrier(rt, unit, stop=stop, switch=lambda n: self.switch_binary(rt, n),
+                                 start=lambda n: self.start_node(rt, n, unit.target))
+
 
 class FakeLock:
     async def stop_heartbeats(self):

@@ -142,8 +142,9 @@ def test_the_flip_waves_run_together_and_nothing_else_does():
     assert together == [("flip", "stop"), ("flip", "switch"), ("flip", "start")]
     md = plan.to_markdown()
     # each wave's line is the summary of its collapsed commands (more than three of them)
-    assert "<summary>stop on n1, n2, n3, n4, n5, n6 (together): 12 commands</summary>" in md
-    assert "<summary>stage on n1, n2, n3, n4, n5, n6 (up to 2 at once, in 3 batches): 6 commands</summary>" in md
+    # the flip's steps: one helper call per node each; the stage uploads the helper too
+    assert "<summary>stop on n1, n2, n3, n4, n5, n6 (together): 6 commands</summary>" in md
+    assert "<summary>stage on n1, n2, n3, n4, n5, n6 (up to 2 at once, in 3 batches): 12 commands</summary>" in md
     assert md.count("(together)") == 3  # only the flip's three waves, never a node's own sequence
     assert "wave start (together)" in plan.to_text()
 

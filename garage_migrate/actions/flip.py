@@ -1,0 +1,109 @@
+"""The flip helper's actions: staging it (the ``stage`` phase of minimal-downtime) and the
+simultaneous restart's three calls, one round trip per node each (issue 13 §1).
+
+The helper (``garage_migrate/node/flip.sh``, POSIX sh, shipped in the package) is uploaded
+beside the node's Garage binary, its sha256 checked on the node after the upload and again
+just before the window; the flip's steps then list exactly one helper call each, with literal
+arguments (:func:`garage_migrate.commands.flip_stop` and friends), so the journal, the dry run
+and the approval show what runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .. import commands as C
+from ..commands import RemoteCommand
+from .node import NodeSpec, config_switch, staged_path
+from .values import START_TIMEOUT, STOP_TIMEOUT, Op, Upload
+
+#: The helper's source in the package.
+HELPER_SOURCE = Path(__file__).resolve().parent.parent / "node" / "flip.sh"
+#: Node-side limit of the helper's stop call: the wait after the signal, the service's own
+#: stop and the lock wait, plus a margin.
+FLIP_STOP_TIMEOUT = STOP_TIMEOUT + 40.0
+#: Node-side limit of the helper's start call.
+FLIP_START_TIMEOUT = START_TIMEOUT + 20.0
+
+
+@lru_cache(maxsize=1)
+def helper_sha256() -> str:
+    """The sha256 of the packaged helper (what every staged copy must hash to)."""
+    return hashlib.sha256(HELPER_SOURCE.read_bytes()).hexdigest()
+
+
+def helper_path(n: NodeSpec) -> str:
+    """Where the helper is staged on ``n``."""
+    return C.flip_helper_path(n.ctx.binary_path)
+
+
+@dataclass(frozen=True)
+class HelperStageActions:
+    """Staging the helper: its hash read (skipped when right), the upload, the hash again."""
+
+    hash_: RemoteCommand
+    upload: Upload
+
+    def ops(self) -> tuple[Op, ...]:
+        """Every action (the hash is listed once; it is read before and after the upload)."""
+        return (self.hash_, self.upload)
+
+
+def stage_helper(n: NodeSpec) -> HelperStageActions:
+    """The stage step's helper actions on ``n``."""
+    path = helper_path(n)
+    return HelperStageActions(C.sha256sum(path, timeout=30.0), Upload(path, "the flip helper (garage_migrate/node/flip.sh)"))
+
+
+@dataclass(frozen=True)
+class FlipStop:
+    """The flip's stop on one node: one helper call (signal, wait for exit and a free lock)."""
+
+    call: RemoteCommand
+
+    def ops(self) -> tuple[Op, ...]:
+        """Every action."""
+        return (self.call,)
+
+
+@dataclass(frozen=True)
+class FlipSwitch:
+    """The flip's switch on one node: one helper call (the atomic symlink flip), and the
+    config's switch where ``garage.toml`` changes for 0.8 (those nodes take its round trips)."""
+
+    call: RemoteCommand
+    config: object | None = None  # ConfigActions
+
+    def ops(self) -> tuple[Op, ...]:
+        """Every action."""
+        return (self.call, *(self.config.ops() if self.config else ()))
+
+
+@dataclass(frozen=True)
+class FlipStart:
+    """The flip's start on one node: one helper call (start, wait until it answers as 0.8)."""
+
+    call: RemoteCommand
+
+    def ops(self) -> tuple[Op, ...]:
+        """Every action."""
+        return (self.call,)
+
+
+def flip_stop(n: NodeSpec) -> FlipStop:
+    """The flip's stop on ``n``."""
+    return FlipStop(C.flip_stop(n.ctx, n.metadata_dir, n.stop_signal, wait=STOP_TIMEOUT, timeout=FLIP_STOP_TIMEOUT))
+
+
+def flip_switch(n: NodeSpec) -> FlipSwitch:
+    """The flip's switch on ``n`` (to the staged target binary)."""
+    return FlipSwitch(C.flip_switch(n.ctx, staged_path(n.ctx.binary_path, n.target_version)),
+                      config_switch(n, "target"))
+
+
+def flip_start(n: NodeSpec, version: str) -> FlipStart:
+    """The flip's start on ``n`` on ``version``."""
+    return FlipStart(C.flip_start(n.ctx, version, wait=START_TIMEOUT, timeout=FLIP_START_TIMEOUT))

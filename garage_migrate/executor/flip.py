@@ -1,0 +1,267 @@
+"""The simultaneous restart as one unit: every stop at once, a barrier, every start at once.
+
+The plan's ``flip`` phase has three ``together`` waves (stop, switch, start). Run wave by wave
+and node step by node step, each step a Prefect task with its state round trips, the window
+grew with the cluster (issue 13). Here they run as one unit, handed to the step runner in one
+call (:meth:`StepRunner.flip`, one Prefect task in the flows):
+
+1. before the window, the executor fixes what runs (:func:`unit_for`: the steps the ledger
+   does not record as done, and the stops a resumed flip found necessary), the step runner
+   checks every node's flip helper (:func:`garage_migrate.flip_steps.check_helpers`, which
+   also opens every SSH connection) and one fenced ledger write records every stop
+   ``running``;
+2. every node's stop and then its switch are released at once (:func:`run_barrier`);
+3. the barrier: no start before every stop and switch has finished. A failed stop or switch
+   means no start at all (the cluster stays on 0.7, stopped where it was stopped);
+4. one ledger write records every stop and switch result and every start ``running``; every
+   start is released at once (each verifies its version itself, so verification overlaps the
+   other nodes' starts); one write records the starts' results.
+
+A failed start is returned to the executor, which asks a person (retry or roll back) as it
+always did (:meth:`Executor.flip_failed`). While the unit runs, a SIGTERM or SIGINT (a cancel
+from the Prefect UI, a Ctrl-C) is held (:mod:`.deferral`) and delivered once the barrier is
+complete: the flip is never left split by a cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ..errors import SupersededError
+from ..journal import in_step
+from ..plan import Step
+from ..steps import Runtime, StepResult
+
+NodeCall = Callable[[str], Awaitable[StepResult]]
+
+
+@dataclass(frozen=True)
+class FlipUnit:
+    """What the flip runs, fixed before the window.
+
+    Attributes:
+        phase: the plan's phase (``flip``): the ledger's and the journal's key prefix.
+        target: the version every node starts on.
+        stops: the stop steps to run (the others are done, or not needed).
+        switches: the switch steps to run.
+        starts: the start steps to run.
+        retried: the number of the "retry the node" decision this unit answers (its starts'
+            records say so), or None for the flip itself.
+    """
+
+    phase: str
+    target: str
+    stops: tuple[Step, ...]
+    switches: tuple[Step, ...]
+    starts: tuple[Step, ...]
+    retried: int | None = None
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Every node the unit touches, in plan order."""
+        seen: dict[str, None] = {}
+        for s in (*self.stops, *self.switches, *self.starts):
+            seen.setdefault(s.node, None)
+        return tuple(seen)
+
+
+@dataclass
+class FlipOutcome:
+    """What the unit did.
+
+    Attributes:
+        results: ``(node, kind)`` -> the step's result.
+        failed: node -> the error of its failed step (``failed_at`` says which part).
+        failed_at: ``stop`` (a stop or switch failed: nothing was started), ``start``, or None.
+        times: ``released``, ``barrier``, ``done``: the controller's clock (``time.time``).
+    """
+
+    results: dict[tuple[str, str], StepResult] = field(default_factory=dict)
+    failed: dict[str, BaseException] = field(default_factory=dict)
+    failed_at: str | None = None
+    times: dict[str, float] = field(default_factory=dict)
+
+
+def _key(unit: FlipUnit, s: Step) -> str:
+    return f"{unit.phase}:{s.kind}"
+
+
+def _attempt(rt: Runtime, unit: FlipUnit, s: Step, opened: bool) -> int:
+    rec = rt.ledger.step(s.node, _key(unit, s))
+    n = len(rec.attempts) if rec is not None else 0
+    return n if opened else n + 1
+
+
+def _code(exc: BaseException) -> str:
+    return str(getattr(exc, "code", "FAILED"))
+
+
+async def _run(rt: Runtime, unit: FlipUnit, s: Step, call: NodeCall, opened: bool) -> StepResult:
+    with in_step(unit.phase, s.kind, _attempt(rt, unit, s, opened), allowed=s.allowed()):
+        return await call(s.node)
+
+
+async def run_barrier(rt: Runtime, unit: FlipUnit, *, stop: NodeCall, switch: NodeCall, start: NodeCall,
+                      clock: Callable[[], float] = time.time) -> FlipOutcome:
+    """Run ``unit`` as the module docstring says, with ``stop``/``switch``/``start`` the
+    per-node calls (the helper's, or a test's).
+
+    Raises:
+        SupersededError: another run took the migration over (before anything acted, or at a
+            ledger write: nothing more is released after it).
+    """
+    led, out = rt.ledger, FlipOutcome()
+    await led.record_steps((s.node, _key(unit, s), "running", "", None) for s in unit.stops)  # fenced
+    switches = {s.node: s for s in unit.switches}
+    stops = {s.node: s for s in unit.stops}
+    first = list(dict.fromkeys([*stops, *switches]))
+
+    async def down(node: str) -> None:
+        # a node's switch follows its own stop at once: it does not wait for the others
+        if node in stops:
+            out.results[(node, "stop")] = await _run(rt, unit, stops[node], stop, True)
+        if node in switches:
+            out.results[(node, "switch")] = await _run(rt, unit, switches[node], switch, False)
+
+    out.times["released"] = clock()
+    res = await asyncio.gather(*(down(n) for n in first), return_exceptions=True)
+    out.times["barrier"] = clock()
+    failed = {n: r for n, r in zip(first, res) if isinstance(r, BaseException)}
+    for r in failed.values():
+        if isinstance(r, SupersededError):
+            raise r
+    recs = []
+    for n in first:
+        for kind, steps in (("stop", stops), ("switch", switches)):
+            if n not in steps:
+                continue
+            r = out.results.get((n, kind))
+            if r is not None:
+                recs.append((n, f"{unit.phase}:{kind}", r.status, r.detail, None))
+            elif n in failed and (kind == "stop" or (n, "stop") in out.results or n not in stops):
+                e = failed[n]
+                recs.append((n, f"{unit.phase}:{kind}", "failed", f"{type(e).__name__}: {e}", _code(e)))
+    if failed:
+        await led.record_steps(recs)
+        out.failed, out.failed_at = failed, "stop"
+        return out  # the barrier failed: no node starts on the target
+    await led.record_steps(recs + [(s.node, _key(unit, s), "running", "", None) for s in unit.starts])
+    starts = list(unit.starts)
+    res = await asyncio.gather(*(_run(rt, unit, s, start, True) for s in starts), return_exceptions=True)
+    out.times["done"] = clock()
+    recs, versions = [], {}
+    for s, r in zip(starts, res):
+        if isinstance(r, SupersededError):
+            raise r
+        if isinstance(r, BaseException):
+            out.failed[s.node] = r
+            recs.append((s.node, _key(unit, s), "failed", f"{type(r).__name__}: {r}", _code(r), unit.retried))
+        else:
+            out.results[(s.node, "start")] = r
+            recs.append((s.node, _key(unit, s), r.status, r.detail, None, unit.retried))
+            versions[s.node] = {"running_version": (r.data or {}).get("version", unit.target)}
+    await led.record_steps(recs, versions)
+    if out.failed:
+        out.failed_at = "start"
+    return out
+
+
+# ---------------------------------------------------------------------------- in the executor
+def is_flip(phase) -> bool:
+    """Whether ``phase`` is a simultaneous restart: its stop, switch and start waves together."""
+    waves = {w.name: w for w in phase.waves}
+    return phase.name == "flip" and all(n in waves and waves[n].together for n in ("stop", "switch", "start"))
+
+
+def unit_for(ex, phase) -> FlipUnit:
+    """The unit of ``phase`` for executor ``ex``: its steps minus those the ledger records as
+    done (logged), except a stop that a resumed flip found necessary (the node runs the source)."""
+    from . import flipresume
+
+    waves = {w.name: w for w in phase.waves}
+    picked: dict[str, list[Step]] = {"stop": [], "switch": [], "start": []}
+    for kind, chosen in picked.items():
+        for s in waves[kind].steps:
+            key = f"{phase.name}:{s.kind}"
+            found = ex.flip_found.get(s.node) if kind == "stop" else None
+            done = ex.window.done(phase.name, s)
+            if done and found is not None and flipresume.needs_stop(found, ex.plan.target_version):
+                ex.log.warning("[%s] %s: done in the ledger, but the node is %s: stopping it again", s.node, key,
+                               found.describe())
+            elif done:
+                ex.log.info("[%s] %s: skipped: done earlier in this migration (ledger)", s.node, key)
+                continue
+            chosen.append(s)
+    return FlipUnit(phase.name, ex.plan.target_version, tuple(picked["stop"]), tuple(picked["switch"]),
+                    tuple(picked["start"]))
+
+
+async def execute_flip(ex, phase) -> None:
+    """Run the flip phase of executor ``ex``: its stop, switch and start waves as one unit, with
+    SIGTERM/SIGINT held until the barrier is complete, then its other waves (``wait-healthy``)
+    as usual. A failed start goes to :meth:`Executor.flip_failed` (a person decides), unless a
+    cancel is held: then nobody can be asked in this run, and the run ends with the nodes as
+    they are (none on 0.7 while another is on 0.8); the next run resumes the flip and asks.
+
+    Raises:
+        whatever a failed stop or switch raised (nothing was started); the held signal's
+        exception (``TerminationSignal`` in Prefect, ``KeyboardInterrupt``) once the barrier is
+        complete.
+    """
+    unit_waves = [w for w in phase.waves if w.name in ("stop", "switch", "start")]
+    for w in unit_waves:
+        await ex.window.before(phase, w)  # refuses what cannot finish in the window, before any stop
+    unit = unit_for(ex, phase)
+    ex.rt.ledger.check_holder()
+    ex.log.info("flip: %d stops, %d switches, %d starts released together, a barrier between stops and starts",
+                len(unit.stops), len(unit.switches), len(unit.starts))
+    outcome = await run_held(ex, unit)
+    if outcome.failed_at == "stop":
+        failed = outcome.failed
+        ex.log.error("wave stop failed on %s", ", ".join(f"{n}: {e}" for n, e in failed.items()))
+        raise next(iter(failed.values()))
+    if outcome.failed_at == "start":
+        await ex.flip_failed(dict(outcome.failed))
+    for w in phase.waves:
+        if w not in unit_waves:
+            await ex.window.before(phase, w)
+            await ex.run_wave(phase, w)
+
+
+async def run_held(ex, unit: FlipUnit) -> FlipOutcome:
+    """Run ``unit`` through the step runner with SIGTERM/SIGINT held (:mod:`.deferral`); a held
+    signal is recorded (``cancel-deferred``) and delivered once the barrier is complete.
+
+    Raises:
+        the held signal's exception (``TerminationSignal`` in Prefect, ``KeyboardInterrupt``).
+    """
+    from .deferral import SignalDeferral
+
+    held = getattr(ex.steps, "signal_deferral", SignalDeferral)(ex.log)
+    with held:
+        outcome = await ex.steps.flip(ex.rt, unit)
+    t = outcome.times
+    if "released" in t:
+        ex.log.info("flip: barrier %.2fs after the release%s", t.get("barrier", 0) - t["released"],
+                    f", last start {t['done'] - t['released']:.2f}s after it" if "done" in t else "")
+    for n, e in outcome.failed.items():
+        await ex.emit("node.failed", phase=unit.phase, node=n, message=f"{unit.phase}: {type(e).__name__}: {e}",
+                      step=outcome.failed_at, code=_code(e))
+    if held.received:
+        where = {None: "every node is on " + unit.target, "start": "the start failed on "
+                 + ", ".join(sorted(outcome.failed)) + " (no other node runs the source)",
+                 "stop": "a stop failed on " + ", ".join(sorted(outcome.failed)) + ": no node was started"}[outcome.failed_at]
+        msg = (f"{held.describe()} held during the simultaneous restart until its barrier was complete: {where}; "
+               "the run ends now as cancelled" + ("; the next run asks about the failed start" if outcome.failed_at == "start" else ""))
+        ex.log.warning("flip: %s", msg)
+        await ex.rt.ledger.event("cancel-deferred", msg, nodes=sorted(outcome.failed) or None)
+        held.deliver()  # the previous handler ends the run (Prefect's raises TerminationSignal)
+        # asyncio.run's own SIGINT handler cancels the main task instead: let it land here
+        await asyncio.sleep(0)
+        from ..errors import MigrationAborted
+
+        raise MigrationAborted(f"cancelled during the flip: {msg}")  # a handler that returned
+    return outcome

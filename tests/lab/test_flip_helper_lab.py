@@ -1,0 +1,102 @@
+"""The flip helper (garage_migrate/node/flip.sh) on a real lab node, behind real OpenSSH:
+staged and checked, then stop, switch and start in one SSH round trip each, run twice (the
+second changes nothing); a wrong or missing helper refused before the window; a DB lock that
+stays held after the stop reported as LOCK_HELD."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+
+import pytest
+
+from garage_migrate import backup_step, flip_steps, steps
+from garage_migrate.actions import flip as F
+from garage_migrate.errors import LockHeldError, StepError
+from garage_migrate.journal import CommandJournal, with_journal
+from garage_migrate.runtime import open_runtime
+from tests.conftest import run
+
+
+@pytest.fixture
+def make_lab(make_lab):
+    return functools.partial(make_lab, wait_prometheus=False)
+
+
+HOLD = ("import fcntl, sys, time\nf = open(sys.argv[1], 'rb+')\nfcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "print('held', flush=True)\ntime.sleep(120)\n")
+
+
+def _truth(lab, name):
+    return lab.inspect(checksums=False)["nodes"][name]
+
+
+@pytest.mark.timeout(300)
+def test_flip_helper_stops_switches_and_starts_a_lab_node_in_one_round_trip_each(make_lab, tmp_path):
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1)
+    a, b, c = (n["name"] for n in lab.nodes)
+    journal_path = tmp_path / "commands.jsonl"
+
+    async def scenario():
+        out = {}
+        async with open_runtime(str(lab.dir / "inventory.yaml"), "minimal-downtime") as rt:
+            rt = with_journal(rt, CommandJournal(journal_path))
+            for n in (a, b, c):
+                await steps.preflight(rt, n)
+            out["stage"] = [await steps.stage_binary(rt, a, helper=True) for _ in range(2)]
+            await steps.stage_binary(rt, b, helper=True)
+            # c has no helper at all, b one that was changed after staging: both refused before the window
+            helper_b = F.helper_path(rt.spec(b))
+            with open(helper_b, "ab") as fh:
+                fh.write(b"\n# changed\n")
+            with pytest.raises(StepError) as bad:
+                await flip_steps.check_helpers(rt, [a, b, c])
+            out["refused"] = str(bad.value)
+            out["b_untouched"] = _truth(lab, b)["running_version"]
+            await flip_steps.check_helpers(rt, [a])  # the right one passes
+            out["stop"] = [await flip_steps.helper_stop(rt, a) for _ in range(2)]
+            out["stopped"] = _truth(lab, a)
+            await backup_step.backup_metadata(rt, a)  # no 0.8 start without a backup
+            out["switch"] = [await flip_steps.helper_switch(rt, a) for _ in range(2)]
+            out["start"] = [await flip_steps.helper_start(rt, a, "0.8.7") for _ in range(2)]
+            out["started"] = _truth(lab, a)
+            # the stage step puts the right helper back over the changed one
+            out["restage"] = await steps.stage_binary(rt, b, helper=True)
+            await flip_steps.check_helpers(rt, [a, b])
+            # b stopped, but something else (not the daemon) still holds a lock on its DB
+            await flip_steps.helper_stop(rt, b)
+            db = lab.node_dir(b) / "meta" / "db" / "db"
+            # a POSIX lock (/proc/locks lists it too), in a process of its own: a POSIX lock
+            # dies with any close(2) of the file in its process, and this one reads the lab
+            holder = subprocess.Popen([sys.executable, "-c", HOLD, str(db)], stdout=subprocess.PIPE, text=True)
+            try:
+                assert holder.stdout.readline().strip() == "held"
+                with pytest.raises(LockHeldError) as held:
+                    await flip_steps.helper_stop(rt, b)
+            finally:
+                holder.kill()
+                holder.wait()
+            out["held"] = held.value
+        return out
+    out = run(scenario(), limit=None)
+    assert [r.status for r in out["stage"]] == ["done", "skipped"]
+    assert "flip helper staged" in out["stage"][0].detail and "already staged" in out["stage"][1].detail
+    assert f"{c}: no flip helper" in out["refused"] and f"{b}: flip helper sha256" in out["refused"]
+    assert out["b_untouched"] == "0.7.3"
+    assert [r.status for r in out["stop"]] == ["done", "skipped"]
+    assert out["stopped"]["running_version"] is None and out["stopped"]["lock_holder"] is None
+    assert [r.status for r in out["switch"]] == ["done", "skipped"]
+    assert [r.status for r in out["start"]] == ["done", "skipped"]
+    assert out["started"]["running_version"] == "0.8.7" and out["started"]["binary_target"].endswith("garage-v0.8.7")
+    # the helper's node-side timestamps come back with each result
+    assert float(out["stop"][0].data["t.signalled"]) <= float(out["stop"][0].data["t.exited"])
+    assert float(out["start"][0].data["t.started"]) <= float(out["start"][0].data["t"])
+    assert "flip helper staged" in out["restage"].detail
+    assert out["held"].code == "LOCK_HELD"
+    # one act per stop, switch and start on a: the helper's call, nothing else
+    acts = [json.loads(x) for x in journal_path.read_text().splitlines()]
+    verbs = [e["argv"][i + 1] for e in acts if e["node"] == a and e["kind"] == "act" and e["event"] == "started"
+             for i, w in enumerate(e["argv"][:-1]) if w.endswith("/garage-migrate-flip")]
+    assert verbs == ["stop", "stop", "switch", "switch", "start", "start"]

@@ -1,0 +1,99 @@
+"""The flip helper's commands (commands.py, actions/flip.py) and the helper itself
+(garage_migrate/node/flip.sh), run locally with stand-in service commands: every word reaches
+its command literally, never as shell."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from garage_migrate import commands as C
+from garage_migrate.actions import flip as F
+from garage_migrate.errors import CommandRefused
+from garage_migrate.flip_steps import parse_helper_output
+
+SVC = C.ServiceControl(kind="custom", start=("/srv/svc", "start"), stop=("/srv/svc", "stop"),
+                       status=("/srv/svc", "is-active"), signal=("/srv/svc", "kill", "--signal"))
+CTX = C.NodeContext("n1", binary_path="/opt/garage/bin/garage", config_path="/etc/garage.toml", service=SVC)
+
+
+def test_each_flip_step_is_one_helper_call_with_its_argv_groups_counted():
+    stop = C.flip_stop(CTX, "/var/lib/garage/meta", "INT", wait=120, timeout=160)
+    assert stop.argv == ("/opt/garage/bin/garage-migrate-flip", "stop", "120", "/var/lib/garage/meta/db/db",
+                         "2", "/srv/svc", "is-active", "4", "/srv/svc", "kill", "--signal", "SIGINT",
+                         "2", "/srv/svc", "stop")
+    start = C.flip_start(CTX, "0.8.7", wait=60, timeout=80)
+    assert start.argv == ("/opt/garage/bin/garage-migrate-flip", "start", "60", "0.8.7", "2", "/srv/svc", "is-active",
+                          "2", "/srv/svc", "start", "4", "/opt/garage/bin/garage", "-c", "/etc/garage.toml", "stats")
+    assert C.flip_switch(CTX, "/opt/garage/bin/garage-v0.8.7").argv == (
+        "/opt/garage/bin/garage-migrate-flip", "switch", "/opt/garage/bin/garage-v0.8.7", "/opt/garage/bin/garage")
+    sudo = C.NodeContext("n1", binary_path="/usr/local/bin/garage", sudo=True)
+    assert C.flip_switch(sudo, "/usr/local/bin/garage-v0.8.7").render().startswith("sudo -n ")
+    with pytest.raises(CommandRefused):
+        C.flip_start(CTX, "0.8.7; rm -rf /", wait=60, timeout=80)
+
+
+def test_the_helper_is_allowed_only_by_its_name_at_an_absolute_path():
+    assert C.is_allowed(C.RemoteCommand(("/x/garage-migrate-flip", "switch", "/a", "/b")))
+    assert not C.is_allowed(C.RemoteCommand(("garage-migrate-flip", "switch", "/a", "/b")))
+    assert not C.is_allowed(C.RemoteCommand(("/x/garage-migrate-flip.sh", "switch", "/a", "/b")))
+    assert "sh" not in C.FIXED_EXECUTABLES  # the helper runs as itself, never as `sh <file>`
+
+
+def test_the_packaged_helper_is_posix_sh_and_its_hash_is_what_the_stage_step_checks():
+    assert F.HELPER_SOURCE.read_bytes().startswith(b"#!/bin/sh\n")
+    assert subprocess.run(["sh", "-n", str(F.HELPER_SOURCE)]).returncode == 0
+    import hashlib
+    assert F.helper_sha256() == hashlib.sha256(F.HELPER_SOURCE.read_bytes()).hexdigest()
+
+
+def _group(*argv):
+    return [str(len(argv)), *argv]
+
+
+def test_the_helper_runs_each_word_literally_and_waits_for_the_stop_itself(tmp_path):
+    state, db, rec, pwned = tmp_path / "running", tmp_path / "db", tmp_path / "rec", tmp_path / "pwned"
+    state.write_text("1")
+    db.write_text("")
+    hostile = ["$(touch " + str(pwned) + ")", "a b", "--", "'", "\"", "`id`", "*"]
+    record = ["/bin/sh", "-c", 'printf "%s\\n" "$@" > "$0"', str(rec), *hostile]
+    status = ["/usr/bin/test", "-e", str(state)]
+    signal_ = ["/bin/rm", "-f", str(state)]  # the daemon "exits" on the signal
+    out = subprocess.run(["sh", str(F.HELPER_SOURCE), "stop", "5", str(db), *_group(*status), *_group(*signal_),
+                          *_group(*record)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out
+    words = parse_helper_output(out.stdout)
+    assert words["result"] == "done" and words["lock"] == "free"
+    assert float(words["t.signalled"]) <= float(words["t.exited"]) <= float(words["t"])
+    assert rec.read_text().splitlines() == hostile  # every word arrived as it was written
+    assert not pwned.exists()
+    again = subprocess.run(["sh", str(F.HELPER_SOURCE), "stop", "5", str(db), *_group(*status), *_group(*signal_),
+                            *_group(*record)], capture_output=True, text=True, timeout=60)
+    assert parse_helper_output(again.stdout)["result"] == "skipped"
+
+
+def test_the_helper_refuses_a_wrong_count_and_never_kills_a_daemon_that_does_not_stop(tmp_path):
+    state, db = tmp_path / "running", tmp_path / "db"
+    state.write_text("1")
+    db.write_text("")
+    status, signal_, stop = ["/usr/bin/test", "-e", str(state)], ["/bin/true"], ["/bin/true"]
+    bad = subprocess.run(["sh", str(F.HELPER_SOURCE), "stop", "1", str(db), "3", *status, *_group(*signal_)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 64
+    hung = subprocess.run(["sh", str(F.HELPER_SOURCE), "stop", "1", str(db), *_group(*status), *_group(*signal_),
+                           *_group(*stop)], capture_output=True, text=True, timeout=60)
+    assert hung.returncode == 2 and parse_helper_output(hung.stdout)["error"] == "still-running"
+    assert state.exists()
+
+
+def test_the_switch_flips_the_link_atomically_and_once(tmp_path):
+    old, new, link = tmp_path / "garage-v0.7.3", tmp_path / "garage-v0.8.7", tmp_path / "garage"
+    for f in (old, new):
+        f.write_text("#!/bin/sh\n")
+        f.chmod(0o755)
+    link.symlink_to(old)
+    runs = [subprocess.run(["sh", str(F.HELPER_SOURCE), "switch", str(new), str(link)], capture_output=True,
+                           text=True, timeout=60) for _ in range(2)]
+    assert [parse_helper_output(r.stdout)["result"] for r in runs] == ["done", "skipped"]
+    assert link.resolve() == new and not (tmp_path / "garage.garage-migrate.tmp").exists()
