@@ -75,7 +75,10 @@ def plan_commands(plan: MigrationPlan, node: str) -> dict[str, list[RemoteComman
         return [a.op for a in step.actions if a.kind == kind and not a.on_failure and not isinstance(a.op, Upload)]
 
     start = first("start", version=plan.target_version)
-    answer = [c for c in ops(start, "observe") if "stats" in c.words()]
+    # the flip helper's start waits for the answer on the node and lists no `garage stats`;
+    # the other 0.8 starts of the plan (the offline-repair rounds') still do
+    answer = [c for s in flip + steps if s.kind == "start" and s.arg("version") == plan.target_version
+              for c in ops(s, "observe") if "stats" in c.words()]
     return {"stop": ops(first("stop"), "act"), "switch": ops(first("switch"), "act"), "start": ops(start, "act"),
             "answer": answer[:1]}
 

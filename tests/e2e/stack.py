@@ -47,47 +47,11 @@ def _stop(proc: subprocess.Popen | None, signals=(signal.SIGTERM, signal.SIGTERM
 
 
 def _migrated_sqlite(path: Path, env: dict) -> None:
-    """Make ``path`` an empty Prefect database at the current migration head: a copy of a
-    template made once per machine and Prefect version by ``prefect server database upgrade``.
+    """Make ``path`` an empty, migrated Prefect database (:mod:`garage_migrate.prefectdb`; the
+    template in the system's temporary directory, shared by the xdist processes)."""
+    from garage_migrate.prefectdb import migrated_sqlite
 
-    On a fresh file, ``prefect server start`` first runs every migration: measured 20 CPU-s and
-    205 s of wall time on a loaded 2-core machine (its many small commits wait on the disk),
-    once per xdist process, against 11 CPU-s and 19 s for a start on a migrated copy. The copy is
-    what the migrations would have made (nothing else is in it); the server still checks and
-    applies migrations at its start, and makes its own defaults then, as on a fresh file.
-    """
-    import fcntl
-    from importlib.metadata import version
-
-    template = Path(tempfile.gettempdir()) / f"gm-prefect-db-{version('prefect')}-{os.getuid()}.sqlite"
-    with open(f"{template}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions: one builds, the others wait for it
-        if not template.exists():
-            building = template.with_name(template.name + ".building")
-            for stale in Path(building.parent).glob(building.name + "*"):  # a build killed half-way
-                stale.unlink()
-            res = subprocess.run([PREFECT, "server", "database", "upgrade", "--yes"], cwd=ROOT, capture_output=True, check=False,
-                                 text=True, timeout=600, stdin=subprocess.DEVNULL,
-                                 env=dict(env, PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{building}"))
-            if res.returncode != 0:
-                raise RuntimeError(f"prefect server database upgrade failed:\n{res.stdout}\n{res.stderr}")
-            _sqlite_copy(building, template.with_name(template.name + ".tmp"))
-            os.replace(template.with_name(template.name + ".tmp"), template)  # whole, or not there
-            for done in Path(building.parent).glob(building.name + "*"):
-                done.unlink()
-        _sqlite_copy(template, path)
-
-
-def _sqlite_copy(src: Path, dst: Path) -> None:
-    """A consistent copy of SQLite database ``src`` (its WAL included) into the one file ``dst``."""
-    import sqlite3
-
-    a, b = sqlite3.connect(src), sqlite3.connect(dst)
-    try:
-        a.backup(b)
-    finally:
-        a.close()
-        b.close()
+    migrated_sqlite(path, env, cache=Path(tempfile.gettempdir()) / f"gm-prefect-db-{os.getuid()}", prefect=PREFECT)
 
 
 class PrefectStack:
