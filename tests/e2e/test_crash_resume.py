@@ -101,9 +101,13 @@ def test_minimal_downtime_killed_at_each_point_and_resumed_by_retries_and_new_ru
     runs = CR.Alternating(CR.FlowRunRetries(stack, lab, "minimal-downtime", mid, FAST),
                           CR.NewRuns(lab, "minimal-downtime", mid, stack.api))
     led, _ = _chain(lab, runs, "minimal-downtime", mid, MD_POINTS)
-    # resumed twice inside the flip (by a new run, then by a retry): each said what it found
-    found = _flip_resumed(led)
-    assert len(found) == 2, found
+    # resumed twice inside the flip (by a new run, then by a retry): each said what it found.
+    # The kill at the stage boundary can land just after the flip's phase began, before any stop
+    # (the one-unit flip follows the approval at once): the next run then resumes a flip that
+    # had stopped nothing, and says so; that resume is not one of the two inside the flip
+    every = _flip_resumed(led)
+    found = [m for m in every if "stopped" in m]
+    assert len(found) == 2 and len(every) - len(found) <= 1, every
     print("flip-resume events:", *found, sep="\n  ")
     # node-c1 is still in its held stop, or has just finished it, when the new run looks
     assert "node-a1 stopped" in found[0] and "node-c1 " in found[0], found[0]
