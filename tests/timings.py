@@ -51,11 +51,9 @@ def longest_first(items: list, root: Path, known: dict[str, float] | None = None
     """Sort ``items`` in place by their file's time, longest first; a file's tests keep their
     order and stay together (the sort is stable and its key is the file's)."""
     known = load() if known is None else known
-    weight: dict[str, float] = {}
-    for item in items:
-        rel = _rel(str(item.fspath), root)
-        weight.setdefault(rel, known.get(rel, _default(rel)))
-    items.sort(key=lambda it: (-weight[_rel(str(it.fspath), root)], _rel(str(it.fspath), root)))
+    rels = {id(item): _rel(str(item.fspath), root) for item in items}
+    weight = {rel: known.get(rel, _default(rel)) for rel in set(rels.values())}
+    items.sort(key=lambda it: (-weight[rels[id(it)]], rels[id(it)]))
 
 
 class Recorder:

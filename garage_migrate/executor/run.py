@@ -217,10 +217,8 @@ class Executor:
                 return await T.start_node(rt, n, s.arg("version"))
             case "backup":
                 return await T.backup_metadata(rt, n)
-            case "stage":
-                if self.plan_has_flip:  # the flip helper is staged and checked with the binary
-                    return await T.stage_binary(rt, n, helper=True)
-                return await T.stage_binary(rt, n)
+            case "stage":  # with a flip, its node-side helper is staged and checked with the binary
+                return await T.stage_binary(rt, n, helper=self.plan_has_flip)
             case "switch":
                 return await T.switch_binary(rt, n, s.arg("to") or "target")
             case "restore":
