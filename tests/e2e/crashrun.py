@@ -298,6 +298,7 @@ def run_chain(lab, runs, migration_id: str, points: list[Point], *, limit_per_ru
     let the last run complete. ``check(lab, report)`` runs after each kill (and at the end)."""
     report = ChainReport()
     t0 = time.monotonic()
+    killed: set[int] = set()
     for point in points:
         if point.arm is not None:
             point.arm(lab)
@@ -305,12 +306,17 @@ def run_chain(lab, runs, migration_id: str, points: list[Point], *, limit_per_ru
         deadline = time.monotonic() + limit_per_run
         while True:
             doc = ledger_doc(lab, migration_id)
-            if doc and point.reached(doc, lab):
+            # only once this run holds the migration: before its takeover, the ledger and the
+            # lab still show where the killed run left them (a flip it had begun, say), and a
+            # point "reached" then would kill a run that never acted
+            holder = (doc or {}).get("holder") or {}
+            if doc and holder.get("pid") and holder["pid"] not in killed and point.reached(doc, lab):
                 break
             assert runs.alive(), f"the run ended before {point.name}:\n{runs.output()[-4000:]}"
             assert time.monotonic() < deadline, f"{point.name} not reached in {limit_per_run:.0f}s"
             time.sleep(0.1)
         pids = runs.kill()
+        killed |= set(pids)
         report.kills.append((point.name, time.time(), pids))
         if point.disarm is not None:
             point.disarm(lab)

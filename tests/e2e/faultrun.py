@@ -100,7 +100,14 @@ class FlowRun:
             answer = self.on_pause(key)
             if answer is None:
                 continue
-            resume_flow_run(run.id, run_input=answer)
+            try:
+                resume_flow_run(run.id, run_input=answer)
+            except RuntimeError as e:
+                # refused while Prefect has not saved the pause's form yet (it does so just
+                # after the Paused state): answered on a later look
+                if "schema not found" in str(e):
+                    continue
+                raise
             answered.add((run.id, key))
 
     def run(self, limit: float = 500) -> tuple[dict | None, BaseException | None]:

@@ -211,9 +211,19 @@ class PrefectStack:
         """``prefect flow-run retry <id>``, as an operator types it."""
         self._cli("flow-run", "retry", str(frid))
 
-    def resume(self, frid, run_input: dict | None):
-        with self.client() as c:
-            return c.resume_flow_run(frid, run_input=run_input)
+    def resume(self, frid, run_input: dict | None, timeout: float = 60):
+        """``resume_flow_run``, as the UI's Resume sends it. Prefect proposes the Paused state
+        first and saves the pause's form just after it: an answer sent in between is refused
+        with "Run input schema not found". A person sees no form yet then and waits; so does
+        this (bounded), so that a refusal returned here is the form's own."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.client() as c:
+                res = c.resume_flow_run(frid, run_input=run_input)
+            reason = getattr(getattr(res, "details", None), "reason", "") or ""
+            if res.status.value != "REJECT" or "schema not found" not in reason or time.monotonic() > deadline:
+                return res
+            time.sleep(0.25)
 
 
 def gate_of(pause_key: str) -> str:

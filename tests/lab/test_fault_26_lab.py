@@ -50,7 +50,12 @@ async def _hold(rt):
 def test_fault_26_first_anti_entropy_sync_during_an_offline_repair_is_made_whole_by_the_full_sync_after(make_lab):
     from tests.e2e.test_procedures import _assert_buckets_match_ground_truth
 
-    lab = make_lab(version="0.7.3", zones=3, per_zone=1, knobs={"anti_entropy_startup_s": 3.0})
+    # each offline repair held 6 s (a real one takes minutes): a node restarted on 0.8 syncs 3 s
+    # after its start, and the next round's node, stopped about a second after that start, is
+    # then still down however fast this machine is (with no hold, a fast machine could finish
+    # the next node's whole round before the sync, and nothing failed to reproduce)
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1,
+                   knobs={"anti_entropy_startup_s": 3.0, "offline_repair_delay_s": 6.0})
     person = Person()
 
     async def go():

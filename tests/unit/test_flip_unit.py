@@ -181,10 +181,15 @@ def test_a_cancel_held_while_a_start_fails_asks_nobody_and_ends_the_run(tmp_path
 
 def test_a_sigint_with_the_default_handler_becomes_keyboard_interrupt_after_the_barrier(tmp_path):
     rt, plan = _setup(tmp_path, per_zone=1)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    steps = BarrierSteps(on_stop=lambda n: n == "n1" and os.kill(os.getpid(), signal.SIGINT))
-    with pytest.raises(KeyboardInterrupt):
-        asyncio.run(_executor(rt, plan, steps).run())
+    # Python's own handler, as in a terminal: a suite started in the background (nohup, `&` in
+    # a script) inherits SIGINT ignored, and Python then leaves it ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        steps = BarrierSteps(on_stop=lambda n: n == "n1" and os.kill(os.getpid(), signal.SIGINT))
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(_executor(rt, plan, steps).run())
+    finally:
+        signal.signal(signal.SIGINT, previous)
     doc = rt.ledger.refresh()
     assert all(doc.nodes[n].steps["flip:start"].status == "done" for n in ("n1", "n2", "n3"))
     assert [e.kind for e in doc.events].count("cancel-deferred") == 1
