@@ -71,15 +71,25 @@ def in_step(node: str, key: str, status: str = "running", name: str | None = Non
     return Point(name or f"{key} {status} on {node}", lambda doc, lab: step_status(doc, node, key) == status)
 
 
-def flip_stopping(stopped: str, slow: str, seconds: float = 30.0) -> Point:
+def holding_stop(point: Point, slow: str, seconds: float = 30.0) -> Point:
+    """``point``, with ``slow``'s shutdown held ``seconds`` (a ``slow-stop`` fault) from the
+    run that must reach it on: put on the point before :func:`flip_stopping` (armed=False)
+    when that point can land inside the flip, so that the flip's stop of ``slow`` is held
+    whichever run makes it."""
+    return Point(point.name, point.reached, arm=lambda lab: lab.fault(slow, "slow-stop", seconds=seconds),
+                 disarm=point.disarm)
+
+
+def flip_stopping(stopped: str, slow: str, seconds: float = 30.0, armed: bool = True) -> Point:
     """Inside the simultaneous restart's stop: ``stopped`` is down, ``slow`` still runs 0.7
-    (its shutdown is held ``seconds`` by a ``slow-stop`` fault)."""
+    (its shutdown is held ``seconds`` by a ``slow-stop`` fault; ``armed=False``: an earlier
+    point armed it, :func:`holding_stop`)."""
     return Point(
         f"flip: {stopped} stopped, {slow} still on 0.7",
         # the flip records its stops' results at its barrier (one ledger write for all nodes),
         # so "stopped is down" is read from the lab's ground truth, not from the ledger
         lambda doc, lab: (step_status(doc, slow, "flip:stop") == "running" and _down_while_up(lab, stopped, slow)),
-        arm=lambda lab: lab.fault(slow, "slow-stop", seconds=seconds),
+        arm=(lambda lab: lab.fault(slow, "slow-stop", seconds=seconds)) if armed else None,
         disarm=lambda lab: lab.clear_faults(slow))
 
 

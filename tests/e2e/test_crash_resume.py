@@ -22,7 +22,7 @@ from garage_lab import traffic
 from garage_migrate.ledger import Ledger
 from garage_migrate.plan import MigrationOptions
 from tests.e2e import crashrun as CR
-from tests.e2e.crashrun import at_boundary, flip_starting, flip_stopping, in_step
+from tests.e2e.crashrun import at_boundary, flip_starting, flip_stopping, holding_stop, in_step
 from tests.e2e.faultrun import assert_done_and_nothing_lost, ledger_path
 
 FAST = MigrationOptions(watch_s=2.0, gate_deadline_s=90.0, gate_consecutive=2).model_dump(mode="json")
@@ -39,8 +39,12 @@ QUIET = {"anti_entropy_startup_s": 3600.0}
 MD_POINTS = [
     at_boundary("preflight"),
     in_step("node-b1", "rolling-backup:backup"),
-    at_boundary("stage"),
-    flip_stopping(stopped="node-a1", slow="node-c1"),
+    # the flip follows the stage at once (auto-approved): this kill can land inside the flip's
+    # stop, so node-c1's stop is held from this run on; whichever run then makes that stop, the
+    # next point finds a node down beside node-c1 still on 0.7 (without the hold, a kill after
+    # every fast stop left the next point nothing to see, and the fault met a later stop)
+    holding_stop(at_boundary("stage"), slow="node-c1", seconds=40.0),
+    flip_stopping(stopped="node-a1", slow="node-c1", armed=False),
     flip_starting(failing="node-b1"),
     in_step("node-b1", "offline-repair:offline-repair"),
     at_boundary("repair-after"),
@@ -90,25 +94,23 @@ def _chain(lab, runs, procedure: str, mid: str, points) -> tuple[Ledger, object]
     return led, report
 
 
-def _flip_resumed(led: Ledger) -> list[str]:
-    return [e.message for e in led.doc.events if e.kind == "flip-resume"]
-
-
 @pytest.mark.timeout(1500)
 def test_minimal_downtime_killed_at_each_point_and_resumed_by_retries_and_new_runs(make_lab, stack):
     lab = make_lab(version="0.7.3", zones=3, per_zone=1, knobs=QUIET)
     mid = "crash-md"
     runs = CR.Alternating(CR.FlowRunRetries(stack, lab, "minimal-downtime", mid, FAST),
                           CR.NewRuns(lab, "minimal-downtime", mid, stack.api))
-    led, _ = _chain(lab, runs, "minimal-downtime", mid, MD_POINTS)
+    led, report = _chain(lab, runs, "minimal-downtime", mid, MD_POINTS)
     # resumed twice inside the flip (by a new run, then by a retry): each said what it found.
-    # The kill at the stage boundary can land just after the flip's phase began, before any stop
-    # (the one-unit flip follows the approval at once): the next run then resumes a flip that
-    # had stopped nothing, and says so; that resume is not one of the two inside the flip
-    every = _flip_resumed(led)
-    found = [m for m in every if "stopped" in m]
-    assert len(found) == 2 and len(every) - len(found) <= 1, every
-    print("flip-resume events:", *found, sep="\n  ")
+    # The kill at the stage boundary can land just after the flip's phase began (the one-unit
+    # flip follows the approval at once): the run after it then resumes that flip, and says
+    # what it found; that resume is not one of the two checked here, the first after the
+    # kill in the flip's stop and the first after the kill in its start
+    every = [e for e in led.doc.events if e.kind == "flip-resume"]
+    kill_t = {name: t for name, t, _pids in report.kills}
+    found = [next((e.message for e in every if e.t > kill_t[p.name]), None) for p in MD_POINTS[3:5]]
+    assert None not in found and len(every) <= 3, [e.message for e in every]
+    print("flip-resume events:", *(e.message for e in every), sep="\n  ")
     # node-c1 is still in its held stop, or has just finished it, when the new run looks
     assert "node-a1 stopped" in found[0] and "node-c1 " in found[0], found[0]
     assert "node-b1 stopped (binary 0.8.7)" in found[1] and "leaving node-a1, node-c1 on 0.8.7" in found[1], found[1]
