@@ -320,7 +320,7 @@ def run_chain(lab, runs, migration_id: str, points: list[Point], *, limit_per_ru
             # lab still show where the killed run left them (a flip it had begun, say), and a
             # point "reached" then would kill a run that never acted
             holder = (doc or {}).get("holder") or {}
-            if doc and holder.get("pid") and holder["pid"] not in killed and point.reached(doc, lab):
+            if holder.get("pid") and holder["pid"] not in killed and point.reached(doc, lab):
                 break
             assert runs.alive(), f"the run ended before {point.name}:\n{runs.output()[-4000:]}"
             assert time.monotonic() < deadline, f"{point.name} not reached in {limit_per_run:.0f}s"

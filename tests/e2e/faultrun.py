@@ -19,6 +19,7 @@ from pathlib import Path
 
 from garage_migrate.ledger import Ledger
 from garage_migrate.plan import MigrationOptions
+from tests.e2e.stack import form_not_saved_yet
 
 FAST = MigrationOptions(watch_s=2.0, gate_deadline_s=90.0, gate_consecutive=2)
 FLOW_NAMES = {"minimal-downtime": "minimal-downtime-migration", "simple": "simple-migration"}
@@ -105,7 +106,7 @@ class FlowRun:
             except RuntimeError as e:
                 # refused while Prefect has not saved the pause's form yet (it does so just
                 # after the Paused state): answered on a later look
-                if "schema not found" in str(e):
+                if form_not_saved_yet(str(e)):
                     continue
                 raise
             answered.add((run.id, key))

@@ -221,9 +221,15 @@ class PrefectStack:
             with self.client() as c:
                 res = c.resume_flow_run(frid, run_input=run_input)
             reason = getattr(getattr(res, "details", None), "reason", "") or ""
-            if res.status.value != "REJECT" or "schema not found" not in reason or time.monotonic() > deadline:
+            if res.status.value != "REJECT" or not form_not_saved_yet(reason) or time.monotonic() > deadline:
                 return res
             time.sleep(0.25)
+
+
+def form_not_saved_yet(reason: str) -> bool:
+    """Whether a refused resume was refused because Prefect has not yet saved the pause's form
+    (it saves it just after the Paused state): the answer is to be sent again, not dropped."""
+    return "Run input schema not found" in reason
 
 
 def gate_of(pause_key: str) -> str:
