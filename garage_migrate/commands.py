@@ -39,6 +39,7 @@ __all__ = [
     "OFFLINE_REPAIR_WHATS",
     "REPAIR_WHATS",
     "WRAPPERS",
+    "ConfigFlip",
     "NodeContext",
     "RemoteCommand",
     "ServiceControl",
@@ -793,10 +794,47 @@ def flip_stop(ctx: NodeContext, metadata_dir: str, sig: str, *, wait: float, tim
     return _cmd(argv, timeout=timeout, sudo=ctx.sudo, ctx=ctx)
 
 
-def flip_switch(ctx: NodeContext, target: str, *, timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
-    """``garage-migrate-flip switch <target> <binary_path>``: the atomic symlink flip
-    (:func:`switch_symlink`'s two commands, in one round trip; a no-op when it points there)."""
-    argv = (flip_helper_path(ctx.binary_path), "switch", _abs(target, "switch target"), ctx.binary_path)
+@dataclass(frozen=True)
+class ConfigFlip:
+    """``garage.toml``'s part of the flip's switch: the staged 0.8 config renamed over the live
+    one, the live one kept first; both files checked by sha256 on the node (the plan's digests,
+    from discovery: never the text, which holds ``rpc_secret``).
+
+    Attributes:
+        staged: the staged 0.8 config.
+        live: the node's ``config_path``.
+        keep: where the live config is kept for a rollback.
+        source_sha256: the live config's digest at discovery.
+        target_sha256: its 0.8 translation's digest (what ``staged`` must hold).
+    """
+
+    staged: str
+    live: str
+    keep: str
+    source_sha256: str
+    target_sha256: str
+
+    def argv(self) -> tuple[str, ...]:
+        """The helper's five config arguments.
+
+        Raises:
+            CommandRefused: a relative path, or a digest that is not 64 lowercase hex digits.
+        """
+        for what, sha in (("source_sha256", self.source_sha256), ("target_sha256", self.target_sha256)):
+            if not re.fullmatch(r"[0-9a-f]{64}", sha):
+                raise CommandRefused(f"{what} {sha!r} is not a sha256 digest")
+        return (_abs(self.staged, "staged config"), _abs(self.live, "config_path"), _abs(self.keep, "kept config"),
+                self.source_sha256, self.target_sha256)
+
+
+def flip_switch(ctx: NodeContext, target: str, *, config: ConfigFlip | None = None,
+                timeout: float = DEFAULT_TIMEOUT) -> RemoteCommand:
+    """``garage-migrate-flip switch <target> <binary_path> [<config...>]``: the atomic symlink
+    flip (:func:`switch_symlink`'s two commands, in one round trip; a no-op when it points
+    there) and, with ``config``, ``garage.toml`` moved with it in the same call (the helper
+    refuses, changing nothing, when either file is not the plan's)."""
+    argv = (flip_helper_path(ctx.binary_path), "switch", _abs(target, "switch target"), ctx.binary_path,
+            *(config.argv() if config is not None else ()))
     return _cmd(argv, timeout=timeout, sudo=ctx.sudo, ctx=ctx)
 
 

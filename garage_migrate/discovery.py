@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 from dataclasses import dataclass, field
 
@@ -60,6 +61,8 @@ class NodeFacts:
             compressed on the node when it has one.
         config_diff: the changes of its ``garage.toml`` for 0.8 (:mod:`garage_migrate.config08`),
             a diff of the moved lines only; empty when the config is 0.8-ready.
+        config_shas: with a diff, the sha256 of the live config and of its translation (what
+            the flip's switch checks on the node before moving it); never the text itself.
     """
 
     name: str
@@ -74,6 +77,7 @@ class NodeFacts:
     metadata_bytes: int | None = None
     zstd_version: str | None = None
     config_diff: tuple[str, ...] = ()
+    config_shas: tuple[str, str] | None = None
 
     @property
     def id16(self) -> str:
@@ -131,6 +135,11 @@ class ClusterFacts:
         return "\n".join(lines)
 
 
+def _sha256(text: str) -> str:
+    # the digest of the file the text was read from (UTF-8, as written by the stage's upload)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 async def _node_facts(node: ResolvedNode, shell: NodeShell) -> tuple[NodeFacts, str | None, str | None]:
     ctx = node.ctx
     cfg_text = (await shell.run(C.cat(ctx.config_path, sudo=ctx.sudo))).stdout
@@ -158,12 +167,14 @@ async def _node_facts(node: ResolvedNode, shell: NodeShell) -> tuple[NodeFacts, 
     size = int(du.stdout.split()[0]) if du.returncode == 0 and du.stdout.split()[:1] and du.stdout.split()[0].isdigit() else None
     zstd = await shell.run(C.zstd_version(), check=False)
     try:
-        diff = diff_lines(cfg_text, translate(cfg_text).text, ctx.config_path)
+        translated = translate(cfg_text).text
+        diff = diff_lines(cfg_text, translated, ctx.config_path)
     except PlanError as exc:
         raise DiscoveryError(f"{node.name}: {ctx.config_path} cannot be prepared for 0.8: {exc}",
                              node=node.name) from None
     facts = NodeFacts(node.name, node.host, node.zone, node_id.id64, config, running, daemon_version,
-                      binary_version, target, size, parse_zstd_version(zstd.returncode, zstd.stdout), diff)
+                      binary_version, target, size, parse_zstd_version(zstd.returncode, zstd.stdout), diff,
+                      (_sha256(cfg_text), _sha256(translated)) if diff else None)
     return facts, status_text, layout_text
 
 

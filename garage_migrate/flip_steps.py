@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 
 from . import actions as A
+from . import commands as C
 from .actions import flip as F
-from .config_step import switch_config
 from .errors import LockHeldError, StepError
 from .facts import parse_stats_version_line
 from .steps import Runtime, StepResult
 
-__all__ = ["check_helpers", "helper_stage", "helper_start", "helper_stop", "helper_switch", "parse_helper_output"]
+__all__ = ["check_configs", "check_helpers", "helper_stage", "helper_start", "helper_stop", "helper_switch", "parse_helper_output"]
 
 
 def parse_helper_output(text: str) -> dict[str, str]:
@@ -116,23 +116,67 @@ async def helper_stop(rt: Runtime, node: str) -> StepResult:
                       f"exited {w.get('t.exited', '?')}, lock free {w.get('t', '?')})", w)
 
 
+async def check_configs(rt: Runtime, nodes: list[str]) -> dict[str, dict[str, str]]:
+    """Before the window: on every node whose ``garage.toml`` moves with the binary, the live
+    and staged configs hash to the plan's digests (or the live one is the 0.8 one already: a
+    re-run). Returns node -> ``{"config_kept": path}``, the ledger fields to write in the same
+    fenced write that opens the window, so that a rollback knows where the old config is kept
+    even when the run dies right after the switch.
+
+    Raises:
+        StepError: on the first node (by name) whose config is not the plan's; nothing was
+            stopped.
+    """
+    async def one(node: str) -> tuple[str, str | None, str | None]:
+        cfg = F.flip_switch(rt.spec(node)).config
+        if cfg is None:
+            return node, None, None
+        ctx = rt.spec(node).ctx
+        live, staged = await asyncio.gather(rt.observe(node, C.sha256sum(cfg.live, sudo=ctx.sudo), check=False),
+                                            rt.observe(node, C.sha256sum(cfg.staged, sudo=ctx.sudo), check=False))
+        if _dry(rt, node):
+            return node, cfg.keep, None
+        have = live.stdout.split()[:1] if live.returncode == 0 else []
+        if have == [cfg.target_sha256]:
+            return node, cfg.keep, None
+        if have != [cfg.source_sha256]:
+            return node, None, (f"{node}: {cfg.live} changed since the plan was made (sha256 "
+                                f"{have[0] if have else 'unreadable'}, the plan's {cfg.source_sha256}): plan again")
+        if staged.returncode != 0 or staged.stdout.split()[:1] != [cfg.target_sha256]:
+            return node, None, (f"{node}: the staged 0.8 config {cfg.staged} is missing or is not the plan's "
+                                f"translation: run the stage phase again")
+        return node, cfg.keep, None
+    found = await asyncio.gather(*(one(n) for n in nodes))
+    bad = sorted(b for _n, _k, b in found if b)
+    if bad:
+        raise StepError("the 0.8 config cannot be switched with the binary: " + "; ".join(bad),
+                        node=bad[0].split(":")[0])
+    return {n: {"config_kept": k} for n, k, _b in found if k}
+
+
 async def helper_switch(rt: Runtime, node: str) -> StepResult:
-    """Point ``node``'s binary at the staged target in one round trip (its config too, where
-    ``garage.toml`` changes for 0.8: those nodes take the config's round trips as well)."""
+    """Point ``node``'s binary at the staged target in one round trip, its ``garage.toml``
+    moved with it where it changes for 0.8 (the old one kept: :func:`check_configs` recorded
+    where)."""
     spec = rt.spec(node)
     acts = F.flip_switch(spec)
-    cfg = await switch_config(rt, node, "target") if acts.config is not None else None
-    more = f"; {cfg}" if cfg else ""
     res = await rt.act(node, acts.call, check=False)
+    cfg = acts.config
     if _dry(rt, node):
-        return StepResult("switch", node, "done", "dry run: recorded" + more)
+        return StepResult("switch", node, "done", "dry run: recorded" + (f"; {cfg.live} moved too" if cfg else ""))
+    if res.returncode == 7:
+        raise _fail(node, res, f"switch ({cfg.live if cfg else 'config'} is not the plan's: nothing was changed)")
     if res.returncode != 0:
         raise _fail(node, res, "switch")
     w = parse_helper_output(res.stdout)
+    more = {"done": f"; {cfg.live if cfg else ''}: the 0.8 config (old one kept at {cfg.keep if cfg else ''})",
+            "skipped": f"; {cfg.live if cfg else ''} is the 0.8 config already"}.get(w.get("config", "none"), "")
     if w.get("result") == "skipped":
         rt.info(node, "switch: skipped: %s already points to %s%s", spec.ctx.binary_path, spec.staged_path, more)
         return StepResult("switch", node, "skipped", f"{spec.ctx.binary_path} already points to {spec.staged_path}{more}", w)
-    return StepResult("switch", node, "done", f"{spec.ctx.binary_path} -> {spec.staged_path}{more}", w)
+    what = f"{spec.ctx.binary_path} -> {spec.staged_path}" if w.get("binary") != "skipped" else \
+        f"{spec.ctx.binary_path} already points to {spec.staged_path}"
+    return StepResult("switch", node, "done", what + more, w)
 
 
 async def helper_start(rt: Runtime, node: str, version: str) -> StepResult:

@@ -16,8 +16,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from .. import commands as C
+from ..errors import PlanError
 from ..commands import RemoteCommand
-from .node import NodeSpec, config_switch, staged_path
+from .node import NodeSpec, kept_config_path, staged_config_path, staged_path
 from .values import START_TIMEOUT, STOP_TIMEOUT, Op, Upload
 
 #: The helper's source in the package.
@@ -71,15 +72,16 @@ class FlipStop:
 
 @dataclass(frozen=True)
 class FlipSwitch:
-    """The flip's switch on one node: one helper call (the atomic symlink flip), and the
-    config's switch where ``garage.toml`` changes for 0.8 (those nodes take its round trips)."""
+    """The flip's switch on one node: one helper call, the atomic symlink flip and, where
+    ``garage.toml`` changes for 0.8, the config moved with it (``config``: what the call's
+    config arguments say, for the pre-window check and the ledger)."""
 
     call: RemoteCommand
-    config: object | None = None  # ConfigActions
+    config: C.ConfigFlip | None = None
 
     def ops(self) -> tuple[Op, ...]:
-        """Every action."""
-        return (self.call, *(self.config.ops() if self.config else ()))
+        """Every action (the config's move is part of the one call)."""
+        return (self.call,)
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,21 @@ def flip_stop(n: NodeSpec) -> FlipStop:
     return FlipStop(C.flip_stop(n.ctx, n.metadata_dir, n.stop_signal, wait=STOP_TIMEOUT, timeout=FLIP_STOP_TIMEOUT))
 
 
+def config_flip(n: NodeSpec) -> C.ConfigFlip | None:
+    """The config's part of ``n``'s flip switch, or ``None`` when its ``garage.toml`` is
+    0.8-ready (or discovery took no digests of it)."""
+    if not n.config_diff:
+        return None
+    if n.config_shas is None:  # never switch the binary and quietly leave the config behind
+        raise PlanError(f"{n.name}: garage.toml changes for 0.8 but discovery took no sha256 of it")
+    path = n.ctx.config_path
+    return C.ConfigFlip(staged_config_path(path, n.target_version), path, kept_config_path(path), *n.config_shas)
+
+
 def flip_switch(n: NodeSpec) -> FlipSwitch:
-    """The flip's switch on ``n`` (to the staged target binary)."""
-    return FlipSwitch(C.flip_switch(n.ctx, staged_path(n.ctx.binary_path, n.target_version)),
-                      config_switch(n, "target"))
+    """The flip's switch on ``n`` (to the staged target binary, with its config)."""
+    cfg = config_flip(n)
+    return FlipSwitch(C.flip_switch(n.ctx, staged_path(n.ctx.binary_path, n.target_version), config=cfg), cfg)
 
 
 def flip_start(n: NodeSpec, version: str) -> FlipStart:

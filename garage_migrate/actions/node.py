@@ -23,6 +23,7 @@ class NodeSpec:
     staged_path: str
     config_diff: tuple[str, ...] = ()  # garage.toml's changes for 0.8 (empty: nothing to translate)
     target_version: str = ""
+    config_shas: tuple[str, str] | None = None  # sha256 of the live config and of its translation
 
 
 def spec(inv, facts, name: str) -> NodeSpec:
@@ -32,7 +33,8 @@ def spec(inv, facts, name: str) -> NodeSpec:
     return NodeSpec(name=name, ctx=n.ctx, metadata_dir=f.config.metadata_dir,
                     stop_signal=n.stop_signal, staged_path=staged_path(n.ctx.binary_path, inv.target.version),
                     config_diff=tuple(getattr(f, "config_diff", ())),
-                    target_version=inv.target.version.removeprefix("v"))
+                    target_version=inv.target.version.removeprefix("v"),
+                    config_shas=getattr(f, "config_shas", None))
 
 
 def staged_config_path(config_path: str, target_version: str) -> str:

@@ -148,6 +148,12 @@ class SimShell:
                 sim.active, sim.version = False, None
             elif argv[1] == "switch" and argv[3] == self.spec.ctx.binary_path:
                 sim.binary_target = argv[2]
+                if len(argv) == 9:  # garage.toml moved with it: STAGED LIVE KEEP (then the digests)
+                    staged, live, keep = argv[4:7]
+                    if live in sim.files:  # else its text is the node's own, never read here
+                        sim.files[keep] = sim.files[live]
+                    if staged in sim.files:
+                        sim.files[live], sim.files[staged] = sim.files[staged], None
             elif argv[1] == "start":
                 sim.active = True
                 sim.version = self._version_at(self.spec.ctx.binary_path)

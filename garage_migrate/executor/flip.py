@@ -105,16 +105,18 @@ async def _run(rt: Runtime, unit: FlipUnit, s: Step, call: NodeCall, opened: boo
 
 
 async def run_barrier(rt: Runtime, unit: FlipUnit, *, stop: NodeCall, switch: NodeCall, start: NodeCall,
-                      clock: Callable[[], float] = time.time) -> FlipOutcome:
+                      clock: Callable[[], float] = time.time,
+                      before: dict[str, dict[str, object]] | None = None) -> FlipOutcome:
     """Run ``unit`` as the module docstring says, with ``stop``/``switch``/``start`` the
-    per-node calls (the helper's, or a test's).
+    per-node calls (the helper's, or a test's), and ``before`` node fields of the ledger
+    (where a switch keeps the old config) set in the fenced write that opens the window.
 
     Raises:
         SupersededError: another run took the migration over (before anything acted, or at a
             ledger write: nothing more is released after it).
     """
     led, out = rt.ledger, FlipOutcome()
-    await led.record_steps((s.node, _key(unit, s), "running", "", None) for s in unit.stops)  # fenced
+    await led.record_steps(((s.node, _key(unit, s), "running", "", None) for s in unit.stops), before)  # fenced
     switches = {s.node: s for s in unit.switches}
     stops = {s.node: s for s in unit.stops}
     first = list(dict.fromkeys([*stops, *switches]))

@@ -218,12 +218,14 @@ class EngineSteps:
 
     async def flip(self, rt: Runtime, unit: FlipUnit) -> FlipOutcome:
         """Every node's flip helper checked (and its SSH connection opened) before the window,
+        and every config that moves with the binary (:func:`~garage_migrate.flip_steps.check_configs`),
         then :func:`.flip.run_barrier` over the helper's calls (:mod:`garage_migrate.flip_steps`)."""
         from .. import flip_steps as H
 
         await H.check_helpers(rt, list(unit.nodes))
+        kept = await H.check_configs(rt, [s.node for s in unit.switches])
         return await run_barrier(rt, unit, stop=lambda n: H.helper_stop(rt, n), switch=lambda n: H.helper_switch(rt, n),
-                                 start=lambda n: H.helper_start(rt, n, unit.target))
+                                 start=lambda n: H.helper_start(rt, n, unit.target), before=kept)
 
     async def switch_binary(self, rt: Runtime, node: str, to: str = "target") -> StepResult:
         """:func:`garage_migrate.steps.switch_binary`."""

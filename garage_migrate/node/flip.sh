@@ -5,7 +5,7 @@
 # again just before the window), run with literal arguments only, one call per node per step:
 #
 #   garage-migrate-flip stop   TIMEOUT DBFILE  N STATUS... M SIGNAL... K STOP...
-#   garage-migrate-flip switch TARGET LINK
+#   garage-migrate-flip switch TARGET LINK [STAGED LIVE KEEP SOURCE_SHA TARGET_SHA]
 #   garage-migrate-flip start  TIMEOUT VERSION N STATUS... M START...  K STATS...
 #
 # Each argv group is preceded by its word count, so no word (not even "--") is read as a
@@ -16,7 +16,13 @@
 #
 # Exit status: 0 done (or nothing to do), 2 still running TIMEOUT s after the signal (never
 # escalated to a kill), 3 stopped but the DB lock is still held, 4 the daemon exited before
-# answering, 5 no answer as VERSION in time, 6 a command failed, 64 wrong usage.
+# answering, 5 no answer as VERSION in time, 6 a command failed, 7 the config is not the plan's
+# (switch: LIVE hashes to neither SOURCE_SHA nor TARGET_SHA, or STAGED is not TARGET_SHA; nothing
+# was changed), 64 wrong usage.
+#
+# With its five config arguments, the switch moves garage.toml with the binary: the live config
+# (SOURCE_SHA) copied to KEEP with its mode and owner, then the staged 0.8 one (TARGET_SHA)
+# renamed over it; a live config that already hashes to TARGET_SHA is left alone (a re-run).
 set -u
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
@@ -107,16 +113,43 @@ stop)
   say "result=done lock=free"
   ;;
 switch)
-  [ $# -eq 2 ] || die 64 "usage"
+  [ $# -eq 2 ] || [ $# -eq 7 ] || die 64 "usage"
   target=$1; link=$2
   case "$target" in /*) ;; *) die 64 "target" ;; esac
   case "$link" in /*) ;; *) die 64 "link" ;; esac
   want=$(readlink -f -- "$target") && [ -x "$want" ] || die 6 "target-missing"
+  conf=none
+  if [ $# -eq 7 ]; then
+    staged=$3; live=$4; keep=$5; src_sha=$6; dst_sha=$7
+    for p in "$staged" "$live" "$keep"; do case "$p" in /*) ;; *) die 64 "config-path" ;; esac; done
+    sha() { sha256sum -- "$1" 2>/dev/null | sed -n '1s/ .*//p'; }
+    have=$(sha "$live")
+    if [ "$have" = "$dst_sha" ]; then
+      conf=skipped  # switched already (a re-run after the move)
+    elif [ "$have" = "$src_sha" ]; then
+      [ "$(sha "$staged")" = "$dst_sha" ] || die 7 "config-staged-mismatch"
+      conf=move
+    else
+      die 7 "config-changed"
+    fi
+  fi
   cur=$(readlink -f -- "$link" 2>/dev/null || true)
-  if [ "$cur" = "$want" ]; then say "result=skipped reason=already-points"; exit 0; fi
-  ln -sfn -- "$target" "$link.garage-migrate.tmp" || die 6 "ln-failed"
-  mv -T -- "$link.garage-migrate.tmp" "$link" || die 6 "mv-failed"  # rename(2): atomic
-  say "result=done"
+  if [ "$cur" = "$want" ]; then
+    bin=skipped
+  else
+    ln -sfn -- "$target" "$link.garage-migrate.tmp" || die 6 "ln-failed"
+    mv -T -- "$link.garage-migrate.tmp" "$link" || die 6 "mv-failed"  # rename(2): atomic
+    bin=done
+  fi
+  if [ "$conf" = move ]; then
+    cp -p -- "$live" "$keep" || die 6 "config-keep-failed"  # what a rollback puts back
+    mv -T -- "$staged" "$live" || die 6 "config-mv-failed"  # rename(2): atomic
+    conf=done
+  fi
+  if [ "$bin" = skipped ] && [ "$conf" != done ]; then
+    say "result=skipped reason=already-points config=$conf"; exit 0
+  fi
+  say "result=done binary=$bin config=$conf"
   ;;
 start)
   [ $# -ge 3 ] || die 64 "usage"

@@ -100,3 +100,70 @@ def test_flip_helper_stops_switches_and_starts_a_lab_node_in_one_round_trip_each
     verbs = [e["argv"][i + 1] for e in acts if e["node"] == a and e["kind"] == "act" and e["event"] == "started"
              for i, w in enumerate(e["argv"][:-1]) if w.endswith("/garage-migrate-flip")]
     assert verbs == ["stop", "stop", "switch", "switch", "start", "start"]
+
+
+@pytest.mark.timeout(300)
+def test_flip_helper_moves_garage_toml_with_the_binary_in_the_switch_and_discovery_stays_on(make_lab, tmp_path):
+    # the nodes find their peers through Consul (0.7's top-level keys, which 0.8 ignores): the
+    # flip's one switch call per node moves the translated config with the binary
+    lab = make_lab(version="0.7.3", zones=3, per_zone=1, discovery=("consul",))
+    a, b, _c = (n["name"] for n in lab.nodes)
+    conf = {n: lab.node_dir(n) / "etc" / "garage.toml" for n in (a, b)}
+    original = {n: conf[n].read_bytes() for n in (a, b)}
+    mode = {n: conf[n].stat().st_mode & 0o777 for n in (a, b)}
+    journal_path = tmp_path / "commands.jsonl"
+
+    async def scenario():
+        out = {}
+        async with open_runtime(str(lab.dir / "inventory.yaml"), "minimal-downtime") as rt:
+            rt = with_journal(rt, CommandJournal(journal_path))
+            for n in (a, b):
+                await steps.preflight(rt, n)
+                await steps.stage_binary(rt, n, helper=True)
+            out["shas"] = rt.spec(a).config_shas
+            # b's live config edited after discovery: refused before the window, nothing stopped
+            conf[b].write_bytes(original[b] + b"# edited by hand\n")
+            with pytest.raises(StepError) as bad:
+                await flip_steps.check_configs(rt, [a, b])
+            out["refused"] = str(bad.value)
+            out["b_running"] = _truth(lab, b)["running_version"]
+            # had the check been skipped, the helper itself refuses the switch and changes nothing
+            await flip_steps.helper_stop(rt, b)
+            with pytest.raises(StepError) as bad_switch:
+                await flip_steps.helper_switch(rt, b)
+            out["refused_switch"] = str(bad_switch.value)
+            out["b_after"] = _truth(lab, b)
+            kept = await flip_steps.check_configs(rt, [a])
+            out["kept_field"] = kept
+            await rt.ledger.record_steps([], kept)  # what the window's opening write sets (run_barrier)
+            await flip_steps.helper_stop(rt, a)
+            await backup_step.backup_metadata(rt, a)  # no 0.8 start without a backup
+            out["switch"] = [await flip_steps.helper_switch(rt, a) for _ in range(2)]
+            out["live"] = conf[a].read_text()
+            out["again"] = await flip_steps.check_configs(rt, [a])  # a re-run before the window passes
+            out["start"] = await flip_steps.helper_start(rt, a, "0.8.7")
+            out["started"] = _truth(lab, a)
+            # the rollback's switch puts the kept 0.7 config back with the binary
+            await steps.stop_node(rt, a)
+            out["back"] = await steps.switch_binary(rt, a, "source")
+        return out
+    out = run(scenario(), limit=None)
+    assert out["shas"] is not None
+    assert f"{b}: " in out["refused"] and "changed since the plan was made" in out["refused"] and a not in out["refused"]
+    assert out["b_running"] == "0.7.3"
+    assert "config-changed" in out["refused_switch"] and "nothing was changed" in out["refused_switch"]
+    assert out["b_after"]["binary_target"].endswith("garage-v0.7.3")
+    keep = lab.node_dir(a) / "etc" / "garage.toml.garage-migrate.before-0.8"
+    assert out["kept_field"] == {a: {"config_kept": str(keep)}} == out["again"]
+    assert [r.status for r in out["switch"]] == ["done", "skipped"]
+    assert "old one kept at" in out["switch"][0].detail and "0.8 config already" in out["switch"][1].detail
+    assert "[consul_discovery]" in out["live"] and "consul_host" not in out["live"]
+    assert out["started"]["running_version"] == "0.8.7"
+    assert out["started"]["discovery"] == ["consul"]  # 0.8.7 reads [consul_discovery]: discovery stays on
+    assert out["back"].status == "done"
+    assert conf[a].read_bytes() == original[a] and conf[a].stat().st_mode & 0o777 == mode[a]
+    # the switch was one act per call on a: the helper's, config included (no cat, no upload, no mv)
+    acts = [json.loads(x) for x in journal_path.read_text().splitlines()]
+    a_switch = [e for e in acts if e["node"] == a and e["kind"] == "act" and e["event"] == "started"
+                and any(w.endswith("/garage-migrate-flip") for w in e["argv"]) and "switch" in e["argv"]]
+    assert len(a_switch) == 2 and all(len(e["argv"]) >= 9 for e in a_switch)

@@ -3,6 +3,7 @@ section 5: Consul and Kubernetes keys move to their sections; the 0.7 top-level 
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 
 import pytest
@@ -97,7 +98,9 @@ def _with_consul(facts):
 
     old = BASE + 'consul_host = "consul:8500"\nconsul_service_name = "garage"\n' + TAIL
     diff = diff_lines(old, translate(old).text, "/etc/garage.toml")
-    return dataclasses.replace(facts, nodes=tuple(dataclasses.replace(f, config_diff=diff) for f in facts.nodes)), diff
+    shas = (hashlib.sha256(old.encode()).hexdigest(), hashlib.sha256(translate(old).text.encode()).hexdigest())
+    return dataclasses.replace(facts, nodes=tuple(dataclasses.replace(f, config_diff=diff, config_shas=shas)
+                                                  for f in facts.nodes)), diff
 
 
 def test_the_plan_stages_the_08_config_shows_its_diff_at_the_flip_approval_and_switches_it_with_the_binary():
@@ -113,9 +116,14 @@ def test_the_plan_stages_the_08_config_shows_its_diff_at_the_flip_approval_and_s
     switch = next(s for s in plan.steps() if s.kind == "switch" and s.node == "n1")
     staged = A.staged_config_path("/etc/garage.toml", "0.8.7")
     assert f"sftp put {staged}" in [a.op.render() for a in stage.acts]
-    acts = [a.op.render() for a in switch.acts]
-    assert f"sftp put {A.kept_config_path('/etc/garage.toml')}" in acts
-    assert acts[-1].endswith(f"mv -T {staged} /etc/garage.toml")  # after the binary's flip
+    # one helper call moves the binary and the config, checking both files' digests on the node
+    (call,) = [a.op for a in switch.acts]
+    live_sha, target_sha = facts.node("n1").config_shas
+    spec = A.spec(inv, facts, "n1")
+    assert call.argv[1:4] == ("switch", spec.staged_path, spec.ctx.binary_path)
+    assert call.argv[-5:] == (staged, "/etc/garage.toml", A.kept_config_path("/etc/garage.toml"), live_sha, target_sha)
+    assert target_sha == hashlib.sha256(translate(BASE + 'consul_host = "consul:8500"\nconsul_service_name = "garage"\n'
+                                                  + TAIL).text.encode()).hexdigest()
     # the person approving the flip sees the diff (the approval shows the plan from the flip on)
     md = plan.to_markdown(from_phase="approve-flip")
     assert "```diff" in md and '-consul_host = "consul:8500"' in md and "+[consul_discovery]" in md

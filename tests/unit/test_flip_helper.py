@@ -97,3 +97,78 @@ def test_the_switch_flips_the_link_atomically_and_once(tmp_path):
                            text=True, timeout=60) for _ in range(2)]
     assert [parse_helper_output(r.stdout)["result"] for r in runs] == ["done", "skipped"]
     assert link.resolve() == new and not (tmp_path / "garage.garage-migrate.tmp").exists()
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
+
+
+def _config_lab(tmp_path):
+    """A node's binary link and garage.toml as the stage leaves them: live 0.7 config, staged
+    0.8 one beside it (mode 0600, as the stage's upload writes it)."""
+    old, new, link = tmp_path / "garage-v0.7.3", tmp_path / "garage-v0.8.7", tmp_path / "garage"
+    for f in (old, new):
+        f.write_text("#!/bin/sh\n")
+        f.chmod(0o755)
+    link.symlink_to(old)
+    live, staged, keep = tmp_path / "garage.toml", tmp_path / "garage.toml.v0.8.7", tmp_path / "garage.toml.before"
+    live.write_bytes(b'consul_host = "consul:8500"\n')
+    live.chmod(0o640)
+    staged.write_bytes(b'[consul_discovery]\nconsul_http_addr = "http://consul:8500"\n')
+    staged.chmod(0o600)
+    cfg = C.ConfigFlip(str(staged), str(live), str(keep), _sha(live.read_bytes()), _sha(staged.read_bytes()))
+    return new, link, cfg
+
+
+def _switch(new, link, cfg):
+    return subprocess.run(["sh", str(F.HELPER_SOURCE), "switch", str(new), str(link), *cfg.argv()],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_switch_moves_garage_toml_with_the_binary_keeping_the_old_one_and_a_rerun_changes_nothing(tmp_path):
+    from pathlib import Path
+
+    new, link, cfg = _config_lab(tmp_path)
+    before, after = Path(cfg.live).read_bytes(), Path(cfg.staged).read_bytes()
+    first = _switch(new, link, cfg)
+    assert first.returncode == 0, first
+    w = parse_helper_output(first.stdout)
+    assert (w["result"], w["binary"], w["config"]) == ("done", "done", "done")
+    assert link.resolve() == new
+    assert Path(cfg.live).read_bytes() == after and not Path(cfg.staged).exists()
+    assert Path(cfg.keep).read_bytes() == before and Path(cfg.keep).stat().st_mode & 0o777 == 0o640  # cp -p
+    again = parse_helper_output(_switch(new, link, cfg).stdout)
+    assert (again["result"], again["config"]) == ("skipped", "skipped")
+    assert Path(cfg.keep).read_bytes() == before  # the kept 0.7 config is never overwritten by a re-run
+
+
+def test_the_switch_refuses_a_config_that_is_not_the_plans_and_changes_nothing(tmp_path):
+    from pathlib import Path
+
+    new, link, cfg = _config_lab(tmp_path)
+    Path(cfg.live).write_bytes(b'consul_host = "other:8500"\n')  # edited since discovery
+    out = _switch(new, link, cfg)
+    assert out.returncode == 7 and parse_helper_output(out.stdout)["error"] == "config-changed"
+    assert link.resolve() == tmp_path / "garage-v0.7.3" and Path(cfg.staged).exists() and not Path(cfg.keep).exists()
+    (tmp_path / "b").mkdir()
+    new, link, cfg = _config_lab(tmp_path / "b")
+    Path(cfg.staged).write_bytes(b"# not the plan's translation\n")
+    out = _switch(new, link, cfg)
+    assert out.returncode == 7 and parse_helper_output(out.stdout)["error"] == "config-staged-mismatch"
+    assert link.resolve() == tmp_path / "b" / "garage-v0.7.3" and not Path(cfg.keep).exists()
+
+
+def test_the_switch_with_a_config_takes_exactly_five_more_words_each_checked():
+    cfg = C.ConfigFlip("/etc/garage.toml.v0.8.7", "/etc/garage.toml", "/etc/garage.toml.keep", "a" * 64, "b" * 64)
+    call = C.flip_switch(CTX, "/opt/garage/bin/garage-v0.8.7", config=cfg)
+    assert call.argv[4:] == ("/etc/garage.toml.v0.8.7", "/etc/garage.toml", "/etc/garage.toml.keep", "a" * 64, "b" * 64)
+    for bad in (C.ConfigFlip("rel/x", "/etc/garage.toml", "/k", "a" * 64, "b" * 64),
+                C.ConfigFlip("/s", "/etc/garage.toml", "/k", "A" * 64, "b" * 64),
+                C.ConfigFlip("/s", "/etc/garage.toml", "/k", "a" * 64, "b; rm -rf /")):
+        with pytest.raises(CommandRefused):
+            C.flip_switch(CTX, "/opt/garage/bin/garage-v0.8.7", config=bad)
+    for n in (3, 5, 6, 8):  # two or seven arguments, nothing in between
+        out = subprocess.run(["sh", str(F.HELPER_SOURCE), "switch", *(["/x"] * n)], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 64

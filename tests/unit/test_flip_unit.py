@@ -214,3 +214,26 @@ def test_a_retried_start_is_a_unit_of_the_failed_nodes_and_records_the_decision(
     assert rec.status == "done" and rec.retried == 1
     assert [a.status for a in rec.attempts] == ["failed", "done"]
     assert [c for c in steps.calls if c[0] == "flip"][-1] == ("flip", None, ("n2",))  # the helper's start only
+
+
+def test_where_a_switch_keeps_the_old_config_is_in_the_ledger_before_any_stop_is_released(tmp_path):
+    from garage_migrate.executor.flip import FlipUnit, run_barrier
+    from garage_migrate.steps import StepResult
+
+    rt, plan = _setup(tmp_path, per_zone=1)
+    flip = plan.phase("flip")
+    waves = {w.name: tuple(w.steps) for w in flip.waves}
+    unit = FlipUnit("flip", "0.8.7", waves["stop"], waves["switch"], waves["start"])
+    keep = {"n1": {"config_kept": "/etc/garage.toml.garage-migrate.before-0.8"}}
+    seen = {}
+
+    async def stop(node):
+        # read from the file, as a run taking over after a crash right here would read it
+        seen[node] = Ledger.open(tmp_path, rt.inv.cluster, "m1", "minimal-downtime").node(node).config_kept
+        return StepResult("stop", node, "done", "")
+
+    async def other(node):
+        return StepResult("x", node, "done", "", {"version": "0.8.7"})
+    asyncio.run(run_barrier(rt, unit, stop=stop, switch=other, start=other, before=keep))
+    assert seen["n1"] == "/etc/garage.toml.garage-migrate.before-0.8"
+    assert all(v is None for n, v in seen.items() if n != "n1") and len(seen) == 3
