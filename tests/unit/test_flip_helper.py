@@ -1,4 +1,4 @@
-"""The flip helper's commands (commands.py, actions/flip.py) and the helper itself
+"""The flip helper's commands (commands/flip.py, actions/flip.py) and the helper itself
 (garage_migrate/node/flip.sh), run locally with stand-in service commands: every word reaches
 its command literally, never as shell."""
 
