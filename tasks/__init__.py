@@ -13,7 +13,7 @@ import dataclasses
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from garage_migrate import steps
+from garage_migrate import api_step, steps
 from garage_migrate.errors import is_transient
 from garage_migrate.steps import Runtime, StepResult
 
@@ -45,7 +45,7 @@ async def preflight(rt: Runtime, node: str) -> StepResult:
 @task(name="set-api", task_run_name="api-{node}-{enabled}", **RETRYING)
 async def set_api(rt: Runtime, node: str | None, enabled: bool) -> StepResult:
     """Cut or restore client access (the inventory's API gate)."""
-    return await steps.set_api(_rt(rt), node, enabled)
+    return await api_step.set_api(_rt(rt), node, enabled)
 
 
 @task(name="launch-repair", task_run_name="repair-{what}", **RETRYING)

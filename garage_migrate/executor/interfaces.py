@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from .. import backup_step, runtime, steps
+from .. import api_step, backup_step, runtime, steps
 from ..gates import GateOutcome
 from ..plan import MigrationOptions
 from ..steps import Runtime, StepResult
@@ -189,8 +189,8 @@ class EngineSteps:
         return await steps.preflight(rt, node)
 
     async def set_api(self, rt: Runtime, node: str | None, enabled: bool) -> StepResult:
-        """:func:`garage_migrate.steps.set_api`."""
-        return await steps.set_api(rt, node, enabled)
+        """:func:`garage_migrate.api_step.set_api`."""
+        return await api_step.set_api(rt, node, enabled)
 
     async def launch_repair(self, rt: Runtime, what: str) -> StepResult:
         """:func:`garage_migrate.steps.launch_repair`."""

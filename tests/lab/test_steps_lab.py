@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from garage_migrate import backup_step, steps
+from garage_migrate import api_step, backup_step, steps
 from garage_migrate.runtime import open_runtime
 from tests.conftest import run
 
@@ -173,11 +173,11 @@ def test_api_gate_port_cuts_and_restores_clients_idempotently(make_lab):
     async def scenario():
         async with open_runtime(str(lab.dir / "inventory.yaml"), "simple") as rt:
             await steps.preflight(rt, node["name"])
-            a = [await steps.set_api(rt, node["name"], False) for _ in range(2)]
+            a = [await api_step.set_api(rt, node["name"], False) for _ in range(2)]
             closed = not s3_open()
             kept = Path(steps.original_config_path(str(config)))
             kept_while_cut = (kept.read_text(), kept.stat().st_mode & 0o077)
-            b = [await steps.set_api(rt, node["name"], True) for _ in range(2)]
+            b = [await api_step.set_api(rt, node["name"], True) for _ in range(2)]
             return a, closed, kept_while_cut, b, rt.ledger.path
     a, closed, kept_while_cut, b, ledger_path = run(scenario(), limit=None)
     assert [r.status for r in a] == ["done", "skipped"] and closed
@@ -203,10 +203,10 @@ def test_a_migration_after_one_that_left_the_api_cut_restores_the_real_original(
 
     async def scenario():
         async with open_runtime(inv, "simple", "migration-a") as rt:
-            cut = await steps.set_api(rt, node, False)
+            cut = await api_step.set_api(rt, node, False)
         async with open_runtime(inv, "simple", "migration-b") as rt:
-            again = await steps.set_api(rt, node, False)
-            back = await steps.set_api(rt, node, True)
+            again = await api_step.set_api(rt, node, False)
+            back = await api_step.set_api(rt, node, True)
         return cut, again, back
     cut, again, back = run(scenario(), limit=None)
     assert (cut.status, again.status, back.status) == ("done", "skipped", "done")

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pydantic
 import pytest
 
-from garage_migrate import steps
+from garage_migrate import api_step
 from garage_migrate.errors import LedgerFormatError
 from garage_migrate.ledger import Ledger
 from garage_migrate.ledger_model import (FORMAT, BackupRef, Holder, LedgerDoc, NodeRecord, dump, migrate_1_to_2,
@@ -285,11 +285,11 @@ def test_set_api_moves_a_legacy_original_to_the_node(tmp_path):
     _fixture(tmp_path, "format1-config-original.json")
     led = Ledger.open(tmp_path, "c", "m", "simple")
     original = led.legacy_config_original("g1")
-    cut = steps.move_ports(original, 3990, 3992)
+    cut = api_step.move_ports(original, 3990, 3992)
     shell, said = _Shell(), []
     rt = SimpleNamespace(ledger=led, dry_run=False, shell=lambda n: shell, info=lambda *a: said.append(a),
                          node=lambda n: SimpleNamespace(ctx=SimpleNamespace(config_path="/etc/garage.toml", sudo=False)))
-    got = run(steps._original_config(rt, "g1", cut, keep=False))
+    got = run(api_step._original_config(rt, "g1", cut, keep=False))
     kept = "/etc/garage.toml.garage-migrate.orig"
     assert got == original and shell.files == {kept: original}
     rec = Ledger.load(led.path).node("g1")
