@@ -93,5 +93,16 @@ def wait_answering(lab, after: float, timeout: float = 300.0) -> None:
         if not missing:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(missing)} node(s) did not answer: {', '.join(missing[:5])}")
+            raise TimeoutError(f"{len(missing)} node(s) did not answer: {', '.join(missing[:5])}\n"
+                               + "\n".join(_why(lab, n, events, after) for n in missing[:5]))
         time.sleep(0.2)
+
+
+def _why(lab, name: str, events: list[dict], after: float) -> str:
+    """What the lab says of node ``name`` since ``after``: its service events, its daemon's
+    ready times and the end of its log (the gate's scrapes left out)."""
+    evs = [{k: v for k, v in e.items() if k != "node"} for e in events if e["node"] == name and e["t"] >= after - 5]
+    log = lab.node_dir(name) / "log" / "garage.log"
+    tail = [ln for ln in log.read_text(errors="replace").splitlines() if "/metrics" not in ln][-8:] if log.exists() else []
+    return (f"  {name}: events {evs}; ready {[round(t - after, 2) for t in truth.ready_times(lab, name)][-3:]}"
+            + "".join(f"\n    | {ln[:200]}" for ln in tail))

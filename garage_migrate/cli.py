@@ -92,6 +92,8 @@ def _print_journal(ledger_path: Path, node: str | None) -> int:
         if e["event"] == "started":
             started[(e["node"], e["command"])] = e
             continue
+        if e["event"] == "released":  # an armed act let go (the flip): its finish line follows
+            continue
         started.pop((e["node"], e["command"]), None)
         status = e.get("error") or f"exit {e.get('exit_status')}"
         print(f"{_when(e['t'])} {e['node']} {e.get('phase') or '-'}/{e.get('step') or '-'}#{e.get('attempt', 1)} "

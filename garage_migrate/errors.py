@@ -26,7 +26,8 @@ persisted in the migration state and shown to an operator::
     ├── WindowTooShort                 WINDOW_TOO_SHORT                     no
     └── StepError                      STEP_FAILED                          no
         ├── LockHeldError              LOCK_HELD                            no
-        └── BackupError                BACKUP_FAILED                        no
+        ├── BackupError                BACKUP_FAILED                        no
+        └── NotReleasedError           NOT_RELEASED                         no
 
 ``transient`` is what :func:`is_transient` answers, and so what the Prefect layer's
 ``retry_condition_fn`` retries. Only faults of the path to a node are transient; an operator
@@ -60,6 +61,7 @@ __all__ = [
     "LedgerFormatError",
     "MigrationAborted",
     "NotInPlanError",
+    "NotReleasedError",
     "ParseError",
     "PlanError",
     "StepError",
@@ -100,6 +102,7 @@ class ErrorCode(StrEnum):
     LEDGER_FORMAT = "LEDGER_FORMAT"
     NOT_IN_PLAN = "NOT_IN_PLAN"
     WINDOW_TOO_SHORT = "WINDOW_TOO_SHORT"
+    NOT_RELEASED = "NOT_RELEASED"
 
 
 def tail_text(text: str | bytes | None, max_lines: int = STDERR_TAIL_LINES,
@@ -391,6 +394,13 @@ class BackupError(StepError):
     """A metadata backup failed, or could not be verified (size, checksum, archive test)."""
 
     code = ErrorCode.BACKUP_FAILED
+
+
+class NotReleasedError(StepError):
+    """An armed call of the simultaneous restart was aborted before it acted: another node's
+    part failed first, or could not be armed in time, so this node was left as it was."""
+
+    code = ErrorCode.NOT_RELEASED
 
 
 def is_transient(exc: BaseException | None) -> bool:

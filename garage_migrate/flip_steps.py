@@ -17,7 +17,7 @@ import asyncio
 from . import actions as A
 from . import commands as C
 from .actions import flip as F
-from .errors import LockHeldError, StepError
+from .errors import LockHeldError, NotReleasedError, StepError
 from .facts import parse_stats_version_line
 from .steps import Runtime, StepResult
 
@@ -93,12 +93,25 @@ def _fail(node: str, res, what: str) -> StepError:
                      exit_status=res.returncode, stderr=res.stderr)
 
 
-async def helper_stop(rt: Runtime, node: str) -> StepResult:
-    """Stop ``node`` in one round trip: signal, wait for the exit and a free DB lock."""
+async def _go() -> bool:
+    return True
+
+
+def _released(node: str, res, what: str) -> None:
+    if res.returncode == 65:
+        raise NotReleasedError(f"{what}: not released (another node's part failed first): nothing was done", node=node)
+
+
+async def helper_stop(rt: Runtime, node: str, release=_go) -> StepResult:
+    """Stop ``node`` in one round trip: observe, arm, and once ``release()`` says go (every
+    node's stop armed: :mod:`garage_migrate.executor.flip`), signal and wait on the node for
+    the exit and a free DB lock."""
     call = F.flip_stop(rt.spec(node)).call
-    res = await rt.act(node, call, check=False)
+    res = await rt.act_armed(node, call, release, check=False)
     if _dry(rt, node):
+        _released(node, res, "stop")
         return StepResult("stop", node, "done", "dry run: recorded")
+    _released(node, res, "stop")
     w = parse_helper_output(res.stdout)
     sig = rt.node(node).stop_signal
     if res.returncode == 2:
@@ -179,13 +192,15 @@ async def helper_switch(rt: Runtime, node: str) -> StepResult:
     return StepResult("switch", node, "done", what + more, w)
 
 
-async def helper_start(rt: Runtime, node: str, version: str) -> StepResult:
-    """Start ``node`` on ``version`` in one round trip: start, wait until the daemon answers as
+async def helper_start(rt: Runtime, node: str, version: str, release=_go) -> StepResult:
+    """Start ``node`` on ``version`` in one round trip: observe, arm, and once ``release()``
+    says go (the barrier: every node down), start and wait until the daemon answers as
     ``version`` (its first ``stats`` line, parsed here again)."""
     if version.startswith("0.8.") and rt.ledger.node(node).backup is None:
         # the rule of both flows: no 0.8 start without a backup of this node's metadata
         raise StepError("refusing to start 0.8 on a node without a verified backup from this migration", node=node)
-    res = await rt.act(node, F.flip_start(rt.spec(node), version).call, check=False)
+    res = await rt.act_armed(node, F.flip_start(rt.spec(node), version).call, release, check=False)
+    _released(node, res, "start")
     if _dry(rt, node):
         return StepResult("start", node, "done", f"dry run: recorded (running {version})", {"version": version})
     w = parse_helper_output(res.stdout)

@@ -117,9 +117,9 @@ class JournalShell:
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
-    def _base(self, kind: str, argv: list[str], rendered: str) -> dict[str, Any]:
+    def _base(self, kind: str, argv: list[str], rendered: str, count: bool = True) -> dict[str, Any]:
         phase, step, attempt, _allowed, seen = _STEP.get()
-        if kind == "act" and seen is not None:
+        if kind == "act" and seen is not None and count:
             # the same act again in this step: a retry, numbered from the step's attempt on
             n = seen[(self.node, rendered)] = seen.get((self.node, rendered), -1) + 1
             attempt += n
@@ -167,6 +167,19 @@ class JournalShell:
         words = redact(cmd.words())
         return await self._journalled(cmd.kind, words, " ".join(_quote(w) for w in words),
                                       lambda: self.inner.stream(cmd, sink, *args, **kwargs), cmd.render())
+
+    async def run_armed(self, cmd: RemoteCommand, release, check: bool = True):
+        """See :meth:`garage_migrate.ssh.NodeShell.run_armed` (its release is journalled too:
+        a ``released`` line when ``release()`` answers, with what it answered)."""
+        words = redact(cmd.words())
+        rendered = " ".join(_quote(w) for w in words)
+
+        async def released() -> bool:
+            go = await release()
+            self.journal.write(dict(self._base(cmd.kind, words, rendered, count=False), event="released", go=go))
+            return go
+        return await self._journalled(cmd.kind, words, rendered,
+                                      lambda: self.inner.run_armed(cmd, released, check=check), cmd.render())
 
     async def put_file(self, local, remote: str, **kwargs):
         """See :meth:`garage_migrate.ssh.NodeShell.put_file` (journalled as an act)."""

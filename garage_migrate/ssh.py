@@ -97,6 +97,12 @@ class Result:
         return self.exit_status == 0
 
 
+#: What an armed command awaits once armed: true releases it, false aborts it (it acts not).
+Release = Callable[[], Awaitable[bool]]
+#: The line an armed command prints when it is ready and waits for its release.
+ARMED_LINE = b"armed="
+
+
 @runtime_checkable
 class NodeShell(Protocol):
     """A node as the steps see it. Implementations convert their errors into the error tree."""
@@ -120,6 +126,14 @@ class NodeShell(Protocol):
 
         The exit status is checked only after EOF: a tar that fails half-way has already
         written partial output, so the caller must discard it when this raises.
+        """
+        ...
+
+    async def run_armed(self, cmd: RemoteCommand, release: Release, check: bool = True) -> Result:
+        """Run ``cmd``, an armed call (it prints ``armed=...`` on a line of its own, then waits
+        for one line on stdin before it acts), to completion: once armed, ``release()`` is
+        awaited and its answer written to the command (``go`` when true, ``abort`` when
+        false); a command that ends before arming never waits. Errors as :meth:`run`.
         """
         ...
 
@@ -598,6 +612,50 @@ class SshNodeShell:
                 if proc is not None:
                     proc.close()
             res = self._result(proc, None, bytes(err_tail), streamed=total)
+            await self._lost_under(res, text, slot, conn)
+        return self._judge(cmd, res, time.monotonic() - t0, check)
+
+    async def run_armed(self, cmd: RemoteCommand, release: Release, check: bool = True) -> Result:
+        """See :meth:`NodeShell.run_armed`. The release is one write on a channel opened before
+        it: no exec, no login, no observation between ``release()`` and the command acting."""
+        text = self._check(cmd)
+        slot, conn = await self.pool._connection(self.target, self.log)
+        async with slot.channels:
+            self.log.debug("run armed: %s", text)
+            t0 = time.monotonic()
+            proc = None
+            err_task: asyncio.Task | None = None
+            out, err = bytearray(), bytearray()
+
+            async def drain_stderr() -> None:
+                while data := await proc.stderr.read(65536):
+                    err.extend(data)
+                    del err[:-_STREAM_STDERR_KEEP]
+
+            try:
+                async with asyncio.timeout(self._deadline(cmd)):
+                    proc = await conn.create_process(text, encoding=None)
+                    err_task = asyncio.create_task(drain_stderr())
+                    while line := await proc.stdout.readline():
+                        out.extend(line)
+                        if line.startswith(ARMED_LINE):
+                            go = await release()
+                            proc.stdin.write(b"go\n" if go else b"abort\n")
+                            proc.stdin.write_eof()
+                            break
+                    out.extend(await proc.stdout.read())
+                    await err_task
+                    await proc.wait_closed()
+            except TimeoutError:
+                raise self._client_timeout(cmd, bytes(err)) from None
+            except (asyncssh.Error, OSError) as exc:
+                raise self._transport(exc, text, slot, conn) from None
+            finally:
+                if err_task is not None and not err_task.done():
+                    err_task.cancel()
+                if proc is not None:
+                    proc.close()
+            res = self._result(proc, bytes(out), bytes(err))
             await self._lost_under(res, text, slot, conn)
         return self._judge(cmd, res, time.monotonic() - t0, check)
 

@@ -102,6 +102,14 @@ class Runtime:
         self.info(node, ("dry run: record %s" if getattr(shell, "records_only", False) else "run %s"), cmd.render())
         return await shell.run(cmd, check=check)
 
+    async def act_armed(self, node: str, cmd: C.RemoteCommand, release, check: bool = True):
+        """Run an armed changing command (:meth:`garage_migrate.ssh.NodeShell.run_armed`): it
+        observes, arms, and acts only once ``release()`` says go."""
+        shell = self.shell(node)
+        self.info(node, ("dry run: record %s" if getattr(shell, "records_only", False) else "run armed %s"),
+                  cmd.render())
+        return await shell.run_armed(cmd, release, check=check)
+
 
 # ---------------------------------------------------------------------------- observations
 async def service_active(rt: Runtime, node: str) -> bool:

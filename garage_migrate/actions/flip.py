@@ -1,5 +1,6 @@
 """The flip helper's actions: staging it (the ``stage`` phase of minimal-downtime) and the
-simultaneous restart's three calls, one round trip per node each (issue 13 §1).
+simultaneous restart's three calls, one round trip per node each (issue 13 §1); the stop and
+the start are armed (opened before the window, released together: :mod:`garage_migrate.executor.flip`).
 
 The helper (``garage_migrate/node/flip.sh``, POSIX sh, shipped in the package) is uploaded
 beside the node's Garage binary, its sha256 checked on the node after the upload and again
@@ -23,11 +24,15 @@ from .values import START_TIMEOUT, STOP_TIMEOUT, Op, Upload
 
 #: The helper's source in the package.
 HELPER_SOURCE = Path(__file__).resolve().parent.parent / "node" / "flip.sh"
-#: Node-side limit of the helper's stop call: the wait after the signal, the service's own
-#: stop and the lock wait, plus a margin.
-FLIP_STOP_TIMEOUT = STOP_TIMEOUT + 40.0
-#: Node-side limit of the helper's start call.
-FLIP_START_TIMEOUT = START_TIMEOUT + 20.0
+#: Seconds every node's armed stop has to arm (its connection, login and observations) before
+#: the window opens; past it, no node is released and the cluster stays on the source.
+ARM_TIMEOUT = 60.0
+#: Node-side limit of the helper's stop call: its arming, the wait after the signal, the
+#: service's own stop and the lock wait, plus a margin.
+FLIP_STOP_TIMEOUT = ARM_TIMEOUT + STOP_TIMEOUT + 40.0
+#: Node-side limit of the helper's start call: armed as soon as its own node is down, it is
+#: released at the barrier, after every other node's stop (bounded by their stop calls).
+FLIP_START_TIMEOUT = FLIP_STOP_TIMEOUT + START_TIMEOUT + 20.0
 
 
 @lru_cache(maxsize=1)
@@ -96,8 +101,9 @@ class FlipStart:
 
 
 def flip_stop(n: NodeSpec) -> FlipStop:
-    """The flip's stop on ``n``."""
-    return FlipStop(C.flip_stop(n.ctx, n.metadata_dir, n.stop_signal, wait=STOP_TIMEOUT, timeout=FLIP_STOP_TIMEOUT))
+    """The flip's stop on ``n``: armed, released with every other node's at once."""
+    return FlipStop(C.flip_stop(n.ctx, n.metadata_dir, n.stop_signal, wait=STOP_TIMEOUT, timeout=FLIP_STOP_TIMEOUT,
+                                armed=True))
 
 
 def config_flip(n: NodeSpec) -> C.ConfigFlip | None:
@@ -118,5 +124,5 @@ def flip_switch(n: NodeSpec) -> FlipSwitch:
 
 
 def flip_start(n: NodeSpec, version: str) -> FlipStart:
-    """The flip's start on ``n`` on ``version``."""
-    return FlipStart(C.flip_start(n.ctx, version, wait=START_TIMEOUT, timeout=FLIP_START_TIMEOUT))
+    """The flip's start on ``n`` on ``version``: armed once ``n`` is down, released at the barrier."""
+    return FlipStart(C.flip_start(n.ctx, version, wait=START_TIMEOUT, timeout=FLIP_START_TIMEOUT, armed=True))

@@ -34,10 +34,16 @@ def _whole(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
-def flip_stop(ctx: NodeContext, metadata_dir: str, sig: str, *, wait: float, timeout: float) -> RemoteCommand:
-    """``garage-migrate-flip stop <wait> <meta>/db/db <is-active> <signal> <stop>``: signal the
-    service, wait on the node until it is inactive and nothing holds the DB lock (read from
-    ``/proc/locks``), then settle the unit with the service's stop; one round trip.
+def _armed(armed: bool) -> tuple[str, ...]:
+    return ("armed",) if armed else ()
+
+
+def flip_stop(ctx: NodeContext, metadata_dir: str, sig: str, *, wait: float, timeout: float,
+              armed: bool = False) -> RemoteCommand:
+    """``garage-migrate-flip [armed] stop <wait> <meta>/db/db <is-active> <signal> <stop>``:
+    signal the service, wait on the node until it is inactive and nothing holds the DB lock
+    (read from ``/proc/locks``), then settle the unit with the service's stop; one round trip.
+    ``armed``: the signal waits for a ``go`` line on stdin (:meth:`NodeShell.run_armed`).
 
     Args:
         ctx: the node (its binary's directory holds the helper; its service commands).
@@ -47,7 +53,7 @@ def flip_stop(ctx: NodeContext, metadata_dir: str, sig: str, *, wait: float, tim
         timeout: the node-side limit of the whole call.
     """
     db = posixpath.join(_abs(metadata_dir, "metadata_dir"), "db", "db")
-    argv = (flip_helper_path(ctx.binary_path), "stop", _whole(wait), db,
+    argv = (flip_helper_path(ctx.binary_path), *_armed(armed), "stop", _whole(wait), db,
             *_groups(service_status(ctx), service_signal(ctx, sig), service_stop(ctx)))
     return _cmd(argv, timeout=timeout, sudo=ctx.sudo, ctx=ctx)
 
@@ -96,16 +102,16 @@ def flip_switch(ctx: NodeContext, target: str, *, config: ConfigFlip | None = No
     return _cmd(argv, timeout=timeout, sudo=ctx.sudo, ctx=ctx)
 
 
-def flip_start(ctx: NodeContext, version: str, *, wait: float, timeout: float) -> RemoteCommand:
-    """``garage-migrate-flip start <wait> <version> <is-active> <start> <garage stats>``: start
-    the service and wait on the node until the daemon answers ``stats`` with ``version``
-    (or its unit fails); one round trip.
+def flip_start(ctx: NodeContext, version: str, *, wait: float, timeout: float, armed: bool = False) -> RemoteCommand:
+    """``garage-migrate-flip [armed] start <wait> <version> <is-active> <start> <garage stats>``:
+    start the service and wait on the node until the daemon answers ``stats`` with ``version``
+    (or its unit fails); one round trip. ``armed``: the start waits for a ``go`` line on stdin.
 
     Raises:
         CommandRefused: ``version`` is not ``X.Y.Z``.
     """
     if not re.fullmatch(r"\d+\.\d+\.\d+", version):
         raise CommandRefused(f"version {version!r} is not X.Y.Z")
-    argv = (flip_helper_path(ctx.binary_path), "start", _whole(wait), version,
+    argv = (flip_helper_path(ctx.binary_path), *_armed(armed), "start", _whole(wait), version,
             *_groups(service_status(ctx), service_start(ctx), garage(ctx, "stats")))
     return _cmd(argv, timeout=timeout, sudo=ctx.sudo, ctx=ctx)

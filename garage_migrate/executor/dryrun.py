@@ -122,6 +122,12 @@ class SimShell:
                                command=cmd.render(), exit_status=res.exit_status, stderr=res.stderr)
         return res
 
+    async def run_armed(self, cmd: C.RemoteCommand, release, check: bool = True) -> Result:
+        """Record an armed act once released (as :meth:`run` does); nothing reaches the node."""
+        if not await release():
+            return _ok("error=not-released (dry run)\n", 65)
+        return await self.run(cmd, check)
+
     async def stream(self, cmd: C.RemoteCommand, sink, *args, **kwargs) -> Result:
         """Refused: nothing streams in a dry run (a backup is not taken)."""
         raise CommandError("a dry run streams nothing", node=self.spec.name, command=cmd.render())

@@ -30,12 +30,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ..errors import SupersededError
+from ..actions.flip import ARM_TIMEOUT
+from ..errors import NotReleasedError, SupersededError
 from ..journal import in_step
 from ..plan import Step
 from ..steps import Runtime, StepResult
 
 NodeCall = Callable[[str], Awaitable[StepResult]]
+#: An armed node call: the node and its ``release``, awaited once armed (go: true).
+ArmedCall = Callable[[str, Callable[[], Awaitable[bool]]], Awaitable[StepResult]]
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,57 @@ class FlipOutcome:
     times: dict[str, float] = field(default_factory=dict)
 
 
+class Gate:
+    """Where the armed calls of the window wait, to be released together or not at all.
+
+    With ``expected`` nodes, it opens by itself once each of them has armed or ended: ``go``
+    unless one ended in failure first, or they did not all arm within ``deadline_s`` of the
+    first (then no node acts: the cluster stays as it was). Without, its owner opens it (the
+    barrier opens the starts' gate).
+    """
+
+    def __init__(self, expected=None, *, deadline_s: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._waiting = set(expected) if expected is not None else None
+        self._open = asyncio.Event()
+        self._deadline = deadline_s
+        self._clock = clock
+        self.go = True
+        self.why: str | None = None
+        self.opened_at: float | None = None
+
+    def release_for(self, node: str) -> Callable[[], Awaitable[bool]]:
+        """The ``release`` of ``node``'s armed call: it waits for the gate, then says go or not."""
+        async def release() -> bool:
+            self._seen(node)
+            try:
+                await asyncio.wait_for(self._open.wait(), self._deadline)
+            except TimeoutError:
+                self.open(False, f"not every node armed within {self._deadline:.0f}s "
+                                 f"(still waiting for {', '.join(sorted(self._waiting or ())) or '-'})")
+            return self.go
+        return release
+
+    def ended(self, node: str, failed: bool) -> None:
+        """``node``'s call returned (``failed``: raised) without waiting or after its release."""
+        if failed:
+            self.open(False, f"{node}'s call failed before the release")
+        self._seen(node)
+
+    def _seen(self, node: str) -> None:
+        if self._waiting is not None:
+            self._waiting.discard(node)
+            if not self._waiting:
+                self.open(True)
+
+    def open(self, go: bool, why: str | None = None) -> None:
+        """Release every armed call (``go``) or abort them all; the first call decides."""
+        if self._open.is_set():
+            return
+        self.go, self.why, self.opened_at = go, why, self._clock()
+        self._open.set()
+
+
 def _key(unit: FlipUnit, s: Step) -> str:
     return f"{unit.phase}:{s.kind}"
 
@@ -99,17 +153,20 @@ def _code(exc: BaseException) -> str:
     return str(getattr(exc, "code", "FAILED"))
 
 
-async def _run(rt: Runtime, unit: FlipUnit, s: Step, call: NodeCall, opened: bool) -> StepResult:
+async def _run(rt: Runtime, unit: FlipUnit, s: Step, call: NodeCall, opened: bool,
+               release: Callable[[], Awaitable[bool]] | None = None) -> StepResult:
     with in_step(unit.phase, s.kind, _attempt(rt, unit, s, opened), allowed=s.allowed()):
-        return await call(s.node)
+        return await (call(s.node) if release is None else call(s.node, release))
 
 
-async def run_barrier(rt: Runtime, unit: FlipUnit, *, stop: NodeCall, switch: NodeCall, start: NodeCall,
+async def run_barrier(rt: Runtime, unit: FlipUnit, *, stop: ArmedCall, switch: NodeCall, start: ArmedCall,
                       clock: Callable[[], float] = time.time,
-                      before: dict[str, dict[str, object]] | None = None) -> FlipOutcome:
+                      before: dict[str, dict[str, object]] | None = None,
+                      arm_timeout: float = ARM_TIMEOUT) -> FlipOutcome:
     """Run ``unit`` as the module docstring says, with ``stop``/``switch``/``start`` the
-    per-node calls (the helper's, or a test's), and ``before`` node fields of the ledger
-    (where a switch keeps the old config) set in the fenced write that opens the window.
+    per-node calls (the helper's, or a test's; ``stop`` and ``start`` take the node and their
+    ``release``, awaited once armed), and ``before`` node fields of the ledger (where a switch
+    keeps the old config) set in the fenced write that opens the window.
 
     Raises:
         SupersededError: another run took the migration over (before anything acted, or at a
@@ -119,22 +176,45 @@ async def run_barrier(rt: Runtime, unit: FlipUnit, *, stop: NodeCall, switch: No
     await led.record_steps(((s.node, _key(unit, s), "running", "", None) for s in unit.stops), before)  # fenced
     switches = {s.node: s for s in unit.switches}
     stops = {s.node: s for s in unit.stops}
+    starts = {s.node: s for s in unit.starts}
     first = list(dict.fromkeys([*stops, *switches]))
+    stop_gate = Gate(stops, deadline_s=arm_timeout, clock=clock)
+    start_gate = Gate(clock=clock)
+    armed_starts: dict[str, asyncio.Task] = {}
+
+    def arm_start(node: str) -> None:
+        # armed as soon as its own node is down: its observations and its connection are out
+        # of the window; it acts only when the barrier opens the starts' gate
+        if node in starts and node not in armed_starts:
+            armed_starts[node] = asyncio.create_task(
+                _run(rt, unit, starts[node], start, False, start_gate.release_for(node)))
 
     async def down(node: str) -> None:
         # a node's switch follows its own stop at once: it does not wait for the others
         if node in stops:
-            out.results[(node, "stop")] = await _run(rt, unit, stops[node], stop, True)
+            try:
+                out.results[(node, "stop")] = await _run(rt, unit, stops[node], stop, True, stop_gate.release_for(node))
+            except BaseException:
+                stop_gate.ended(node, failed=True)
+                raise
+            stop_gate.ended(node, failed=False)
         if node in switches:
             out.results[(node, "switch")] = await _run(rt, unit, switches[node], switch, False)
+        arm_start(node)
 
-    out.times["released"] = clock()
+    for n in starts:
+        if n not in first:  # down earlier in this migration (a resumed flip, a retried start)
+            arm_start(n)
     res = await asyncio.gather(*(down(n) for n in first), return_exceptions=True)
+    out.times["released"] = stop_gate.opened_at or clock()
     out.times["barrier"] = clock()
     failed = {n: r for n, r in zip(first, res) if isinstance(r, BaseException)}
-    for r in failed.values():
-        if isinstance(r, SupersededError):
-            raise r
+    superseded = next((r for r in failed.values() if isinstance(r, SupersededError)), None)
+    if failed or superseded:
+        start_gate.open(False, "a stop or switch failed")
+        await asyncio.gather(*armed_starts.values(), return_exceptions=True)  # none acted
+    if superseded is not None:
+        raise superseded
     recs = []
     for n in first:
         for kind, steps in (("stop", stops), ("switch", switches)):
@@ -150,12 +230,18 @@ async def run_barrier(rt: Runtime, unit: FlipUnit, *, stop: NodeCall, switch: No
         await led.record_steps(recs)
         out.failed, out.failed_at = failed, "stop"
         return out  # the barrier failed: no node starts on the target
-    await led.record_steps(recs + [(s.node, _key(unit, s), "running", "", None) for s in unit.starts])
-    starts = list(unit.starts)
-    res = await asyncio.gather(*(_run(rt, unit, s, start, True) for s in starts), return_exceptions=True)
+    try:
+        await led.record_steps(recs + [(s.node, _key(unit, s), "running", "", None) for s in unit.starts])
+    except BaseException:
+        start_gate.open(False, "the ledger write at the barrier failed")
+        await asyncio.gather(*armed_starts.values(), return_exceptions=True)
+        raise
+    start_gate.open(True)
+    order = [s for s in unit.starts if s.node in armed_starts]
+    res = await asyncio.gather(*(armed_starts[s.node] for s in order), return_exceptions=True)
     out.times["done"] = clock()
     recs, versions = [], {}
-    for s, r in zip(starts, res):
+    for s, r in zip(order, res):
         if isinstance(r, SupersededError):
             raise r
         if isinstance(r, BaseException):
@@ -224,7 +310,8 @@ async def execute_flip(ex, phase) -> None:
     if outcome.failed_at == "stop":
         failed = outcome.failed
         ex.log.error("wave stop failed on %s", ", ".join(f"{n}: {e}" for n, e in failed.items()))
-        raise next(iter(failed.values()))
+        # the cause, not a node that was only held back because of it
+        raise next((e for e in failed.values() if not isinstance(e, NotReleasedError)), next(iter(failed.values())))
     if outcome.failed_at == "start":
         await ex.flip_failed(dict(outcome.failed))
     for w in phase.waves:

@@ -224,8 +224,9 @@ class EngineSteps:
 
         await H.check_helpers(rt, list(unit.nodes))
         kept = await H.check_configs(rt, [s.node for s in unit.switches])
-        return await run_barrier(rt, unit, stop=lambda n: H.helper_stop(rt, n), switch=lambda n: H.helper_switch(rt, n),
-                                 start=lambda n: H.helper_start(rt, n, unit.target), before=kept)
+        return await run_barrier(rt, unit, stop=lambda n, go: H.helper_stop(rt, n, go),
+                                 switch=lambda n: H.helper_switch(rt, n),
+                                 start=lambda n, go: H.helper_start(rt, n, unit.target, go), before=kept)
 
     async def switch_binary(self, rt: Runtime, node: str, to: str = "target") -> StepResult:
         """:func:`garage_migrate.steps.switch_binary`."""

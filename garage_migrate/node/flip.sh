@@ -4,9 +4,16 @@
 # Staged beside the Garage binary by the migration's stage step (its sha256 checked there and
 # again just before the window), run with literal arguments only, one call per node per step:
 #
-#   garage-migrate-flip stop   TIMEOUT DBFILE  N STATUS... M SIGNAL... K STOP...
-#   garage-migrate-flip switch TARGET LINK [STAGED LIVE KEEP SOURCE_SHA TARGET_SHA]
-#   garage-migrate-flip start  TIMEOUT VERSION N STATUS... M START...  K STATS...
+#   garage-migrate-flip [armed] stop   TIMEOUT DBFILE  N STATUS... M SIGNAL... K STOP...
+#   garage-migrate-flip         switch TARGET LINK [STAGED LIVE KEEP SOURCE_SHA TARGET_SHA]
+#   garage-migrate-flip [armed] start  TIMEOUT VERSION N STATUS... M START...  K STATS...
+#
+# "armed": the call observes first (already stopped / already running: it says so and exits),
+# then prints "armed=1" and waits for one line on stdin. "go" releases it: the signal, or the
+# start, follows at once. Anything else, or EOF (the controller gone, the connection cut), and
+# it exits 65 having changed nothing. The controller opens every node's call before the window
+# and releases them together with one write each: the release costs no exec, no login and no
+# observation inside the window (issue 13 §1).
 #
 # Each argv group is preceded by its word count, so no word (not even "--") is read as a
 # separator, and no word is ever evaluated as shell. It does on the node what the controller
@@ -16,7 +23,8 @@
 #
 # Exit status: 0 done (or nothing to do), 2 still running TIMEOUT s after the signal (never
 # escalated to a kill), 3 stopped but the DB lock is still held, 4 the daemon exited before
-# answering, 5 no answer as VERSION in time, 6 a command failed, 7 the config is not the plan's
+# answering, 5 no answer as VERSION in time, 6 a command failed, 65 armed and not released
+# (nothing changed), 7 the config is not the plan's
 # (switch: LIVE hashes to neither SOURCE_SHA nor TARGET_SHA, or STAGED is not TARGET_SHA; nothing
 # was changed), 64 wrong usage.
 #
@@ -79,8 +87,20 @@ A() { run_group 2 "$a_n" "$@" >/dev/null 2>&1; }
 B() { run_group $((b_at + 1)) "$b_n" "$@"; }
 C() { run_group $((c_at + 1)) "$c_n" "$@"; }
 
+# wait_go: an armed call waits here for its release, after its observations, before it acts
+wait_go() {
+  [ "$armed" = 1 ] || return 0
+  say "armed=1"
+  IFS= read -r word || word=
+  [ "$word" = go ] || die 65 "not-released"
+  say "released=1"
+}
+
 [ $# -ge 1 ] || die 64 "usage"
+armed=0
+if [ "$1" = armed ]; then armed=1; shift; [ $# -ge 1 ] || die 64 "usage"; fi
 cmd=$1; shift
+[ "$armed" = 1 ] && [ "$cmd" = switch ] && die 64 "usage"
 case "$cmd" in
 stop)
   [ $# -ge 3 ] || die 64 "usage"
@@ -93,6 +113,7 @@ stop)
     [ $rc -eq 2 ] && die 6 "no-db-file"
     if [ $rc -eq 0 ]; then say "result=skipped reason=already-stopped"; exit 0; fi
   fi
+  wait_go
   B "$@" >/dev/null 2>&1 || die 6 "signal-failed"
   say "signalled=1"
   deadline=$(( $(date +%s) + timeout ))
@@ -168,6 +189,7 @@ start)
   if A "$@" && line=$(answers "$@"); then
     say "result=skipped reason=already-running"; printf 'version-line=%s\n' "$line"; exit 0
   fi
+  wait_go
   B "$@" >/dev/null 2>&1 || die 6 "start-failed"
   say "started=1"
   t0=$(date +%s)

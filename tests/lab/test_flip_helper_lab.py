@@ -97,9 +97,14 @@ def test_flip_helper_stops_switches_and_starts_a_lab_node_in_one_round_trip_each
     assert out["held"].code == "LOCK_HELD"
     # one act per stop, switch and start on a: the helper's call, nothing else
     acts = [json.loads(x) for x in journal_path.read_text().splitlines()]
-    verbs = [e["argv"][i + 1] for e in acts if e["node"] == a and e["kind"] == "act" and e["event"] == "started"
+    calls = [e["argv"][i + 1:i + 3] for e in acts if e["node"] == a and e["kind"] == "act" and e["event"] == "started"
              for i, w in enumerate(e["argv"][:-1]) if w.endswith("/garage-migrate-flip")]
+    verbs = [c[1] if c[0] == "armed" else c[0] for c in calls]
     assert verbs == ["stop", "stop", "switch", "switch", "start", "start"]
+    # the stop and the start are armed (released by one write once every node is ready)
+    assert [c[0] == "armed" for c in calls] == [True, True, False, False, True, True]
+    released = [e for e in acts if e["node"] == a and e["event"] == "released"]
+    assert [e["go"] for e in released] == [True, True]  # the first stop and start armed; re-runs skipped first
 
 
 @pytest.mark.timeout(300)

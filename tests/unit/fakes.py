@@ -73,12 +73,21 @@ class FakeSteps(EngineSteps):
     async def flip(self, rt, unit):
         """The real barrier (:func:`garage_migrate.executor.flip.run_barrier`) over this fake's
         stop, switch and start: the calls are recorded as the per-node steps were."""
+        from garage_migrate.errors import NotReleasedError
         from garage_migrate.executor.flip import run_barrier
 
         self._rec("flip", None, tuple(unit.nodes))
-        return await run_barrier(rt, unit, stop=lambda n: self.stop_node(rt, n),
-                                 switch=lambda n: self.switch_binary(rt, n),
-                                 start=lambda n: self.start_node(rt, n, unit.target))
+
+        async def stop(n, release):  # armed as the helper's stop is: it acts once released
+            if not await release():
+                raise NotReleasedError("stop: not released", node=n)
+            return await self.stop_node(rt, n)
+
+        async def start(n, release):
+            if not await release():
+                raise NotReleasedError("start: not released", node=n)
+            return await self.start_node(rt, n, unit.target)
+        return await run_barrier(rt, unit, stop=stop, switch=lambda n: self.switch_binary(rt, n), start=start)
     async def switch_binary(self, rt, node, to="target"): return await self._done("switch_binary", node, to)
     async def offline_repair(self, rt, node): return await self._done("offline_repair", node)
     async def restore_node(self, rt, node, tag=None): return await self._done("restore_node", node)

@@ -24,6 +24,7 @@ from garage_migrate.errors import (
     LockHeldError,
     MigrationAborted,
     NotInPlanError,
+    NotReleasedError,
     ParseError,
     PlanError,
     StepError,
@@ -57,6 +58,7 @@ TREE = {
     StepError: (GarageMigrateError, "STEP_FAILED", False),
     LockHeldError: (StepError, "LOCK_HELD", False),
     BackupError: (StepError, "BACKUP_FAILED", False),
+    NotReleasedError: (StepError, "NOT_RELEASED", False),
 }
 
 
@@ -82,7 +84,7 @@ def test_error_codes_are_stable():
         "NODE_UNREACHABLE", "HOST_KEY_UNKNOWN", "HOST_KEY_CHANGED", "AUTH_FAILED", "COMMAND_FAILED",
         "COMMAND_TIMEOUT", "SYNC_GATE_TIMEOUT", "SYNC_GATE_ERRORS", "STEP_FAILED", "LOCK_HELD",
         "BACKUP_FAILED", "ABORTED", "CLUSTER_LOCKED", "SUPERSEDED", "PARSE_FAILED", "LEDGER_FORMAT",
-        "NOT_IN_PLAN", "WINDOW_TOO_SHORT",
+        "NOT_IN_PLAN", "WINDOW_TOO_SHORT", "NOT_RELEASED",
     }
     assert all(c.name == c.value for c in ErrorCode)
 

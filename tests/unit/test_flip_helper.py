@@ -172,3 +172,51 @@ def test_the_switch_with_a_config_takes_exactly_five_more_words_each_checked():
         out = subprocess.run(["sh", str(F.HELPER_SOURCE), "switch", *(["/x"] * n)], capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 64
+
+
+def _armed_stop(tmp_path, answer: bytes | None):
+    """An armed stop of a 'running' node, answered with ``answer`` on stdin (None: EOF)."""
+    state, db, signalled = tmp_path / "running", tmp_path / "db", tmp_path / "signalled"
+    state.write_text("1")
+    db.write_text("")
+    status = ["/usr/bin/test", "-e", str(state)]
+    signal_ = ["/bin/sh", "-c", 'rm -f "$0" && touch "$1"', str(state), str(signalled)]
+    p = subprocess.Popen(["sh", str(F.HELPER_SOURCE), "armed", "stop", "5", str(db), *_group(*status),
+                          *_group(*signal_), *_group("/bin/true")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    first = p.stdout.readline().decode()  # begin=stop
+    second = p.stdout.readline().decode()  # armed=1: it waits for its release, having done nothing
+    armed_before_signal = not signalled.exists()
+    out, _err = p.communicate(answer or b"", timeout=60)
+    return p.returncode, first + second + out.decode(), armed_before_signal, signalled.exists()
+
+
+def test_an_armed_stop_observes_then_waits_for_go_and_only_then_signals(tmp_path):
+    rc, out, waited, signalled = _armed_stop(tmp_path, b"go\n")
+    w = parse_helper_output(out)
+    assert rc == 0 and waited and signalled
+    assert w["armed"] == "1" and w["released"] == "1" and w["result"] == "done"
+    assert float(w["t.armed"]) <= float(w["t.released"]) <= float(w["t.signalled"])
+
+
+@pytest.mark.parametrize("answer", [b"abort\n", None, b"go-on\n"], ids=["abort", "eof", "other"])
+def test_an_armed_stop_that_is_not_released_changes_nothing(tmp_path, answer):
+    rc, out, waited, signalled = _armed_stop(tmp_path, answer)
+    assert rc == 65 and waited and not signalled
+    assert parse_helper_output(out)["error"] == "not-released" and (tmp_path / "running").exists()
+
+
+def test_an_armed_call_with_nothing_to_do_ends_before_arming_and_switch_is_never_armed(tmp_path):
+    db = tmp_path / "db"
+    db.write_text("")
+    stopped = ["/bin/false"]  # is-active says no, and nothing holds the lock
+    out = subprocess.run(["sh", str(F.HELPER_SOURCE), "armed", "stop", "5", str(db), *_group(*stopped),
+                          *_group("/bin/true"), *_group("/bin/true")], capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL)
+    w = parse_helper_output(out.stdout)
+    assert out.returncode == 0 and w["result"] == "skipped" and "armed" not in w
+    assert subprocess.run(["sh", str(F.HELPER_SOURCE), "armed", "switch", "/a", "/b"], capture_output=True,
+                          timeout=60).returncode == 64
+    # the plan's stop and start are armed; the switch is not
+    assert C.flip_stop(CTX, "/m", "INT", wait=1, timeout=2, armed=True).argv[1:3] == ("armed", "stop")
+    assert C.flip_start(CTX, "0.8.7", wait=1, timeout=2, armed=True).argv[1:3] == ("armed", "start")

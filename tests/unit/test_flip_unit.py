@@ -227,13 +227,90 @@ def test_where_a_switch_keeps_the_old_config_is_in_the_ledger_before_any_stop_is
     keep = {"n1": {"config_kept": "/etc/garage.toml.garage-migrate.before-0.8"}}
     seen = {}
 
-    async def stop(node):
+    async def stop(node, release):
         # read from the file, as a run taking over after a crash right here would read it
         seen[node] = Ledger.open(tmp_path, rt.inv.cluster, "m1", "minimal-downtime").node(node).config_kept
+        assert await release()
         return StepResult("stop", node, "done", "")
 
-    async def other(node):
+    async def other(node, release=None):
         return StepResult("x", node, "done", "", {"version": "0.8.7"})
     asyncio.run(run_barrier(rt, unit, stop=stop, switch=other, start=other, before=keep))
     assert seen["n1"] == "/etc/garage.toml.garage-migrate.before-0.8"
     assert all(v is None for n, v in seen.items() if n != "n1") and len(seen) == 3
+
+
+def _unit(plan):
+    from garage_migrate.executor.flip import FlipUnit
+
+    waves = {w.name: tuple(w.steps) for w in plan.phase("flip").waves}
+    return FlipUnit("flip", "0.8.7", waves["stop"], waves["switch"], waves["start"])
+
+
+def _armed_calls(acted, *, fail_before_arming=(), never_arm=()):
+    """Armed stop/start calls that record what acted (after a go), like the helper's."""
+    from garage_migrate.errors import NotReleasedError
+    from garage_migrate.steps import StepResult
+
+    def armed(kind):
+        async def call(node, release):
+            if node in fail_before_arming:
+                raise StepError("cannot reach the node", node=node)
+            if node in never_arm:
+                await asyncio.sleep(3600)
+            if not await release():
+                raise NotReleasedError(f"{kind}: not released", node=node)
+            acted.append((kind, node))
+            return StepResult(kind, node, "done", "", {"version": "0.8.7"})
+        return call
+
+    async def switch(node):
+        acted.append(("switch", node))
+        return StepResult("switch", node, "done", "")
+    return armed("stop"), switch, armed("start")
+
+
+def test_a_node_that_fails_before_arming_holds_every_stop_back_the_cluster_stays_up(tmp_path):
+    from garage_migrate.errors import NotReleasedError
+    from garage_migrate.executor.flip import run_barrier
+
+    rt, plan = _setup(tmp_path, per_zone=1)
+    acted = []
+    stop, switch, start = _armed_calls(acted, fail_before_arming=("n2",))
+    out = asyncio.run(run_barrier(rt, _unit(plan), stop=stop, switch=switch, start=start))
+    assert acted == [] and out.failed_at == "stop"  # no node signalled, switched or started
+    assert isinstance(out.failed["n2"], StepError) and not isinstance(out.failed["n2"], NotReleasedError)
+    assert all(isinstance(out.failed[n], NotReleasedError) for n in ("n1", "n3"))
+    codes = {n: rt.ledger.refresh().nodes[n].steps["flip:stop"].code for n in ("n1", "n2", "n3")}
+    assert codes == {"n1": "NOT_RELEASED", "n2": "STEP_FAILED", "n3": "NOT_RELEASED"}
+
+
+def test_a_node_that_never_arms_holds_every_stop_back_past_the_arming_deadline(tmp_path):
+    from garage_migrate.executor.flip import run_barrier
+
+    rt, plan = _setup(tmp_path, per_zone=1)
+    acted = []
+    stop, switch, start = _armed_calls(acted, never_arm=("n3",))
+
+    async def scenario():
+        task = asyncio.create_task(run_barrier(rt, _unit(plan), stop=stop, switch=switch, start=start,
+                                               arm_timeout=0.2))
+        await asyncio.sleep(1.0)
+        assert acted == []  # n1 and n2 were aborted when the deadline passed, n3 still hangs
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    asyncio.run(scenario())
+
+
+def test_every_start_is_armed_once_its_node_is_down_and_released_only_at_the_barrier(tmp_path):
+    from garage_migrate.executor.flip import run_barrier
+
+    rt, plan = _setup(tmp_path, per_zone=1)
+    acted = []
+    stop, switch, start = _armed_calls(acted)
+    out = asyncio.run(run_barrier(rt, _unit(plan), stop=stop, switch=switch, start=start))
+    kinds = [k for k, _n in acted]
+    assert out.failed == {} and kinds.index("start") > max(i for i, k in enumerate(kinds) if k in ("stop", "switch"))
+    assert sorted(n for k, n in acted if k == "start") == ["n1", "n2", "n3"]
+    assert out.times["released"] <= out.times["barrier"] <= out.times["done"]

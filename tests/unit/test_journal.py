@@ -44,6 +44,12 @@ class FakeShell:
         return Result(stdout="", stderr="boom\n" if self.status else "", exit_status=self.status, signal=None,
                       returncode=self.status)
 
+    async def run_armed(self, cmd, release, check=True):
+        # armed at once: acts (answers) only once released
+        if not await release():
+            return Result(stdout="error=not-released\n", stderr="", exit_status=65, signal=None, returncode=65)
+        return await self.run(cmd, check)
+
 
 def test_an_act_is_journalled_and_synced_before_it_runs_then_finished(tmp_path):
     j = CommandJournal(tmp_path / "commands.jsonl")
@@ -122,11 +128,14 @@ class ShellSteps(FakeSteps):
         from garage_migrate.actions import flip as F
         from garage_migrate.executor.flip import run_barrier
 
-        async def stop(n):
-            await rt.shell(n).run(F.flip_stop(rt.spec(n)).call)
+        async def stop(n, release):
+            await rt.shell(n).run_armed(F.flip_stop(rt.spec(n)).call, release)
             return await FakeSteps.stop_node(self, rt, n)
-        return await run_barrier(rt, unit, stop=stop, switch=lambda n: self.switch_binary(rt, n),
-                                 start=lambda n: self.start_node(rt, n, unit.target))
+
+        async def start(n, release):
+            assert await release()
+            return await self.start_node(rt, n, unit.target)
+        return await run_barrier(rt, unit, stop=stop, switch=lambda n: self.switch_binary(rt, n), start=start)
 
 
 class FakeLock:
