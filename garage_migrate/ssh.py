@@ -565,38 +565,29 @@ class SshNodeShell:
             await self._lost_under(res, text, slot, conn)
         return self._judge(cmd, res, time.monotonic() - t0, check)
 
-    async def stream(self, cmd: RemoteCommand, sink: Sink, chunk: int = DEFAULT_CHUNK,
-                     check: bool = True) -> Result:
-        """See :meth:`NodeShell.stream`. An exception raised by ``sink`` closes the channel
-        and propagates unchanged."""
+    async def _drive(self, cmd: RemoteCommand, check: bool, what: str, body, **create) -> Result:
+        """Open ``cmd``'s channel, drain its stderr as it comes (a full stderr window would
+        stall stdout too), hand the process to ``body`` (which reads its stdout and returns
+        ``(stdout bytes or None, bytes streamed)``), wait for its exit status, then judge it."""
         text = self._check(cmd)
         slot, conn = await self.pool._connection(self.target, self.log)
         async with slot.channels:
-            self.log.debug("stream: %s", text)
+            self.log.debug("%s: %s", what, text)
             t0 = time.monotonic()
             proc = None
             err_task: asyncio.Task | None = None
             err_tail = bytearray()
-            total = 0
 
             async def drain_stderr() -> None:
-                # read stderr as it comes: a full stderr window would stall stdout too
                 while data := await proc.stderr.read(65536):
                     err_tail.extend(data)
                     del err_tail[:-_STREAM_STDERR_KEEP]
 
             try:
                 async with asyncio.timeout(self._deadline(cmd)):
-                    proc = await conn.create_process(text, encoding=None, **self._stdin_kwargs(cmd))
+                    proc = await conn.create_process(text, encoding=None, **create)
                     err_task = asyncio.create_task(drain_stderr())
-                    while data := await proc.stdout.read(chunk):
-                        total += len(data)
-                        try:
-                            out = sink(data)
-                            if inspect.isawaitable(out):
-                                await out
-                        except Exception as exc:
-                            raise _SinkFailed(exc) from None
+                    stdout, streamed = await body(proc)
                     await err_task
                     await proc.wait_closed()  # the exit status arrives around EOF, not before
             except _SinkFailed as failed:
@@ -611,53 +602,42 @@ class SshNodeShell:
                     err_task.cancel()
                 if proc is not None:
                     proc.close()
-            res = self._result(proc, None, bytes(err_tail), streamed=total)
+            res = self._result(proc, stdout, bytes(err_tail), streamed=streamed)
             await self._lost_under(res, text, slot, conn)
         return self._judge(cmd, res, time.monotonic() - t0, check)
+
+    async def stream(self, cmd: RemoteCommand, sink: Sink, chunk: int = DEFAULT_CHUNK,
+                     check: bool = True) -> Result:
+        """See :meth:`NodeShell.stream`. An exception raised by ``sink`` closes the channel
+        and propagates unchanged."""
+        async def body(proc) -> tuple[None, int]:
+            total = 0
+            while data := await proc.stdout.read(chunk):
+                total += len(data)
+                try:
+                    out = sink(data)
+                    if inspect.isawaitable(out):
+                        await out
+                except Exception as exc:
+                    raise _SinkFailed(exc) from None
+            return None, total
+        return await self._drive(cmd, check, "stream", body, **self._stdin_kwargs(cmd))
 
     async def run_armed(self, cmd: RemoteCommand, release: Release, check: bool = True) -> Result:
         """See :meth:`NodeShell.run_armed`. The release is one write on a channel opened before
         it: no exec, no login, no observation between ``release()`` and the command acting."""
-        text = self._check(cmd)
-        slot, conn = await self.pool._connection(self.target, self.log)
-        async with slot.channels:
-            self.log.debug("run armed: %s", text)
-            t0 = time.monotonic()
-            proc = None
-            err_task: asyncio.Task | None = None
-            out, err = bytearray(), bytearray()
-
-            async def drain_stderr() -> None:
-                while data := await proc.stderr.read(65536):
-                    err.extend(data)
-                    del err[:-_STREAM_STDERR_KEEP]
-
-            try:
-                async with asyncio.timeout(self._deadline(cmd)):
-                    proc = await conn.create_process(text, encoding=None)
-                    err_task = asyncio.create_task(drain_stderr())
-                    while line := await proc.stdout.readline():
-                        out.extend(line)
-                        if line.startswith(ARMED_LINE):
-                            go = await release()
-                            proc.stdin.write(b"go\n" if go else b"abort\n")
-                            proc.stdin.write_eof()
-                            break
-                    out.extend(await proc.stdout.read())
-                    await err_task
-                    await proc.wait_closed()
-            except TimeoutError:
-                raise self._client_timeout(cmd, bytes(err)) from None
-            except (asyncssh.Error, OSError) as exc:
-                raise self._transport(exc, text, slot, conn) from None
-            finally:
-                if err_task is not None and not err_task.done():
-                    err_task.cancel()
-                if proc is not None:
-                    proc.close()
-            res = self._result(proc, bytes(out), bytes(err))
-            await self._lost_under(res, text, slot, conn)
-        return self._judge(cmd, res, time.monotonic() - t0, check)
+        async def body(proc) -> tuple[bytes, int]:
+            out = bytearray()
+            while line := await proc.stdout.readline():
+                out.extend(line)
+                if line.startswith(ARMED_LINE):
+                    go = await release()
+                    proc.stdin.write(b"go\n" if go else b"abort\n")
+                    proc.stdin.write_eof()
+                    break
+            out.extend(await proc.stdout.read())
+            return bytes(out), 0
+        return await self._drive(cmd, check, "run armed", body)
 
     async def put_file(self, local: str | os.PathLike[str], remote: str, *, timeout: float = 600.0) -> None:
         """See :meth:`NodeShell.put_file`: SFTP to ``<remote>.part``, size check, then an atomic

@@ -1,19 +1,7 @@
-"""The command value (:class:`RemoteCommand`), the node context and the allow-list: what every
-builder of :mod:`garage_migrate.commands` builds on.
-
-A :class:`RemoteCommand` is an argv tuple plus how to run it (node-side timeout, ``sudo -n``,
-optional stdin). It renders to one shell string in which every word went through
-:func:`shlex.quote`, because sshd hands the command to the login shell. Commands compare with
-``==``, so tests assert on the exact command a step would run, and the dry run shows the same
-strings as the real run.
-
-Only allow-listed executables are built (:data:`FIXED_EXECUTABLES`), plus what the inventory
-configures for a node (its Garage binary, its service commands, API-gate commands) and Garage
-binaries named by version (``.../garage-v0.8.7``) for staging. :func:`check_allowed` is called
-by every builder here and again by the SSH runner before anything leaves the controller.
-
-Remote paths must be absolute: nothing here depends on the remote working directory, and an
-absolute path can never be read as an option.
+"""The command value (:class:`RemoteCommand`: an argv rendered word by word through
+:func:`shlex.quote`), the node context (:class:`NodeContext`, :class:`ServiceControl`) and the
+allow-list (:func:`check_allowed`, called by every builder and again by the SSH runner): what
+every builder of :mod:`garage_migrate.commands` builds on. Remote paths are absolute (:func:`_abs`).
 """
 
 from __future__ import annotations
