@@ -17,6 +17,7 @@ variable, so concurrent node steps never mix), and wraps the runtime's shells wi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import dataclasses
@@ -174,9 +175,12 @@ class JournalShell:
         words = redact(cmd.words())
         rendered = " ".join(_quote(w) for w in words)
 
-        async def released() -> bool:
+        async def released():
             go = await release()
-            self.journal.write(dict(self._base(cmd.kind, words, rendered, count=False), event="released", go=go))
+            entry = dict(self._base(cmd.kind, words, rendered, count=False), event="released", go=bool(go),
+                         word=go if isinstance(go, str) else ("go" if go else "abort"))
+            # written once the woken calls have sent their release words: not inside the window
+            asyncio.get_running_loop().call_soon(self.journal.write, entry)
             return go
         return await self._journalled(cmd.kind, words, rendered,
                                       lambda: self.inner.run_armed(cmd, released, check=check), cmd.render())

@@ -97,10 +97,19 @@ class Result:
         return self.exit_status == 0
 
 
-#: What an armed command awaits once armed: true releases it, false aborts it (it acts not).
-Release = Callable[[], Awaitable[bool]]
+#: What an armed command awaits once armed: its release word (``True`` is ``"go"``), or a
+#: false value to abort it (it acts not).
+Release = Callable[[], Awaitable[bool | str]]
 #: The line an armed command prints when it is ready and waits for its release.
 ARMED_LINE = b"armed="
+
+
+def release_line(answer: bool | str) -> bytes:
+    """The line an armed command reads: the release word (``True``: ``go``), or ``abort``."""
+    word = "go" if answer is True else (answer or "abort")
+    if not word.replace("-", "").isalnum():
+        raise ValueError(f"release word {word!r} is not a plain word")
+    return word.encode() + b"\n"
 
 
 @runtime_checkable
@@ -132,8 +141,8 @@ class NodeShell(Protocol):
     async def run_armed(self, cmd: RemoteCommand, release: Release, check: bool = True) -> Result:
         """Run ``cmd``, an armed call (it prints ``armed=...`` on a line of its own, then waits
         for one line on stdin before it acts), to completion: once armed, ``release()`` is
-        awaited and its answer written to the command (``go`` when true, ``abort`` when
-        false); a command that ends before arming never waits. Errors as :meth:`run`.
+        awaited and its answer written to the command (:func:`release_line`); a command that
+        ends before arming never waits. Errors as :meth:`run`.
         """
         ...
 
@@ -631,8 +640,7 @@ class SshNodeShell:
             while line := await proc.stdout.readline():
                 out.extend(line)
                 if line.startswith(ARMED_LINE):
-                    go = await release()
-                    proc.stdin.write(b"go\n" if go else b"abort\n")
+                    proc.stdin.write(release_line(await release()))
                     proc.stdin.write_eof()
                     break
             out.extend(await proc.stdout.read())

@@ -8,14 +8,21 @@ call (:meth:`StepRunner.flip`, one Prefect task in the flows):
 1. before the window, the executor fixes what runs (:func:`unit_for`: the steps the ledger
    does not record as done, and the stops a resumed flip found necessary), the step runner
    checks every node's flip helper (:func:`garage_migrate.flip_steps.check_helpers`, which
-   also opens every SSH connection) and one fenced ledger write records every stop
-   ``running``;
-2. every node's stop and then its switch are released at once (:func:`run_barrier`);
-3. the barrier: no start before every stop and switch has finished. A failed stop or switch
-   means no start at all (the cluster stays on 0.7, stopped where it was stopped);
+   also opens every SSH connection) and every config that moves with the binary, and one
+   fenced ledger write records every stop ``running``;
+2. every node's stop and start calls are opened and *armed* (:class:`Gate`,
+   :meth:`garage_migrate.ssh.NodeShell.run_armed`): each stop observes, says it is armed and
+   waits; each start says it is armed at once. Once every call is armed, every stop is
+   released by one write each (no exec, no login inside the window). A call that fails before
+   arming, or not all armed within :data:`~garage_migrate.actions.flip.ARM_TIMEOUT`, and no
+   stop is released: the cluster stays up on the source;
+3. each node's switch follows its own stop at once; the barrier: no start before every stop
+   and switch has finished. A failed stop or switch means no start at all (the cluster stays
+   on 0.7, stopped where it was stopped);
 4. one ledger write records every stop and switch result and every start ``running``; every
-   start is released at once (each verifies its version itself, so verification overlaps the
-   other nodes' starts); one write records the starts' results.
+   start is released at once, as ``go-down`` where this unit's own stop saw the node down (no
+   observation needed), else ``go`` (it observes first); each verifies its version itself, so
+   verification overlaps the other nodes' starts; one write records the starts' results.
 
 A failed start is returned to the executor, which asks a person (retry or roll back) as it
 always did (:meth:`Executor.flip_failed`). While the unit runs, a SIGTERM or SIGINT (a cancel
@@ -125,6 +132,10 @@ class Gate:
             self.open(False, f"{node}'s call failed before the release")
         self._seen(node)
 
+    def arrived(self, node: str) -> None:
+        """``node``'s call is armed and waits elsewhere (a start waits for the barrier)."""
+        self._seen(node)
+
     def _seen(self, node: str) -> None:
         if self._waiting is not None:
             self._waiting.discard(node)
@@ -178,41 +189,58 @@ async def run_barrier(rt: Runtime, unit: FlipUnit, *, stop: ArmedCall, switch: N
     stops = {s.node: s for s in unit.stops}
     starts = {s.node: s for s in unit.starts}
     first = list(dict.fromkeys([*stops, *switches]))
-    stop_gate = Gate(stops, deadline_s=arm_timeout, clock=clock)
+    # every stop and every start is opened and armed before the window: the stops are released
+    # together once all are armed (or none, if one cannot be), the starts at the barrier
+    arming = Gate([*stops, *starts], deadline_s=arm_timeout, clock=clock)
     start_gate = Gate(clock=clock)
-    armed_starts: dict[str, asyncio.Task] = {}
+    down_here: set[str] = set()  # stopped (or found stopped) by this unit's own call, just now
 
-    def arm_start(node: str) -> None:
-        # armed as soon as its own node is down: its observations and its connection are out
-        # of the window; it acts only when the barrier opens the starts' gate
-        if node in starts and node not in armed_starts:
-            armed_starts[node] = asyncio.create_task(
-                _run(rt, unit, starts[node], start, False, start_gate.release_for(node)))
+    def start_release(node: str) -> Callable[[], Awaitable[bool | str]]:
+        wait = start_gate.release_for(node)
+
+        async def release() -> bool | str:
+            arming.arrived(node)
+            if not await wait():
+                return False
+            # this unit's own stop saw the node down moments ago: no observation needed
+            return "go-down" if node in down_here else "go"
+        return release
+
+    async def start_one(node: str) -> StepResult:
+        try:
+            r = await _run(rt, unit, starts[node], start, False, start_release(node))
+        except BaseException:
+            arming.ended(node, failed=True)  # before arming: no node is released
+            raise
+        arming.ended(node, failed=False)
+        return r
 
     async def down(node: str) -> None:
         # a node's switch follows its own stop at once: it does not wait for the others
         if node in stops:
             try:
-                out.results[(node, "stop")] = await _run(rt, unit, stops[node], stop, True, stop_gate.release_for(node))
+                out.results[(node, "stop")] = await _run(rt, unit, stops[node], stop, True, arming.release_for(node))
             except BaseException:
-                stop_gate.ended(node, failed=True)
+                arming.ended(node, failed=True)
                 raise
-            stop_gate.ended(node, failed=False)
+            arming.ended(node, failed=False)
+            down_here.add(node)
         if node in switches:
             out.results[(node, "switch")] = await _run(rt, unit, switches[node], switch, False)
-        arm_start(node)
 
-    for n in starts:
-        if n not in first:  # down earlier in this migration (a resumed flip, a retried start)
-            arm_start(n)
+    armed_starts = {n: asyncio.create_task(start_one(n)) for n in starts}
     res = await asyncio.gather(*(down(n) for n in first), return_exceptions=True)
-    out.times["released"] = stop_gate.opened_at or clock()
+    out.times["released"] = arming.opened_at or clock()
     out.times["barrier"] = clock()
     failed = {n: r for n, r in zip(first, res) if isinstance(r, BaseException)}
     superseded = next((r for r in failed.values() if isinstance(r, SupersededError)), None)
+    start_failed: dict[str, BaseException] = {}
     if failed or superseded:
         start_gate.open(False, "a stop or switch failed")
-        await asyncio.gather(*armed_starts.values(), return_exceptions=True)  # none acted
+        got = await asyncio.gather(*armed_starts.values(), return_exceptions=True)  # none acted
+        # a start that failed before arming held every stop back: it is the cause
+        start_failed = {n: r for n, r in zip(armed_starts, got)
+                        if isinstance(r, BaseException) and not isinstance(r, NotReleasedError)}
     if superseded is not None:
         raise superseded
     recs = []
@@ -227,8 +255,10 @@ async def run_barrier(rt: Runtime, unit: FlipUnit, *, stop: ArmedCall, switch: N
                 e = failed[n]
                 recs.append((n, f"{unit.phase}:{kind}", "failed", f"{type(e).__name__}: {e}", _code(e)))
     if failed:
+        recs += [(n, f"{unit.phase}:start", "failed", f"{type(e).__name__}: {e}", _code(e))
+                 for n, e in start_failed.items()]
         await led.record_steps(recs)
-        out.failed, out.failed_at = failed, "stop"
+        out.failed, out.failed_at = {**start_failed, **{n: e for n, e in failed.items() if n not in start_failed}}, "stop"
         return out  # the barrier failed: no node starts on the target
     try:
         await led.record_steps(recs + [(s.node, _key(unit, s), "running", "", None) for s in unit.starts])

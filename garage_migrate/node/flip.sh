@@ -8,12 +8,15 @@
 #   garage-migrate-flip         switch TARGET LINK [STAGED LIVE KEEP SOURCE_SHA TARGET_SHA]
 #   garage-migrate-flip [armed] start  TIMEOUT VERSION N STATUS... M START...  K STATS...
 #
-# "armed": the call observes first (already stopped / already running: it says so and exits),
-# then prints "armed=1" and waits for one line on stdin. "go" releases it: the signal, or the
-# start, follows at once. Anything else, or EOF (the controller gone, the connection cut), and
-# it exits 65 having changed nothing. The controller opens every node's call before the window
-# and releases them together with one write each: the release costs no exec, no login and no
-# observation inside the window (issue 13 §1).
+# "armed": the call prints "armed=1" and waits for one line on stdin; anything but a release
+# word, or EOF (the controller gone, the connection cut), and it exits 65 having changed
+# nothing. An armed stop observes first (already stopped: it says so and exits without
+# arming); "go" releases its signal. An armed start arms at once, opened with the stop, before
+# its node is down: "go" releases it to observe (already running as VERSION: skipped) and
+# start; "go-down" (the controller saw this very node stopped and switched by this window's
+# own calls, moments before) releases the start without that observation. The controller
+# opens every node's calls before the window and releases them together with one write each:
+# the release costs no exec, no login and no observation inside the window (issue 13 §1).
 #
 # Each argv group is preceded by its word count, so no word (not even "--") is read as a
 # separator, and no word is ever evaluated as shell. It does on the node what the controller
@@ -87,13 +90,15 @@ A() { run_group 2 "$a_n" "$@" >/dev/null 2>&1; }
 B() { run_group $((b_at + 1)) "$b_n" "$@"; }
 C() { run_group $((c_at + 1)) "$c_n" "$@"; }
 
-# wait_go: an armed call waits here for its release, after its observations, before it acts
+# wait_go WORD...: an armed call waits here for its release before it acts; sets $word to the
+# release word, one of WORD... (a call that is not armed: "go" at once)
 wait_go() {
+  word=go
   [ "$armed" = 1 ] || return 0
   say "armed=1"
   IFS= read -r word || word=
-  [ "$word" = go ] || die 65 "not-released"
-  say "released=1"
+  for w in "$@"; do [ "$word" = "$w" ] && return 0; done
+  die 65 "not-released"
 }
 
 [ $# -ge 1 ] || die 64 "usage"
@@ -113,7 +118,7 @@ stop)
     [ $rc -eq 2 ] && die 6 "no-db-file"
     if [ $rc -eq 0 ]; then say "result=skipped reason=already-stopped"; exit 0; fi
   fi
-  wait_go
+  wait_go go
   B "$@" >/dev/null 2>&1 || die 6 "signal-failed"
   say "signalled=1"
   deadline=$(( $(date +%s) + timeout ))
@@ -186,10 +191,10 @@ start)
     return 1
   }
   say "begin=start"
-  if A "$@" && line=$(answers "$@"); then
+  wait_go go go-down
+  if [ "$word" = go ] && A "$@" && line=$(answers "$@"); then
     say "result=skipped reason=already-running"; printf 'version-line=%s\n' "$line"; exit 0
   fi
-  wait_go
   B "$@" >/dev/null 2>&1 || die 6 "start-failed"
   say "started=1"
   t0=$(date +%s)

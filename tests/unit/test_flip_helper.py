@@ -195,8 +195,8 @@ def test_an_armed_stop_observes_then_waits_for_go_and_only_then_signals(tmp_path
     rc, out, waited, signalled = _armed_stop(tmp_path, b"go\n")
     w = parse_helper_output(out)
     assert rc == 0 and waited and signalled
-    assert w["armed"] == "1" and w["released"] == "1" and w["result"] == "done"
-    assert float(w["t.armed"]) <= float(w["t.released"]) <= float(w["t.signalled"])
+    assert w["armed"] == "1" and w["result"] == "done"
+    assert float(w["t.armed"]) <= float(w["t.signalled"])
 
 
 @pytest.mark.parametrize("answer", [b"abort\n", None, b"go-on\n"], ids=["abort", "eof", "other"])
@@ -220,3 +220,45 @@ def test_an_armed_call_with_nothing_to_do_ends_before_arming_and_switch_is_never
     # the plan's stop and start are armed; the switch is not
     assert C.flip_stop(CTX, "/m", "INT", wait=1, timeout=2, armed=True).argv[1:3] == ("armed", "stop")
     assert C.flip_start(CTX, "0.8.7", wait=1, timeout=2, armed=True).argv[1:3] == ("armed", "start")
+
+
+def _armed_start(tmp_path, answer: bytes, running: bool):
+    """An armed start, answered ``answer``; ``running``: the 'daemon' already answers 0.8.7."""
+    state, started = tmp_path / "running", tmp_path / "started"
+    if running:
+        state.write_text("1")
+    status = ["/usr/bin/test", "-e", str(state)]
+    start = ["/bin/sh", "-c", 'touch "$0" "$1"', str(state), str(started)]
+    stats = ["/bin/sh", "-c", 'test -e "$0" && printf "\\nGarage version: v0.8.7 [features: x]\\n"', str(state)]
+    p = subprocess.Popen(["sh", str(F.HELPER_SOURCE), "armed", "start", "5", "0.8.7", *_group(*status),
+                          *_group(*start), *_group(*stats)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    head = p.stdout.readline().decode() + p.stdout.readline().decode()  # begin, then armed at once
+    out, _err = p.communicate(answer, timeout=60)
+    return p.returncode, head + out.decode(), started.exists()
+
+
+def test_an_armed_start_arms_at_once_and_go_down_starts_without_looking_again(tmp_path):
+    rc, out, started = _armed_start(tmp_path, b"go-down\n", running=False)
+    w = parse_helper_output(out)
+    assert "armed=1" in out.splitlines()[1] and rc == 0 and started and w["result"] == "done"
+
+
+def test_an_armed_start_released_with_go_observes_first_and_skips_a_running_daemon(tmp_path):
+    rc, out, started = _armed_start(tmp_path, b"go\n", running=True)
+    assert rc == 0 and not started and parse_helper_output(out)["result"] == "skipped"
+    for sub in ("stopped", "aborted"):
+        (tmp_path / sub).mkdir()
+    rc, out, started = _armed_start(tmp_path / "stopped", b"go\n", running=False)
+    assert rc == 0 and started and parse_helper_output(out)["result"] == "done"
+    rc, out, started = _armed_start(tmp_path / "aborted", b"abort\n", running=False)
+    assert rc == 65 and not started
+
+
+def test_the_release_line_is_a_plain_word():
+    from garage_migrate.ssh import release_line
+
+    assert [release_line(a) for a in (True, "go", "go-down", False, None, "")] == [
+        b"go\n", b"go\n", b"go-down\n", b"abort\n", b"abort\n", b"abort\n"]
+    with pytest.raises(ValueError):
+        release_line("go\nrm -rf /")

@@ -254,13 +254,14 @@ def _armed_calls(acted, *, fail_before_arming=(), never_arm=()):
 
     def armed(kind):
         async def call(node, release):
-            if node in fail_before_arming:
+            if (kind, node) in fail_before_arming or node in fail_before_arming:
                 raise StepError("cannot reach the node", node=node)
             if node in never_arm:
                 await asyncio.sleep(3600)
-            if not await release():
+            word = await release()
+            if not word:
                 raise NotReleasedError(f"{kind}: not released", node=node)
-            acted.append((kind, node))
+            acted.append((kind, node) if word is True or word == "go" else (kind, node, word))
             return StepResult(kind, node, "done", "", {"version": "0.8.7"})
         return call
 
@@ -303,14 +304,28 @@ def test_a_node_that_never_arms_holds_every_stop_back_past_the_arming_deadline(t
     asyncio.run(scenario())
 
 
-def test_every_start_is_armed_once_its_node_is_down_and_released_only_at_the_barrier(tmp_path):
+def test_every_start_is_armed_with_the_stops_and_released_only_at_the_barrier_with_go_down(tmp_path):
     from garage_migrate.executor.flip import run_barrier
 
     rt, plan = _setup(tmp_path, per_zone=1)
     acted = []
     stop, switch, start = _armed_calls(acted)
     out = asyncio.run(run_barrier(rt, _unit(plan), stop=stop, switch=switch, start=start))
-    kinds = [k for k, _n in acted]
+    kinds = [a[0] for a in acted]
     assert out.failed == {} and kinds.index("start") > max(i for i, k in enumerate(kinds) if k in ("stop", "switch"))
-    assert sorted(n for k, n in acted if k == "start") == ["n1", "n2", "n3"]
+    # each start released as go-down: this unit's own stop saw its node down
+    assert sorted(a[1:] for a in acted if a[0] == "start") == [("n1", "go-down"), ("n2", "go-down"), ("n3", "go-down")]
     assert out.times["released"] <= out.times["barrier"] <= out.times["done"]
+
+
+def test_a_start_that_cannot_be_armed_holds_every_stop_back(tmp_path):
+    from garage_migrate.executor.flip import run_barrier
+
+    rt, plan = _setup(tmp_path, per_zone=1)
+    acted = []
+    stop, switch, start = _armed_calls(acted, fail_before_arming=(("start", "n1"),))
+    out = asyncio.run(run_barrier(rt, _unit(plan), stop=stop, switch=switch, start=start))
+    assert acted == [] and out.failed_at == "stop"  # nothing stopped: the cluster stays on the source
+    # the cause comes first (the executor raises it), the nodes held back after it
+    assert isinstance(next(iter(out.failed.values())), StepError) and "cannot reach" in str(out.failed["n1"])
+    assert rt.ledger.refresh().nodes["n1"].steps["flip:start"].code == "STEP_FAILED"
