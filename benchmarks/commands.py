@@ -77,4 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from benchmarks import exit_on_signals
+
+    exit_on_signals()
     raise SystemExit(main())
