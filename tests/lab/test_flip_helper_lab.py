@@ -104,7 +104,9 @@ def test_flip_helper_stops_switches_and_starts_a_lab_node_in_one_round_trip_each
     # the stop and the start are armed (released by one write once every node is ready)
     assert [c[0] == "armed" for c in calls] == [True, True, False, False, True, True]
     released = [e for e in acts if e["node"] == a and e["event"] == "released"]
-    assert [e["go"] for e in released] == [True, True]  # the first stop and start armed; re-runs skipped first
+    # the second stop found the node stopped before arming; a start arms at once, and released
+    # with "go" (not "go-down": no flip unit saw the node down) it observes: the second skips
+    assert [e["word"] for e in released] == ["go", "go", "go"]
 
 
 @pytest.mark.timeout(300)
