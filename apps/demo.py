@@ -107,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== kept running: `garage-lab down --dir {lab.dir}`; Prefect server pid {server.pid}")
         else:
             lab.down()
+            # the flow ran in this process: ship its last queued log lines while the server is
+            # up (at exit Prefect's log worker would try once more and print an API error)
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=10)
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
             print("== lab and Prefect server stopped: no process left behind")
