@@ -85,12 +85,48 @@ def _launcher(lab: Path, version: str, netns: bool = False) -> str:
     )
 
 
+#: ``is-active`` and ``kill --signal SIG`` in POSIX sh, as :mod:`garage_lab.service` does them
+#: (same pid file, same liveness test, same event line): no Python start for the calls an
+#: orchestrator makes most, a poll of ``is-active`` or the signal of a stop (issue 13 §5).
+_SERVICE_SH = r"""
+alive() {  # the pid file's process lives, is not a zombie, and is this node's daemon
+  pid=$(cat "$nd/run/garage.pid" 2>/dev/null) || return 1
+  case "$pid" in ''|*[!0-9]*) return 1 ;; esac
+  IFS= read -r st < "/proc/$pid/stat" 2>/dev/null || return 1
+  st=${st##*) }
+  case "$st" in Z*|X*) return 1 ;; esac
+  case "$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)" in *"$nd"*) return 0 ;; esac
+  return 1
+}
+if [ -n "$GARAGE_LAB_NODE" ]; then
+  nd="$GARAGE_LAB_DIR/nodes/$GARAGE_LAB_NODE"
+  case "$#:${1:-}:${2:-}" in
+  1:is-active:)
+    if alive; then echo active; exit 0; fi
+    state=$(cat "$nd/run/state" 2>/dev/null) || state=stopped
+    case "$state" in started|failed) echo failed ;; *) echo inactive ;; esac
+    exit 3 ;;
+  3:kill:--signal)
+    sig=${3#SIG}
+    case "$sig" in HUP|INT|QUIT|KILL|USR1|USR2|TERM|CONT|STOP)
+      alive || exit 0
+      printf '{"t": %s, "node": "%s", "event": "kill", "pid": %s, "signal": "SIG%s"}\n' \
+        "$(date +%s.%N)" "$GARAGE_LAB_NODE" "$pid" "$sig" >> "$GARAGE_LAB_DIR/events.jsonl"
+      kill -s "$sig" "$pid" 2>/dev/null
+      exit 0 ;;
+    esac ;;
+  esac
+fi
+"""
+
+
 def _service_script(lab: Path, netns: bool = False) -> str:
     return (
         "#!/bin/sh\n"
         "# garage-lab: service control for the node this session landed on (see garage_lab/service.py)\n"
         f'GARAGE_LAB_DIR="{lab}"; export GARAGE_LAB_DIR\n'
         f'PYTHONPATH="{PROJECT_ROOT}"; export PYTHONPATH\n'
+        + _SERVICE_SH.lstrip("\n")
         + _fast_path(lab, "service", netns=netns)
         + f'exec "{sys.executable}" -S -m garage_lab.service "$@"\n'
     )
