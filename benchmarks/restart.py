@@ -43,7 +43,10 @@ def node_restart(node: str, events: list[dict], ready: list[float], after: float
         if e["event"] == "start" and (binary is None or e.get("binary") == binary):
             stops = [s["t"] for s in mine if s["event"] in ("stop", "kill") and s.get("signal") != "SIGHUP"
                      and prev_start < s["t"] < e["t"]]
-            answered = [t for t in ready if t >= e["t"]]
+            # the new daemon's answer may be logged before the service records its start (the
+            # service writes its event after the spawn: under load the daemon can be quicker);
+            # nothing else answers between the stop signal and the start
+            answered = [t for t in ready if t > stops[0]] if stops else []
             if not stops or not answered:
                 return None
             return NodeRestart(node, stops[0], e["t"], answered[0])

@@ -38,6 +38,11 @@ def test_restart_figures_come_from_each_nodes_stop_start_and_answer():
     b = restart.node_restart("b", ev, [11.4, 13.6], after=5.0)
     assert (a.stop, a.start, a.ready) == (10.0, 11.0, 11.4) and (b.stop, b.ready) == (12.2, 13.6)
     assert restart.node_restart("a", ev, [], after=5.0) is None  # never answered: no figure
+    # under load the new daemon can answer before the service has written its start event: that
+    # answer (after the stop signal, nothing else answers then) is the restart's, not a later one
+    late = [{"t": 20.0, "node": "c", "event": "kill", "signal": "SIGINT"},
+            {"t": 21.0, "node": "c", "event": "start", "binary": "garage-v0.8.7"}]
+    assert restart.node_restart("c", late, [5.0, 20.8, 60.0], after=15.0).ready == 20.8
     f = restart.figures([a, b])
     assert f["window_s"] == pytest.approx(3.6) and f["stop_skew_s"] == pytest.approx(2.2)
     assert f["start_skew_s"] == pytest.approx(2.0) and f["down_max_s"] == pytest.approx(1.4)
