@@ -177,10 +177,13 @@ class JournalShell:
 
         async def released():
             go = await release()
-            entry = dict(self._base(cmd.kind, words, rendered, count=False), event="released", go=bool(go),
-                         word=go if isinstance(go, str) else ("go" if go else "abort"))
+            at, base = time.time(), self._base(cmd.kind, words, rendered, count=False)
+
+            def write() -> None:
+                self.journal.write(dict(base, t=at, event="released", go=bool(go),
+                                        word=go if isinstance(go, str) else ("go" if go else "abort")))
             # written once the woken calls have sent their release words: not inside the window
-            asyncio.get_running_loop().call_soon(self.journal.write, entry)
+            asyncio.get_running_loop().call_soon(write)
             return go
         return await self._journalled(cmd.kind, words, rendered,
                                       lambda: self.inner.run_armed(cmd, released, check=check), cmd.render())

@@ -109,22 +109,25 @@ class Gate:
         self._waiting = set(expected) if expected is not None else None
         self._open = asyncio.Event()
         self._deadline = deadline_s
+        self._timer: asyncio.TimerHandle | None = None
         self._clock = clock
         self.go = True
         self.why: str | None = None
         self.opened_at: float | None = None
 
     def release_for(self, node: str) -> Callable[[], Awaitable[bool]]:
-        """The ``release`` of ``node``'s armed call: it waits for the gate, then says go or not."""
+        """The ``release`` of ``node``'s armed call: it waits for the gate, then says go or not.
+        (One timer for the deadline, not one per waiter: when the gate opens, every waiter
+        resumes in the same pass of the event loop and writes its word at once.)"""
         async def release() -> bool:
             self._seen(node)
-            try:
-                await asyncio.wait_for(self._open.wait(), self._deadline)
-            except TimeoutError:
-                self.open(False, f"not every node armed within {self._deadline:.0f}s "
-                                 f"(still waiting for {', '.join(sorted(self._waiting or ())) or '-'})")
+            await self._open.wait()
             return self.go
         return release
+
+    def _expire(self) -> None:
+        self.open(False, f"not every node armed within {self._deadline:.0f}s "
+                         f"(still waiting for {', '.join(sorted(self._waiting or ())) or '-'})")
 
     def ended(self, node: str, failed: bool) -> None:
         """``node``'s call returned (``failed``: raised) without waiting or after its release."""
@@ -138,6 +141,9 @@ class Gate:
 
     def _seen(self, node: str) -> None:
         if self._waiting is not None:
+            if self._timer is None and self._deadline is not None and not self._open.is_set():
+                # counted from the first call to arm (or to end)
+                self._timer = asyncio.get_running_loop().call_later(self._deadline, self._expire)
             self._waiting.discard(node)
             if not self._waiting:
                 self.open(True)
@@ -146,6 +152,8 @@ class Gate:
         """Release every armed call (``go``) or abort them all; the first call decides."""
         if self._open.is_set():
             return
+        if self._timer is not None:
+            self._timer.cancel()
         self.go, self.why, self.opened_at = go, why, self._clock()
         self._open.set()
 
