@@ -182,8 +182,11 @@ async def helper_switch(rt: Runtime, node: str) -> StepResult:
     if res.returncode != 0:
         raise _fail(node, res, "switch")
     w = parse_helper_output(res.stdout)
-    more = {"done": f"; {cfg.live if cfg else ''}: the 0.8 config (old one kept at {cfg.keep if cfg else ''})",
-            "skipped": f"; {cfg.live if cfg else ''} is the 0.8 config already"}.get(w.get("config", "none"), "")
+    more = ""
+    if cfg is not None and w.get("config") == "done":
+        more = f"; {cfg.live}: the 0.8 config (old one kept at {cfg.keep})"
+    elif cfg is not None and w.get("config") == "skipped":
+        more = f"; {cfg.live} is the 0.8 config already"
     if w.get("result") == "skipped":
         rt.info(node, "switch: skipped: %s already points to %s%s", spec.ctx.binary_path, spec.staged_path, more)
         return StepResult("switch", node, "skipped", f"{spec.ctx.binary_path} already points to {spec.staged_path}{more}", w)
