@@ -108,10 +108,9 @@ async def helper_stop(rt: Runtime, node: str, release=_go) -> StepResult:
     the exit and a free DB lock."""
     call = F.flip_stop(rt.spec(node)).call
     res = await rt.act_armed(node, call, release, check=False)
-    if _dry(rt, node):
-        _released(node, res, "stop")
-        return StepResult("stop", node, "done", "dry run: recorded")
     _released(node, res, "stop")
+    if _dry(rt, node):
+        return StepResult("stop", node, "done", "dry run: recorded")
     w = parse_helper_output(res.stdout)
     sig = rt.node(node).stop_signal
     if res.returncode == 2:

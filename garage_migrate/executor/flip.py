@@ -243,7 +243,9 @@ async def run_barrier(rt: Runtime, unit: FlipUnit, *, stop: ArmedCall, switch: N
     failed = {n: r for n, r in zip(first, res) if isinstance(r, BaseException)}
     superseded = next((r for r in failed.values() if isinstance(r, SupersededError)), None)
     start_failed: dict[str, BaseException] = {}
-    if failed or superseded:
+    if failed:  # (a superseded run is one of them)
+        if not arming.go:
+            rt.log.warning("flip: no stop was released: %s", arming.why)
         start_gate.open(False, "a stop or switch failed")
         got = await asyncio.gather(*armed_starts.values(), return_exceptions=True)  # none acted
         # a start that failed before arming held every stop back: it is the cause
@@ -275,7 +277,7 @@ async def run_barrier(rt: Runtime, unit: FlipUnit, *, stop: ArmedCall, switch: N
         await asyncio.gather(*armed_starts.values(), return_exceptions=True)
         raise
     start_gate.open(True)
-    order = [s for s in unit.starts if s.node in armed_starts]
+    order = list(unit.starts)  # every start was armed with the stops
     res = await asyncio.gather(*(armed_starts[s.node] for s in order), return_exceptions=True)
     out.times["done"] = clock()
     recs, versions = [], {}
