@@ -262,3 +262,42 @@ def test_the_release_line_is_a_plain_word():
         b"go\n", b"go\n", b"go-down\n", b"abort\n", b"abort\n", b"abort\n"]
     with pytest.raises(ValueError):
         release_line("go\nrm -rf /")
+
+
+def _round_start(tmp_path, answers: str | None):
+    """A zone round's (unarmed) start; ``answers``: the version the running 'daemon' already
+    reports (``None``: not running). Returns (exit, words, whether the start command ran)."""
+    state, started = tmp_path / "running", tmp_path / "started"
+    if answers is not None:
+        state.write_text(answers)
+    status = ["/usr/bin/test", "-e", str(state)]
+    start = ["/bin/sh", "-c", 'printf 0.8.7 > "$0"; touch "$1"', str(state), str(started)]
+    stats = ["/bin/sh", "-c", 'test -e "$0" && printf "Garage version: v%s [features: x]\\n" "$(cat "$0")"',
+             str(state)]
+    out = subprocess.run(["sh", str(F.HELPER_SOURCE), "start", "5", "0.8.7", *_group(*status), *_group(*start),
+                          *_group(*stats)], capture_output=True, text=True, timeout=60)
+    return out.returncode, parse_helper_output(out.stdout), started.exists()
+
+
+def test_a_round_start_observes_first_skips_a_running_daemon_and_refuses_one_on_another_version(tmp_path):
+    for sub in ("down", "up", "other"):
+        (tmp_path / sub).mkdir()
+    rc, w, started = _round_start(tmp_path / "down", None)
+    assert rc == 0 and started and w["result"] == "done" and "v0.8.7" in w["version-line"]
+    rc, w, started = _round_start(tmp_path / "up", "0.8.7")
+    assert rc == 0 and not started and w["result"] == "skipped"
+    # running as 0.7.3 when the step starts 0.8.7: starting "again" would change nothing and
+    # wait out the timeout; the helper says so at once and does not touch it
+    rc, w, started = _round_start(tmp_path / "other", "0.7.3")
+    assert rc == 8 and not started and w["error"] == "running-other-version" and "v0.7.3" in w["version-line"]
+
+
+def test_a_rounds_stop_and_start_are_one_unarmed_helper_call_each_after_a_binary_check():
+    from garage_migrate.actions.node import NodeSpec
+
+    n = NodeSpec("n1", CTX, "/var/lib/garage/meta", "SIGINT", "/opt/garage/bin/garage-v0.8.7")
+    (stop,) = F.round_stop(n).ops()
+    assert stop.argv[:3] == ("/opt/garage/bin/garage-migrate-flip", "stop", "120") and "armed" not in stop.argv
+    version, start = F.round_start(n, "0.8.7").ops()
+    assert version.argv == ("/opt/garage/bin/garage", "--version")
+    assert start.argv[1:4] == ("start", "60", "0.8.7") and "armed" not in start.argv
