@@ -51,8 +51,6 @@ class PrefectSteps(EngineSteps):
     launch_repair = staticmethod(T.launch_repair)
     stop_node = staticmethod(T.stop_node)
     start_node = staticmethod(T.start_node)
-    round_stop = staticmethod(T.round_stop)
-    round_start = staticmethod(T.round_start)
     wait_healthy = staticmethod(T.wait_healthy)
     backup_metadata = staticmethod(T.backup_metadata)
     stage_binary = staticmethod(T.stage_binary)

@@ -18,11 +18,10 @@ from . import actions as A
 from . import commands as C
 from .actions import flip as F
 from .errors import LockHeldError, NotReleasedError, StepError
-from .facts import parse_stats_version_line, parse_version
+from .facts import parse_stats_version_line
 from .steps import Runtime, StepResult
 
-__all__ = ["check_configs", "check_helpers", "helper_stage", "helper_start", "helper_stop", "helper_switch",
-           "parse_helper_output", "round_start", "round_stop"]
+__all__ = ["check_configs", "check_helpers", "helper_stage", "helper_start", "helper_stop", "helper_switch", "parse_helper_output"]
 
 
 def parse_helper_output(text: str) -> dict[str, str]:
@@ -110,19 +109,6 @@ async def helper_stop(rt: Runtime, node: str, release=_go) -> StepResult:
     call = F.flip_stop(rt.spec(node)).call
     res = await rt.act_armed(node, call, release, check=False)
     _released(node, res, "stop")
-    return _stopped(rt, node, res)
-
-
-async def round_stop(rt: Runtime, node: str) -> StepResult:
-    """A zone round's stop (and the simple procedure's) in one round trip of the staged
-    helper, not armed: observe (already stopped with the DB lock free: skipped), signal, and
-    wait on the node for the exit and a free DB lock, where :func:`.steps.stop_node` polls for
-    them over SSH (about 8 round trips)."""
-    return _stopped(rt, node, await rt.act(node, F.round_stop(rt.spec(node)).call, check=False))
-
-
-def _stopped(rt: Runtime, node: str, res) -> StepResult:
-    """The result of a helper stop call (``res``), or the error it reports."""
     if _dry(rt, node):
         return StepResult("stop", node, "done", "dry run: recorded")
     w = parse_helper_output(res.stdout)
@@ -208,42 +194,15 @@ async def helper_switch(rt: Runtime, node: str) -> StepResult:
     return StepResult("switch", node, "done", what + more, w)
 
 
-def _refuse_unbacked(rt: Runtime, node: str, version: str) -> None:
-    if version.startswith("0.8.") and rt.ledger.node(node).backup is None:
-        # the rule of both flows: no 0.8 start without a backup of this node's metadata
-        raise StepError("refusing to start 0.8 on a node without a verified backup from this migration", node=node)
-
-
 async def helper_start(rt: Runtime, node: str, version: str, release=_go) -> StepResult:
     """Start ``node`` on ``version`` in one round trip: observe, arm, and once ``release()``
     says go (the barrier: every node down), start and wait until the daemon answers as
     ``version`` (its first ``stats`` line, parsed here again)."""
-    _refuse_unbacked(rt, node, version)
+    if version.startswith("0.8.") and rt.ledger.node(node).backup is None:
+        # the rule of both flows: no 0.8 start without a backup of this node's metadata
+        raise StepError("refusing to start 0.8 on a node without a verified backup from this migration", node=node)
     res = await rt.act_armed(node, F.flip_start(rt.spec(node), version).call, release, check=False)
     _released(node, res, "start")
-    return _started(rt, node, version, res)
-
-
-async def round_start(rt: Runtime, node: str, version: str) -> StepResult:
-    """A zone round's start (and the simple procedure's) over the staged helper: the installed
-    binary's version read first (a binary that is not ``version`` is never started), then one
-    helper call that observes (already running as ``version``: skipped; running another
-    version: refused), starts, and waits on the node until the daemon answers, where
-    :func:`.steps.start_node` polls for it over SSH. The ledger's running version follows."""
-    _refuse_unbacked(rt, node, version)
-    acts = F.round_start(rt.spec(node), version)
-    if not _dry(rt, node):
-        installed = parse_version((await rt.observe(node, acts.binary_version)).stdout).version
-        if installed != version:
-            raise StepError(f"binary_path holds {installed}, expected {version}", node=node)
-    res = _started(rt, node, version, await rt.act(node, acts.call, check=False))
-    if rt.ledger.node(node).running_version != version:  # the table's "version after"
-        await rt.ledger.set_node(node, running_version=version)
-    return res
-
-
-def _started(rt: Runtime, node: str, version: str, res) -> StepResult:
-    """The result of a helper start call (``res``), or the error it reports."""
     if _dry(rt, node):
         return StepResult("start", node, "done", f"dry run: recorded (running {version})", {"version": version})
     w = parse_helper_output(res.stdout)
@@ -252,9 +211,6 @@ def _started(rt: Runtime, node: str, version: str, res) -> StepResult:
                         f"it refuses to start; read its log, fix the cause, then run this migration again", node=node)
     if res.returncode == 5:
         raise StepError(f"daemon did not answer as {version} within {A.START_TIMEOUT:.0f}s", node=node)
-    if res.returncode == 8:
-        other = parse_stats_version_line(w.get("version-line", "")).version
-        raise StepError(f"running {other}, expected {version}: stop it first", node=node)
     if res.returncode != 0:
         raise _fail(node, res, "start")
     got = parse_stats_version_line(w.get("version-line", "")).version

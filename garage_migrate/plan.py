@@ -273,13 +273,6 @@ class _Builder:
             ops = {"stop": lambda: F.flip_stop(n).ops(), "switch": lambda: F.flip_switch(n).ops(),
                    "start": lambda: F.flip_start(n, args["version"]).ops()}[kind]()
             return A.bind(node, ops)
-        if args.get("via") == "helper" and kind in ("stop", "start"):
-            # a zone round's (or the simple procedure's) stop and start: one call of the staged
-            # helper each, the start's binary check before it (actions/flip.py)
-            from .actions import flip as F
-
-            ops = F.round_stop(n).ops() if kind == "stop" else F.round_start(n, args["version"]).ops()
-            return A.bind(node, ops)
         match kind:
             case "preflight":
                 ops = A.preflight(n)
@@ -406,9 +399,8 @@ def make_plan(inv: Inventory, facts: ClusterFacts, procedure: Procedure, migrati
         P += [
             # staged (uploaded, sha256 and --version checked) while 0.7 still serves: a wrong
             # binary halts the run before the cluster is taken offline, not after (fault row 21)
-            # with the flip helper, which the stop and start phases call (one round trip each)
-            Phase("stage", "Stage the 0.8 binary and the flip helper on every node (0.7 keeps running)",
-                  (Wave("stage", tuple(b.step("stage", n, helper=True) for n in names)),)),
+            Phase("stage", "Stage the 0.8 binary on every node (0.7 keeps running)",
+                  (Wave("stage", tuple(b.step("stage", n) for n in names)),)),
             Phase("disable-api", "Disable API and web access (nodes restart for the moved ports)",
                   per_zone("disable-api", "disable-api", everywhere) + (Wave("healthy", (b.step("wait-healthy", scope="all"),)),)),
             Phase("repair", "Repair tables and blocks on all nodes",
@@ -417,15 +409,14 @@ def make_plan(inv: Inventory, facts: ClusterFacts, procedure: Procedure, migrati
                   (Wave("sync-gate", (b.step("sync-gate", gate="before"),)),)),
             Phase("approve-shutdown", "Approval: take the whole cluster offline",
                   (Wave("approve", (b.step("approval", gate="shutdown"),)),), risky=True),
-            Phase("stop", "Stop every node",
-                  (Wave("stop", tuple(b.step("stop", n, version=src[n], via="helper") for n in names)),)),
+            Phase("stop", "Stop every node", (Wave("stop", tuple(b.step("stop", n, version=src[n]) for n in names)),)),
             Phase("backup", "Back up every node's metadata", per_zone("backup", "backup", offline)),
             Phase("install", "Switch to the staged 0.8 binary",
                   (Wave("switch", tuple(b.step("switch", n) for n in names)),)),
             Phase("offline-repair", "Offline-repair object counters before any 0.8 start",
                   per_zone("offline-repair", "offline-repair", offline)),
             Phase("start", "Start every node on 0.8 and check health",
-                  (Wave("start", tuple(b.step("start", n, version=tgt, via="helper") for n in names)),
+                  (Wave("start", tuple(b.step("start", n, version=tgt) for n in names)),
                    Wave("healthy", (b.step("wait-healthy", scope="all"),)))),
             Phase("repair-after", "Repair tables and blocks again and wait for the full sync",
                   (Wave("repair", tuple(b.step("repair", what=w) for w in ("tables", "blocks")), parallel=False),
@@ -441,11 +432,8 @@ def make_plan(inv: Inventory, facts: ClusterFacts, procedure: Procedure, migrati
         rounds = rolling("backup", lambda n: (b.step("stop", n, version=src[n]), b.step("backup", n),
                                               b.step("start", n, version=src[n])), canary=True)
         by_round = "Zone by zone" if fan.max_zones_down == 1 else f"{fan.max_zones_down} zones at a time"
-        # after the stage phase the flip helper is on every node: the rounds' stop and start are
-        # one helper call each (the backup rounds come before it and poll over SSH)
-        repair_rounds = rolling("repair", lambda n: (b.step("stop", n, version=tgt, via="helper"),
-                                                     b.step("offline-repair", n),
-                                                     b.step("start", n, version=tgt, via="helper")), canary=False)
+        repair_rounds = rolling("repair", lambda n: (b.step("stop", n, version=tgt), b.step("offline-repair", n),
+                                                     b.step("start", n, version=tgt)), canary=False)
         P += [
             Phase("repair", "Repair tables and blocks on all nodes",
                   (Wave("repair", tuple(b.step("repair", what=w) for w in repairs), parallel=False),

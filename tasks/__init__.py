@@ -66,22 +66,6 @@ async def start_node(rt: Runtime, node: str, version: str) -> StepResult:
     return await steps.start_node(_rt(rt), node, version)
 
 
-@task(name="stop-node", task_run_name="stop-{node}", **RETRYING)
-async def round_stop(rt: Runtime, node: str) -> StepResult:
-    """Stop in one call of the staged flip helper; verified stopped and lock released on the node."""
-    from garage_migrate import flip_steps
-
-    return await flip_steps.round_stop(_rt(rt), node)
-
-
-@task(name="start-node", task_run_name="start-{node}-{version}", **RETRYING)
-async def round_start(rt: Runtime, node: str, version: str) -> StepResult:
-    """Start in one call of the staged flip helper (binary checked first; version verified)."""
-    from garage_migrate import flip_steps
-
-    return await flip_steps.round_start(_rt(rt), node, version)
-
-
 @task(name="wait-healthy", task_run_name="healthy-{scope}", **RETRYING)
 async def wait_healthy(rt: Runtime, nodes: list[str], scope: str) -> StepResult:
     """Every node of ``nodes`` sees the others healthy."""
@@ -130,6 +114,6 @@ async def flip(rt: Runtime, unit) -> object:
 
 
 __all__ = [
-    "backup_metadata", "check_counters", "flip", "launch_repair", "offline_repair", "preflight", "round_start", "round_stop", "set_api",
+    "backup_metadata", "check_counters", "flip", "launch_repair", "offline_repair", "preflight", "set_api",
     "stage_binary", "start_node", "stop_node", "switch_binary", "transient_only", "wait_healthy",
 ]

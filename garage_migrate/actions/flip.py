@@ -126,37 +126,3 @@ def flip_switch(n: NodeSpec) -> FlipSwitch:
 def flip_start(n: NodeSpec, version: str) -> FlipStart:
     """The flip's start on ``n`` on ``version``: armed once ``n`` is down, released at the barrier."""
     return FlipStart(C.flip_start(n.ctx, version, wait=START_TIMEOUT, timeout=FLIP_START_TIMEOUT, armed=True))
-
-
-# ---------------------------------------------------------------------------- zone rounds
-#: Node-side limit of a round's one-call stop: the wait after the signal, the service's own
-#: stop and the lock wait, plus a margin (nothing is armed).
-ROUND_STOP_TIMEOUT = STOP_TIMEOUT + 40.0
-#: Node-side limit of a round's one-call start.
-ROUND_START_TIMEOUT = START_TIMEOUT + 20.0
-
-
-@dataclass(frozen=True)
-class RoundStart:
-    """A zone round's start over the staged helper: the installed binary's version read
-    (never start a binary that is not the one the step names), then one helper call (observe:
-    already running as the version, skipped; else start and wait until it answers)."""
-
-    binary_version: RemoteCommand
-    call: RemoteCommand
-
-    def ops(self) -> tuple[Op, ...]:
-        """Every action, the observation first."""
-        return (self.binary_version, self.call)
-
-
-def round_stop(n: NodeSpec) -> FlipStop:
-    """A zone round's stop on ``n`` in one helper call (observe; signal; the exit and a free DB
-    lock waited for on the node), not armed: a round's nodes go down independently."""
-    return FlipStop(C.flip_stop(n.ctx, n.metadata_dir, n.stop_signal, wait=STOP_TIMEOUT, timeout=ROUND_STOP_TIMEOUT))
-
-
-def round_start(n: NodeSpec, version: str) -> RoundStart:
-    """A zone round's start on ``n`` on ``version`` (:class:`RoundStart`)."""
-    return RoundStart(C.garage_version(n.ctx.binary_path, ctx=n.ctx),
-                      C.flip_start(n.ctx, version, wait=START_TIMEOUT, timeout=ROUND_START_TIMEOUT))

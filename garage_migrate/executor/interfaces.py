@@ -134,14 +134,6 @@ class StepRunner(Protocol):
         """Start; verified version (and backup present before any 0.8 start)."""
         ...
 
-    async def round_stop(self, rt: Runtime, node: str) -> StepResult:
-        """:meth:`stop_node` in one call of the staged flip helper (a step ``via=helper``)."""
-        ...
-
-    async def round_start(self, rt: Runtime, node: str, version: str) -> StepResult:
-        """:meth:`start_node` in one call of the staged flip helper (a step ``via=helper``)."""
-        ...
-
     async def wait_healthy(self, rt: Runtime, nodes: list[str], scope: str) -> StepResult:
         """Every node of ``nodes`` sees the others healthy."""
         ...
@@ -211,18 +203,6 @@ class EngineSteps:
     async def start_node(self, rt: Runtime, node: str, version: str) -> StepResult:
         """:func:`garage_migrate.steps.start_node`."""
         return await steps.start_node(rt, node, version)
-
-    async def round_stop(self, rt: Runtime, node: str) -> StepResult:
-        """:func:`garage_migrate.flip_steps.round_stop`."""
-        from .. import flip_steps as H
-
-        return await H.round_stop(rt, node)
-
-    async def round_start(self, rt: Runtime, node: str, version: str) -> StepResult:
-        """:func:`garage_migrate.flip_steps.round_start`."""
-        from .. import flip_steps as H
-
-        return await H.round_start(rt, node, version)
 
     async def wait_healthy(self, rt: Runtime, nodes: list[str], scope: str) -> StepResult:
         """:func:`garage_migrate.steps.wait_healthy`."""

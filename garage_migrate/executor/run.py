@@ -94,10 +94,7 @@ class Executor:
         self.phase: str | None = None  # the phase running now (for events)
         self.report_md: str | None = None  # the final report, once the watch step published it
         self.flip_found: dict[str, flipresume.NodeState] = {}  # a resumed flip: the nodes as found
-        # the stage step stages the flip helper too when a step calls it: the flip, or the
-        # rounds' one-call stops and starts
-        self.plan_uses_helper = any(flipunit.is_flip(p) for p in plan.phases) or any(
-            s.arg("via") == "helper" for s in plan.steps())
+        self.plan_has_flip = any(flipunit.is_flip(p) for p in plan.phases)
 
     async def decide(self, kind, key: str, description: str, clean: bool, choices: tuple[str, ...] | None = None) -> str:
         """See :meth:`Decisions.decide`."""
@@ -214,10 +211,6 @@ class Executor:
                 return await T.preflight(rt, n)
             case "disable-api" | "enable-api":
                 return await T.set_api(rt, n, s.kind == "enable-api")
-            case "stop" if s.arg("via") == "helper":
-                return await T.round_stop(rt, n)
-            case "start" if s.arg("via") == "helper":
-                return await T.round_start(rt, n, s.arg("version"))
             case "stop":
                 return await T.stop_node(rt, n)
             case "start":
@@ -225,7 +218,7 @@ class Executor:
             case "backup":
                 return await T.backup_metadata(rt, n)
             case "stage":  # with a flip, its node-side helper is staged and checked with the binary
-                return await T.stage_binary(rt, n, helper=self.plan_uses_helper)
+                return await T.stage_binary(rt, n, helper=self.plan_has_flip)
             case "switch":
                 return await T.switch_binary(rt, n, s.arg("to") or "target")
             case "restore":

@@ -27,8 +27,7 @@
 # Exit status: 0 done (or nothing to do), 2 still running TIMEOUT s after the signal (never
 # escalated to a kill), 3 stopped but the DB lock is still held, 4 the daemon exited before
 # answering, 5 no answer as VERSION in time, 6 a command failed, 65 armed and not released
-# (nothing changed), 8 running and answering as another version than VERSION (start: nothing
-# done), 7 the config is not the plan's
+# (nothing changed), 7 the config is not the plan's
 # (switch: LIVE hashes to neither SOURCE_SHA nor TARGET_SHA, or STAGED is not TARGET_SHA; nothing
 # was changed), 64 wrong usage.
 #
@@ -183,39 +182,29 @@ start)
   timeout=$1; version=$2; shift 2
   is_count "$timeout" || die 64 "timeout"
   groups "$@"
-  answers() {  # the daemon's first stats line names VERSION; prints that line (any line it got)
+  answers() {  # the daemon's first stats line names VERSION; prints that line
     line=$(C "$@" 2>/dev/null | sed -n '/./{p;q;}')
-    printf '%s\n' "$line"
     case "$line" in
       "Garage version: v$version "*|"Garage version: v$version"|"Garage version: $version "*|"Garage version: $version")
-        return 0 ;;
+        printf '%s\n' "$line"; return 0 ;;
     esac
     return 1
   }
   say "begin=start"
   wait_go go go-down
-  if [ "$word" = go ] && A "$@"; then
-    if line=$(answers "$@"); then
-      say "result=skipped reason=already-running"; printf 'version-line=%s\n' "$line"; exit 0
-    fi
-    case "$line" in  # running, and answering as another version: starting it again would not help
-      "Garage version: "*) printf 'version-line=%s\n' "$line"; die 8 "running-other-version" ;;
-    esac
+  if [ "$word" = go ] && A "$@" && line=$(answers "$@"); then
+    say "result=skipped reason=already-running"; printf 'version-line=%s\n' "$line"; exit 0
   fi
   B "$@" >/dev/null 2>&1 || die 6 "start-failed"
   say "started=1"
   t0=$(date +%s)
   deadline=$(( t0 + timeout ))
-  polls=0
   while :; do
     if line=$(answers "$@"); then say "result=done"; printf 'version-line=%s\n' "$line"; exit 0; fi
     # a unit that already failed (refused start, crash) will not answer: do not wait it out
     if [ $(( $(date +%s) - t0 )) -ge 2 ] && ! A "$@"; then die 4 "exited-before-answering"; fi
     expired "$deadline" && die 5 "no-answer"
-    # every poll is a CLI call: tight while a start is quick, then backing off, so that a whole
-    # cluster's helpers polling a slow boot at once do not slow that boot down (issue 13 §5)
-    polls=$((polls + 1))
-    if [ "$polls" -le 10 ]; then sleep 0.05; elif [ "$polls" -le 25 ]; then sleep 0.1; else sleep 0.25; fi
+    sleep 0.05
   done
   ;;
 *)

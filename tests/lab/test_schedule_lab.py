@@ -63,12 +63,6 @@ class Recording(EngineSteps):
     async def start_node(self, rt, node, version):
         return await self._span("start", node, super().start_node(rt, node, version))
 
-    async def round_stop(self, rt, node):  # the rounds after the stage phase: one helper call
-        return await self._span("stop", node, super().round_stop(rt, node))
-
-    async def round_start(self, rt, node, version):
-        return await self._span("start", node, super().round_start(rt, node, version))
-
 
 def _execute(lab, mid: str, procedure: str, fanout: FanoutPolicy, phases: tuple[str, ...], steps=None,
              decider=None, after=None):

@@ -51,9 +51,6 @@ class FakeSteps(EngineSteps):
     async def set_api(self, rt, node, enabled): return await self._done("set_api", node, enabled)
     async def launch_repair(self, rt, what): return await self._done("launch_repair", None, what)
     async def stop_node(self, rt, node): return await self._done("stop_node", node)
-    # a step via the flip helper is the same stop or start to the plan: recorded as such
-    async def round_stop(self, rt, node): return await self.stop_node(rt, node)
-    async def round_start(self, rt, node, version): return await self.start_node(rt, node, version)
     async def wait_healthy(self, rt, nodes, scope): return await self._done("wait_healthy", None, scope)
     async def backup_metadata(self, rt, node):
         # a manifest on the controller, as the real step leaves (a rollback plan reads it)

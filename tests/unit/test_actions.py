@@ -9,7 +9,6 @@ import json
 import pytest
 
 from garage_migrate import actions as A
-from garage_migrate.actions import flip as F
 from garage_migrate import commands as C
 from garage_migrate.errors import NotInPlanError
 from garage_migrate.journal import CommandJournal, JournalShell, in_step
@@ -46,16 +45,11 @@ def test_plan_json_lists_every_action_with_its_node_kind_argv_and_command_line(p
 
 
 def test_the_stop_step_lists_the_signal_then_the_service_stop_with_the_timeout_it_runs():
-    # a backup round's stop (before the stage phase: no helper on the node yet)
-    inv, facts, plan = _plan("minimal-downtime")
-    stop = next(s for s in plan.phase("rolling-backup").waves[0].steps if s.kind == "stop" and s.node == "n1")
+    inv, facts, plan = _plan("simple")
+    stop = next(s for s in plan.steps() if s.kind == "stop" and s.node == "n1")
     ctx = inv.node("n1").ctx
     assert [a.op for a in stop.acts] == [C.service_signal(ctx, "SIGINT"),
                                          C.service_stop(ctx, timeout=A.SERVICE_STOP_TIMEOUT)]
-    # the simple procedure's stop, after its stage phase: the helper's one call
-    _inv, _facts, simple = _plan("simple")
-    stop = next(s for s in simple.steps() if s.kind == "stop" and s.node == "n1")
-    assert [a.op for a in stop.acts] == [F.round_stop(A.spec(_inv, _facts, "n1")).call]
 
 
 def test_the_controller_backup_streams_to_the_archive_the_backup_engine_writes():
@@ -113,8 +107,8 @@ class _Shell:
 
 
 def test_an_act_the_plan_step_does_not_list_is_refused_before_it_runs_and_journalled(tmp_path):
-    inv, _facts, plan = _plan("minimal-downtime")
-    stop = next(s for s in plan.phase("rolling-backup").waves[0].steps if s.kind == "stop" and s.node == "n1")
+    inv, _facts, plan = _plan("simple")
+    stop = next(s for s in plan.steps() if s.kind == "stop" and s.node == "n1")
     j = CommandJournal(tmp_path / "commands.jsonl")
     inner = _Shell()
     shell = JournalShell(inner, "n1", j)

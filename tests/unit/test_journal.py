@@ -123,13 +123,6 @@ class ShellSteps(FakeSteps):
         await rt.shell(node).run(C.service_signal(rt.node(node).ctx, "SIGINT"))
         return await super().stop_node(rt, node)
 
-    async def round_stop(self, rt, node):
-        # the offline-repair rounds' stop is one (unarmed) helper call (actions/flip.py)
-        from garage_migrate.actions import flip as F
-
-        await rt.shell(node).run(F.round_stop(rt.spec(node)).call)
-        return await FakeSteps.stop_node(self, rt, node)
-
     async def flip(self, rt, unit):
         # the flip's stop is one helper call per node (actions/flip.py), run through the shell
         from garage_migrate.actions import flip as F

@@ -162,26 +162,3 @@ def test_max_zones_down_is_refused_beyond_what_the_replication_mode_survives():
         _fanout_plan(zones, max_zones_down=3)  # 3-dangerous: write quorum 1 of 3, two zones may go
     with pytest.raises(PlanError, match="max_zones_down=2 is unsafe"):
         _fanout_plan(zones, mode="3-degraded", max_zones_down=2)
-
-
-def test_after_the_stage_phase_a_stop_or_start_is_one_helper_call_and_before_it_it_is_not():
-    # the helper is staged by the stage phase (minimal-downtime: after the backup rounds;
-    # simple: first); a step may call it only once it is there
-    inv, facts = _inventory({"dc1": 2, "dc2": 2, "dc3": 2})
-    for procedure in ("minimal-downtime", "simple"):
-        plan = make_plan(inv, facts, procedure, "m1")
-        staged = False
-        for ph in plan.phases:
-            for s in (s for w in ph.waves for s in w.steps):
-                argv0 = [a.op.argv[0] for a in s.actions if hasattr(a.op, "argv")]
-                if s.kind == "stage":
-                    assert any(a.op.remote.endswith("/garage-migrate-flip") for a in s.actions if hasattr(a.op, "remote"))
-                    staged = True
-                if s.kind in ("stop", "start") and ph.name != "flip":
-                    helper = [a for a in argv0 if a.endswith("/garage-migrate-flip")]
-                    assert bool(helper) == (s.arg("via") == "helper") == staged, (procedure, ph.name, s)
-                    if helper:  # one call; a start reads the installed binary's version first
-                        assert len(helper) == 1 and len(s.actions) == (1 if s.kind == "stop" else 2)
-                        assert "armed" not in s.actions[-1].op.argv
-    md = make_plan(inv, facts, "minimal-downtime", "m1").phase("offline-repair")
-    assert {s.arg("via") for w in md.waves for s in w.steps if s.kind in ("stop", "start")} == {"helper"}
