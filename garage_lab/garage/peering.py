@@ -42,7 +42,6 @@ class Peering:
 
     def __init__(self, node):
         self.node = node
-        self._saved: frozenset | None = None  # the peer list as last written (None: not yet)
 
     def load_peers(self) -> None:
         # netapp knows peers from bootstrap_peers and the persisted peer list
@@ -61,22 +60,14 @@ class Peering:
                 self.node.peers[pid] = Peer(pid, addr)
 
     def save_peer_list(self) -> None:
-        # called every peer_retry_s: the list is encoded and compared with the file only when
-        # the peers changed (at 96 nodes, encoding 95 peers four times a second was most of an
-        # idle daemon's CPU)
-        key = frozenset((p.id64, p.addr) for p in self.node.peers.values())
-        if key == self._saved:
-            return
         path = self.node.cfg.metadata_dir / "peer_list"
-        content = json.dumps(sorted([pid, addr] for pid, addr in key))
+        content = json.dumps(sorted([p.id64, p.addr] for p in self.node.peers.values()))
         try:
             if path.read_text() == content:
-                self._saved = key
                 return
         except OSError:
             pass
         path.write_text(content)
-        self._saved = key
 
     def hello(self) -> dict:
         return {"tag": self.node.p.rpc_tag, "netkey": rpc.network_key(self.node.cfg.rpc_secret),
@@ -105,9 +96,7 @@ class Peering:
 
     async def loop(self) -> None:
         while True:
-            down = [p for p in self.node.peers.values() if not p.is_up]
-            if down:  # only the down ones need a connection attempt
-                await asyncio.gather(*(self.ensure_peer(p) for p in down))
+            await asyncio.gather(*(self.ensure_peer(p) for p in list(self.node.peers.values())))
             now = time.monotonic()
             for p in self.node.peers.values():
                 if p.is_up:
